@@ -1,0 +1,3 @@
+from gpumon_agent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,298 @@
+"""The Report: the one contract between the agent and the central side (schema version 1).
+
+Everything here is plain data. Sizes are bytes, times are UTC ISO-8601 strings ending in "Z",
+percentages are 0-100 floats. A value the agent could not read is ``None`` (JSON null), never a
+guess. ``docs/report-schema.md`` documents every field.
+
+Forward compatibility within a version: a reader ignores keys it does not know, so an agent may
+add optional fields without a version bump. Removing or changing the meaning of a field needs a
+new ``SCHEMA_VERSION``.
+
+Must stay importable on Python 3.8 (typing.List/Optional, no PEP 604 unions at runtime).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Union
+
+SCHEMA_NAME = "gpumon.report"
+SCHEMA_VERSION = 1
+# A report larger than this is refused by readers (the poller enforces it on the wire too).
+MAX_REPORT_BYTES = 1024 * 1024
+
+# GPU states.
+GPU_OK = "ok"
+GPU_LOST = "lost"  # fell off the bus / NVML_ERROR_GPU_IS_LOST
+GPU_ERROR = "error"  # any other per-GPU failure; see Gpu.error
+
+# Where a report came from.
+SOURCE_DAEMON = "daemon"  # the latest snapshot written by the running agent daemon
+SOURCE_ONESHOT = "oneshot"  # sampled once by `report` itself (no daemon, or its snapshot stale)
+SOURCE_AGENTLESS = "agentless"  # built centrally from nvidia-smi + ps (degraded)
+
+
+class ReportError(ValueError):
+    """A report that cannot be read: not JSON, wrong schema or version, or a bad field."""
+
+
+@dataclass
+class GpuProcess:
+    pid: int
+    kind: str = "compute"  # "compute" | "graphics"
+    gpu_memory_bytes: Optional[int] = None
+    user: str = "?"  # "?" when the pid vanished or is not readable
+    command: str = "?"  # command line, trimmed; "?" when unknown
+
+
+@dataclass
+class ClaimInfo:
+    """A live claim on a GPU, as a trainer registered it (see gpumon_agent.claims)."""
+
+    job: str
+    user: str
+    pid: int
+    started_at: str
+    updated_at: Optional[str] = None
+    progress: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Gpu:
+    index: int
+    uuid: Optional[str] = None
+    name: Optional[str] = None
+    pci_bus_id: Optional[str] = None
+    state: str = GPU_OK
+    error: Optional[str] = None
+    utilization_pct: Optional[float] = None  # instant, as NVML last measured it
+    utilization_mean_pct: Optional[float] = None  # mean over Report.window_s
+    memory_utilization_pct: Optional[float] = None
+    memory_used_bytes: Optional[int] = None
+    memory_total_bytes: Optional[int] = None
+    temperature_c: Optional[float] = None
+    power_w: Optional[float] = None
+    power_limit_w: Optional[float] = None
+    throttle_reasons: Optional[List[str]] = None  # None: unknown; []: not throttled
+    processes: List[GpuProcess] = field(default_factory=list)
+    claims: List[ClaimInfo] = field(default_factory=list)
+    unclaimed_use: bool = False  # a process runs here that no live claim covers
+    claimed_idle: bool = False  # claimed, yet no process for longer than the idle limit
+    idle_since: Optional[str] = None  # when the last process left this GPU (if known)
+
+
+@dataclass
+class Address:
+    interface: str
+    address: str
+    family: str  # "inet" | "inet6"
+
+
+@dataclass
+class LoggedInUser:
+    name: str
+    terminal: Optional[str] = None
+    host: Optional[str] = None
+    started_at: Optional[str] = None
+
+
+@dataclass
+class Host:
+    hostname: str
+    primary_ip: Optional[str] = None
+    addresses: List[Address] = field(default_factory=list)
+    boot_time: Optional[str] = None
+    load_avg: Optional[List[float]] = None  # 1, 5, 15 minutes
+    cpu_count: Optional[int] = None
+    cpu_percent: Optional[float] = None
+    memory_total_bytes: Optional[int] = None
+    memory_used_bytes: Optional[int] = None
+    memory_percent: Optional[float] = None
+    swap_total_bytes: Optional[int] = None
+    swap_used_bytes: Optional[int] = None
+    swap_percent: Optional[float] = None
+    disk_root_total_bytes: Optional[int] = None
+    disk_root_used_bytes: Optional[int] = None
+    disk_root_percent: Optional[float] = None
+    users: List[LoggedInUser] = field(default_factory=list)
+
+
+@dataclass
+class Nvml:
+    available: bool
+    driver_version: Optional[str] = None
+    nvml_version: Optional[str] = None
+    cuda_driver_version: Optional[int] = None
+    error: Optional[str] = None  # human text when NVML is unavailable or failed
+    error_code: Optional[str] = None  # stable: "library_not_found", "driver_not_loaded", ...
+
+
+@dataclass
+class HealthWarning:
+    code: str  # stable, e.g. "load_high", "gpu_memory_high"
+    message: str  # short human text
+    gpu_index: Optional[int] = None
+
+
+@dataclass
+class ClaimFileError:
+    path: str
+    error: str
+
+
+@dataclass
+class Report:
+    generated_at: str
+    host: Host
+    source: str = SOURCE_DAEMON
+    schema: str = SCHEMA_NAME
+    version: int = SCHEMA_VERSION
+    agent_version: Optional[str] = None
+    timezone: Optional[str] = None  # IANA name when known, else the abbreviation
+    utc_offset_s: Optional[int] = None
+    interval_s: Optional[float] = None  # daemon sampling interval
+    window_s: Optional[float] = None  # window of the *_mean_* values
+    notes: List[str] = field(default_factory=list)  # e.g. "no daemon running: sampled once"
+    nvml: Nvml = field(default_factory=lambda: Nvml(available=False))
+    gpus: List[Gpu] = field(default_factory=list)
+    warnings: List[HealthWarning] = field(default_factory=list)
+    claim_errors: List[ClaimFileError] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: Optional[int] = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Report:
+        if not isinstance(data, dict):
+            raise ReportError(f"report: expected a JSON object, got {_json_type(data)}")
+        if data.get("schema") != SCHEMA_NAME:
+            raise ReportError(
+                "report: schema is {!r}, expected {!r} — is this a gpumon agent?".format(
+                    data.get("schema"), SCHEMA_NAME
+                )
+            )
+        version = data.get("version")
+        if version != SCHEMA_VERSION:
+            side = " on the central box" if _newer(version) else "-agent on the server"
+            raise ReportError(
+                f"report: schema version {version!r}, this reader understands "
+                f"{SCHEMA_VERSION} — upgrade gpumon{side}"
+            )
+        return _decode(cls, data, "report")
+
+    @classmethod
+    def from_json(cls, text: Union[str, bytes]) -> Report:
+        if len(text) > MAX_REPORT_BYTES:
+            raise ReportError(
+                f"report: {len(text)} bytes, larger than the {MAX_REPORT_BYTES}-byte limit"
+            )
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ReportError(f"report: not JSON ({e})") from None
+        return cls.from_dict(data)
+
+
+def utc_iso(ts: Optional[float] = None) -> str:
+    """A POSIX timestamp (default: now) as UTC ISO-8601 with a trailing Z, to the second."""
+    if ts is None:
+        moment = _dt.datetime.now(_dt.timezone.utc)
+    else:
+        moment = _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_utc_iso(text: str) -> _dt.datetime:
+    """The inverse of utc_iso (also accepts fractional seconds and +00:00)."""
+    cleaned = text[:-1] + "+00:00" if text.endswith("Z") else text
+    moment = _dt.datetime.fromisoformat(cleaned)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_dt.timezone.utc)
+    return moment
+
+
+# --- decoding with precise error paths -------------------------------------------------------
+
+
+def _newer(version: Any) -> bool:
+    return isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+_HINTS: Dict[type, Dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> Dict[str, Any]:
+    if cls not in _HINTS:
+        import typing
+
+        module = sys.modules[cls.__module__]
+        _HINTS[cls] = typing.get_type_hints(cls, vars(module))
+    return _HINTS[cls]
+
+
+def _decode(tp: Any, value: Any, path: str) -> Any:
+    origin = getattr(tp, "__origin__", None)
+    args = getattr(tp, "__args__", ())
+    if origin is Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _decode(inner[0], value, path)
+    if tp is Any:
+        return value
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ReportError(f"{path}: expected an array, got {_json_type(value)}")
+        return [_decode(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ReportError(f"{path}: expected an object, got {_json_type(value)}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ReportError(f"{path}: expected an object, got {_json_type(value)}")
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in value:
+                kwargs[f.name] = _decode(_hints(tp)[f.name], value[f.name], path + "." + f.name)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ReportError(f"{path}: missing required field {f.name!r}")
+        return tp(**kwargs)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ReportError(f"{path}: expected a boolean, got {_json_type(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ReportError(f"{path}: expected an integer, got {_json_type(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ReportError(f"{path}: expected a number, got {_json_type(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ReportError(f"{path}: expected a string, got {_json_type(value)}")
+        return value
+    raise TypeError(f"report schema: unsupported type {tp!r} at {path}")  # pragma: no cover

@@ -1,0 +1,340 @@
+"""gpumon.toml: load, validate, and the embedded default.
+
+Every error names the file, the key (and its line when it can be found) and the fix. Unknown keys
+are errors: a typo silently ignored is a monitor silently misconfigured.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import socket
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on older central boxes only
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = "~/.config/gpumon/gpumon.toml"
+
+# Canonical column keys → header names recognised (case- and space-insensitive).
+# The first name of each is the one gpumon writes when it adds the column.
+DEFAULT_COLUMNS: dict[str, list[str]] = {
+    "server": ["Server", "Host", "Hostname"],
+    "gpu": ["GPU", "GPU #", "GPU index"],
+    # Owned columns are overwritten, so their aliases must never match a column people keep.
+    "ip": ["IP", "IP address"],
+    "status": ["ON/OFF", "On-Off"],
+    "time": ["Time", "Last seen"],
+    "util": ["GPU util", "GPU utilization"],
+    "memory": ["GPU memory", "GPU mem"],
+    "running": ["Running"],
+    "job": ["Job"],
+    "health": ["Health"],
+}
+# Columns gpumon owns (writes). Every other column is people's.
+OWNED_COLUMNS = ("ip", "status", "time", "util", "memory", "running", "job", "health")
+
+
+class ConfigError(Exception):
+    """A config problem, phrased for the admin: where it is and how to fix it."""
+
+
+@dataclass
+class ServerEntry:
+    """How to reach one server. Unset fields fall back to ~/.ssh/config, then to the name."""
+
+    name: str
+    host: str | None = None
+    user: str | None = None
+    port: int | None = None
+    identity_file: str | None = None
+    proxy_jump: str | None = None
+    command: str | None = None  # overrides [poll] command for this server
+    local: bool = False  # this machine: read the agent in-process, no SSH
+
+
+@dataclass
+class PollConfig:
+    command: str = "gpumon-agent report --json"
+    user: str | None = None  # login user when neither [servers.X] nor ~/.ssh/config says
+    concurrency: int = 32
+    connect_timeout_s: float = 3.0  # TCP connect
+    handshake_timeout_s: float = 5.0  # banner + key exchange
+    auth_timeout_s: float = 5.0
+    command_timeout_s: float = 5.0  # exec + reading the output
+    sweep_timeout_s: float = 15.0  # the whole fleet
+    stale_after_s: float = 30.0  # a Report older than this is "agent stale"
+    known_hosts: str | None = None  # an extra known_hosts file (system and user ones are read too)
+    ssh_config: str = "~/.ssh/config"
+    identity_files: list[str] = field(default_factory=list)
+    agentless: bool = True  # read nvidia-smi + ps when the agent is not installed
+    servers_from_sheet: bool = True  # poll every name in the sheet's Server column
+
+
+@dataclass
+class SheetConfig:
+    backend: str = "xlsx"  # "google" | "xlsx"
+    url: str | None = None  # google: spreadsheet URL or key
+    worksheet: str | None = None  # default: the gid in the URL, else the first sheet
+    credentials: str = "~/.config/gpumon/service-account.json"
+    path: str = "gpumon-sheet.xlsx"  # xlsx backend
+    timeout_s: float = 20.0  # each HTTP request
+    retry_budget_s: float = 30.0  # all retries of one push together
+    add_rows: bool = False  # insert rows for GPUs the sheet lacks
+    time_zone: str | None = None  # default: the spreadsheet's own
+    columns: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_COLUMNS))
+
+
+@dataclass
+class ServeConfig:
+    interval_s: float = 60.0
+
+
+@dataclass
+class Config:
+    path: str | None = None  # None: the embedded default
+    state_dir: str = "~/.local/state/gpumon"  # push lock, last-seen times
+    poll: PollConfig = field(default_factory=PollConfig)
+    sheet: SheetConfig = field(default_factory=SheetConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    servers: dict[str, ServerEntry] = field(default_factory=dict)
+
+    @property
+    def origin(self) -> str:
+        return self.path or "the embedded default config"
+
+    def state_path(self, name: str) -> Path:
+        return Path(os.path.expanduser(self.state_dir)) / name
+
+
+def embedded_default() -> Config:
+    """No config at all: this machine, read locally, into ./gpumon-sheet.xlsx."""
+    name = socket.gethostname()
+    return Config(
+        path=None,
+        poll=PollConfig(servers_from_sheet=False),
+        servers={name: ServerEntry(name=name, local=True)},
+    )
+
+
+def load(path: str | None = None) -> Config:
+    """--config PATH, else the default path if it exists, else the embedded default."""
+    if path is None:
+        default = Path(os.path.expanduser(DEFAULT_CONFIG_PATH))
+        if not default.exists():
+            return embedded_default()
+        path = str(default)
+    file = Path(os.path.expanduser(path))
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{file}: no such config file — create it (see README, 'Set-up') or drop --config"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{file}: cannot read it ({e})") from None
+    return parse(text, str(file))
+
+
+def parse(text: str, origin: str) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{origin}: not valid TOML: {e}") from None
+    where = _Where(origin, text)
+    top = _Section(where, "", data)
+    config = Config(path=origin)
+    config.state_dir = top.get("state_dir", str, config.state_dir)
+    config.poll = _dataclass_section(where, "poll", top.table("poll"), PollConfig)
+    sheet_data = top.table("sheet")
+    columns = sheet_data.pop("columns", None)
+    config.sheet = _dataclass_section(where, "sheet", sheet_data, SheetConfig)
+    config.sheet.columns = _columns(where, columns)
+    config.serve = _dataclass_section(where, "serve", top.table("serve"), ServeConfig)
+    servers = top.table("servers")
+    for name, entry in servers.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(
+                f"{where.at('servers.' + name)}: [servers.{name}] must be a table, "
+                f'e.g.\n[servers.{name}]\nhost = "192.0.2.10"'
+            )
+        server = _dataclass_section(where, f"servers.{name}", dict(entry), ServerEntry, name=name)
+        config.servers[name] = server
+    top.finish(("state_dir", "poll", "sheet", "serve", "servers"))
+    _check_values(where, config)
+    return config
+
+
+# --- validation helpers ----------------------------------------------------------------------
+
+
+class _Where:
+    """Turns a dotted key into 'file, line N, [section] key' for error messages."""
+
+    def __init__(self, origin: str, text: str) -> None:
+        self.origin = origin
+        self.lines = text.splitlines()
+
+    def at(self, dotted: str) -> str:
+        section, _, key = dotted.rpartition(".")
+        line = self._find(section, key)
+        label = f"[{section}] {key}" if section else key
+        return f"{self.origin}, line {line}, {label}" if line else f"{self.origin}, {label}"
+
+    def _find(self, section: str, key: str) -> int | None:
+        current = ""
+        for number, raw in enumerate(self.lines, 1):
+            stripped = raw.strip()
+            header = re.match(r"^\[\s*([^\]]+?)\s*\]", stripped)
+            if header:
+                current = header.group(1).replace('"', "")
+                if not key and current == section:
+                    return number
+                continue
+            if current == section and re.match(rf'^"?{re.escape(key)}"?\s*=', stripped):
+                return number
+        return None
+
+
+class _Section:
+    def __init__(self, where: _Where, name: str, data: dict[str, Any]) -> None:
+        self.where, self.name, self.data = where, name, data
+
+    def key(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
+
+    def get(self, key: str, tp: type, default: Any) -> Any:
+        if key not in self.data:
+            return default
+        return _typed(self.where, self.key(key), self.data[key], tp)
+
+    def table(self, key: str) -> dict[str, Any]:
+        value = self.data.get(key, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.where.at(self.key(key))}: must be a table [{key}]")
+        return dict(value)
+
+    def finish(self, known: tuple[str, ...] | list[str]) -> None:
+        for key in self.data:
+            if key not in known:
+                close = difflib.get_close_matches(key, list(known), n=1)
+                hint = f" — did you mean '{close[0]}'?" if close else ""
+                section = f"[{self.name}]" if self.name else "the top level"
+                raise ConfigError(
+                    f"{self.where.at(self.key(key))}: unknown key in {section}{hint} "
+                    f"(known: {', '.join(known)})"
+                )
+
+
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def _typed(where: _Where, dotted: str, value: Any, tp: Any) -> Any:
+    optional = False
+    text = str(tp)
+    if "None" in text or "Optional" in text:
+        optional = True
+    base = _base_type(tp)
+    if value is None and optional:
+        return None
+    if base is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f'{where.at(dotted)}: expected a list of strings, e.g. ["a", "b"]')
+        return list(value)
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, bool):
+        raise ConfigError(f"{where.at(dotted)}: expected {_TYPE_WORDS[int]}, got {value!r}")
+    if not isinstance(value, base):
+        raise ConfigError(
+            f"{where.at(dotted)}: expected {_TYPE_WORDS.get(base, base)}, got {value!r}"
+        )
+    return value
+
+
+def _base_type(tp: Any) -> type:
+    text = tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
+    for name, base in (
+        ("list", list),
+        ("dict", dict),
+        ("bool", bool),
+        ("int", int),
+        ("float", float),
+    ):
+        if text.startswith(name):
+            return base
+    return str
+
+
+def _dataclass_section(
+    where: _Where, section_name: str, data: dict[str, Any], cls: type, **fixed: Any
+):
+    section = _Section(where, section_name, data)
+    kwargs = dict(fixed)
+    known = []
+    for f in fields(cls):
+        if f.name in fixed or f.name == "columns":
+            continue
+        known.append(f.name)
+        if f.name in data:
+            kwargs[f.name] = _typed(where, section.key(f.name), data[f.name], f.type)
+    section.finish(known)
+    return cls(**kwargs)
+
+
+def _columns(where: _Where, data: Any) -> dict[str, list[str]]:
+    columns = {key: list(names) for key, names in DEFAULT_COLUMNS.items()}
+    if data is None:
+        return columns
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where.at('sheet.columns')}: must be a table [sheet.columns]")
+    section = _Section(where, "sheet.columns", data)
+    for key, value in data.items():
+        if key in columns:
+            names = [value] if isinstance(value, str) else value
+            names = _typed(where, f"sheet.columns.{key}", names, list)
+            if not names:
+                raise ConfigError(f"{where.at('sheet.columns.' + key)}: give at least one name")
+            columns[key] = names
+    section.finish(list(DEFAULT_COLUMNS))
+    return columns
+
+
+def _check_values(where: _Where, config: Config) -> None:
+    sheet, poll = config.sheet, config.poll
+    if sheet.backend not in ("google", "xlsx"):
+        raise ConfigError(f'{where.at("sheet.backend")}: must be "google" or "xlsx"')
+    if sheet.backend == "google" and not sheet.url:
+        raise ConfigError(
+            f"{where.at('sheet.url')}: the google backend needs the sheet, e.g. "
+            'url = "https://docs.google.com/spreadsheets/d/KEY/edit#gid=0"'
+        )
+    positive = [
+        ("poll.connect_timeout_s", poll.connect_timeout_s),
+        ("poll.handshake_timeout_s", poll.handshake_timeout_s),
+        ("poll.auth_timeout_s", poll.auth_timeout_s),
+        ("poll.command_timeout_s", poll.command_timeout_s),
+        ("poll.sweep_timeout_s", poll.sweep_timeout_s),
+        ("poll.stale_after_s", poll.stale_after_s),
+        ("poll.concurrency", poll.concurrency),
+        ("sheet.timeout_s", sheet.timeout_s),
+        ("sheet.retry_budget_s", sheet.retry_budget_s),
+        ("serve.interval_s", config.serve.interval_s),
+    ]
+    for dotted, value in positive:
+        if value <= 0:
+            raise ConfigError(f"{where.at(dotted)}: must be greater than 0")
+    for name, server in config.servers.items():
+        if server.port is not None and not 0 < server.port < 65536:
+            raise ConfigError(f"{where.at(f'servers.{name}.port')}: a TCP port, 1-65535")
+    if not config.servers and not poll.servers_from_sheet:
+        raise ConfigError(
+            f"{config.origin}: no servers to poll — add [servers.NAME] tables or set "
+            "[poll] servers_from_sheet = true"
+        )

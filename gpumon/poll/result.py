@@ -1,0 +1,35 @@
+"""What one poll of one server gives: its Report (ON), or OFF with a reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gpumon_agent.report import Report
+
+# Stable reason codes (the human text is in ServerResult.reason).
+REFUSED = "refused"
+UNREACHABLE = "unreachable"
+TIMEOUT = "timeout"  # ServerResult.stage says which stage
+AUTH_FAILED = "auth_failed"
+HOST_KEY_UNKNOWN = "host_key_unknown"
+HOST_KEY_CHANGED = "host_key_changed"
+AGENT_MISSING = "agent_missing"
+AGENT_FAILED = "agent_failed"
+BAD_OUTPUT = "bad_output"
+AGENT_STALE = "agent_stale"  # ON, but the Report is older than [poll] stale_after_s
+
+
+@dataclass
+class ServerResult:
+    name: str  # as in the sheet / config
+    destination: str  # what was dialled: "user@host:port", or "local"
+    on: bool
+    polled_at: str  # UTC ISO-8601
+    report: Report | None = None
+    reason_code: str | None = None  # one of the codes above; None when ON and fresh
+    reason: str | None = None  # short human text, e.g. "timed out at auth (5 s)"
+    stage: str | None = None  # connect | banner | kex | auth | exec | read | sweep
+    last_seen_on: str | None = None  # UTC ISO-8601 of the last ON poll, if ever
+    degraded: bool = False  # agentless: read through nvidia-smi + ps
+    elapsed_s: float = 0.0
+    notes: list[str] = field(default_factory=list)

@@ -1,0 +1,1 @@
+"""The sheet: read its layout, plan the status cells, write them in one request."""

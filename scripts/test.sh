@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh clone: system packages, the venv, lint, the Python 3.8
+# check of the agent, then pytest (extra arguments go to pytest).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
+command -v espeak-ng >/dev/null || need+=(espeak-ng)
+command -v sox >/dev/null || need+=(sox)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "installing system packages: ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+bash scripts/bootstrap.sh --test
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+# Lab servers run old Pythons: the agent must need nothing newer than 3.8.
+.venv/bin/vermin --no-tips --violations --target=3.8- --eval-annotations agent/gpumon_agent
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,7 @@
+"""Shared test set-up. The real-part harnesses live in tests/harness/."""
+
+import sys
+from pathlib import Path
+
+# `harness` is imported as a top-level package by tests and benchmarks.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
