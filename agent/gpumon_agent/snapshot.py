@@ -1,0 +1,219 @@
+"""The snapshot file (the daemon's latest Report) and the `report` command.
+
+`gpumon-agent report --json` is what the central poller runs over SSH on every server, every
+push, so its fast path — a fresh snapshot exists — only stats and copies a file: no pynvml, no
+psutil, not even json. Only when there is no fresh snapshot does it sample once itself (through
+``collect``) and say so in the Report (``source="oneshot"`` and a note).
+
+Freshness is the file's mtime: the daemon rewrites the file every interval, also when a sample
+fails (keeping the last good values, with a note), so the mtime says whether a daemon is alive,
+while ``generated_at`` says how old the values are.
+
+Must stay importable on Python 3.8, and cheap to import (module level: os, sys, time only).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Optional, Tuple
+
+from gpumon_agent.settings import AgentSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gpumon_agent.report import Report
+
+# A snapshot larger than this is not ours (the Report reader refuses it too).
+_MAX_SNAPSHOT_BYTES = 1024 * 1024
+
+
+# --- writing (the daemon) ---------------------------------------------------------------------
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so that a reader sees the old file or the new one, never a
+    part: a temporary file in the same directory, fsync, then rename over the old one."""
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask may have narrowed it; readers are other users
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_snapshot(settings: AgentSettings, report: Report) -> None:
+    write_atomic(settings.snapshot_path, (report.to_json() + "\n").encode("utf-8"))
+
+
+# --- reading (the `report` command, the poller for local servers) -----------------------------
+
+
+def read_fresh(settings: AgentSettings, now: Optional[float] = None) -> Tuple[Optional[bytes], str]:
+    """The snapshot's bytes when a fresh one exists, else ``(None, why)``, where ``why`` is the
+    note the one-shot Report carries ("no agent daemon running: sampled once", …)."""
+    path = settings.snapshot_path
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if st.st_size > _MAX_SNAPSHOT_BYTES:
+                return (
+                    None,
+                    f"snapshot {path} is {st.st_size} bytes, too big for a report: sampled once",
+                )
+            data = f.read()
+    except FileNotFoundError:
+        if not os.path.isdir(settings.state_dir):
+            return (
+                None,
+                f"no agent daemon running ({settings.state_dir} does not exist): sampled once",
+            )
+        return None, "no agent daemon running: sampled once"
+    except OSError as e:
+        return None, f"snapshot {path} unreadable ({e.strerror or e}): sampled once"
+
+    age = (time.time() if now is None else now) - st.st_mtime
+    if age > settings.max_age_s:
+        return None, f"snapshot {age:.0f} s old (daemon stopped?): sampled once"
+    if age < -settings.max_age_s:
+        return None, f"snapshot dated {-age:.0f} s in the future (clock changed?): sampled once"
+    # Written whole by rename, so only a foreign file fails this; the full check is the reader's.
+    if not data.startswith(b"{") or not data.rstrip().endswith(b"}"):
+        return None, f"snapshot {path} is not a report: sampled once"
+    return data, ""
+
+
+def latest_report(settings: AgentSettings) -> Report:
+    """The latest Report: the daemon's snapshot when fresh, else one sampled now (with a note).
+    The central poller calls this in-process for `local = true` servers."""
+    from gpumon_agent.report import Report, ReportError
+
+    data, why = read_fresh(settings)
+    if data is not None:
+        try:
+            return Report.from_json(data)
+        except ReportError as e:
+            why = f"snapshot {settings.snapshot_path} unusable ({e}): sampled once"
+    return sample_once(settings, why)
+
+
+def sample_once(settings: AgentSettings, note: str) -> Report:
+    from gpumon_agent.collect import Collector
+    from gpumon_agent.report import SOURCE_ONESHOT
+
+    report = Collector(settings, oneshot=True).collect()
+    report.source = SOURCE_ONESHOT
+    report.notes.insert(0, note)
+    return report
+
+
+def print_report(settings: AgentSettings, as_json: bool) -> int:
+    """`gpumon-agent report [--json]`."""
+    if as_json:
+        data, why = read_fresh(settings)
+        if data is not None:
+            out = sys.stdout.buffer
+            out.write(data if data.endswith(b"\n") else data + b"\n")
+            out.flush()
+            return 0
+    try:
+        report = latest_report(settings) if not as_json else sample_once(settings, why)
+    except Exception as e:  # a bug or a broken install: say what, the poller shows it
+        print(f"gpumon-agent report: could not sample: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    if as_json:
+        sys.stdout.write(report.to_json() + "\n")
+    else:
+        sys.stdout.write(summarize(report))
+    sys.stdout.flush()
+    return 0
+
+
+# --- the human summary ------------------------------------------------------------------------
+
+
+def summarize(report: Report, now: Optional[float] = None) -> str:
+    """A few lines for a person at a terminal; the poller reads --json instead."""
+    from gpumon_agent.report import GPU_OK, parse_utc_iso
+
+    h = report.host
+    age = (time.time() if now is None else now) - parse_utc_iso(report.generated_at).timestamp()
+    lines = [
+        "{}{}  {} ({}, {:.0f} s ago)".format(
+            h.hostname,
+            "  " + h.primary_ip if h.primary_ip else "",
+            report.generated_at,
+            report.source,
+            max(age, 0.0),
+        )
+    ]
+    host_bits = []
+    if h.load_avg:
+        host_bits.append("load " + " ".join(f"{x:.2f}" for x in h.load_avg))
+    if h.memory_total_bytes:
+        host_bits.append(f"mem {_gib(h.memory_used_bytes)} / {_gib(h.memory_total_bytes)}")
+    if h.users:
+        host_bits.append("users " + ",".join(sorted({u.name for u in h.users})))
+    if host_bits:
+        lines.append("  " + "  ".join(host_bits))
+    if report.nvml.available:
+        lines.append("  NVML driver {}".format(report.nvml.driver_version or "?"))
+    else:
+        lines.append("  NVML unavailable: {}".format(report.nvml.error or "unknown error"))
+    for g in report.gpus:
+        head = "  GPU {} {}".format(g.index, g.name or "?")
+        if g.state != GPU_OK:
+            lines.append("{}  {}: {}".format(head, g.state.upper(), g.error or ""))
+            continue
+        bits = [head]
+        if g.utilization_pct is not None:
+            mean = g.utilization_mean_pct
+            bits.append(
+                f"util {g.utilization_pct:.0f}%"
+                + (f" (mean {mean:.0f}%)" if mean is not None else "")
+            )
+        if g.memory_total_bytes:
+            bits.append(f"mem {_gib(g.memory_used_bytes)} / {_gib(g.memory_total_bytes)}")
+        if g.temperature_c is not None:
+            bits.append(f"{g.temperature_c:.0f} C")
+        if g.power_w is not None:
+            bits.append(f"{g.power_w:.0f} W")
+        lines.append("  ".join(bits))
+        for p in g.processes:
+            lines.append(f"      pid {p.pid} {p.user}: {_trim(p.command, 60)}")
+        for c in g.claims:
+            lines.append(f"      claimed by {c.user} for {c.job!r} (pid {c.pid})")
+        if g.unclaimed_use:
+            lines.append("      in use without a claim")
+        if g.claimed_idle:
+            lines.append("      claimed but idle since {}".format(g.idle_since or "?"))
+    for w in report.warnings:
+        where = f"GPU {w.gpu_index}: " if w.gpu_index is not None else ""
+        lines.append(f"  warning {where}{w.message} ({w.code})")
+    for e in report.claim_errors:
+        lines.append(f"  bad claim file {e.path}: {e.error}")
+    for n in report.notes:
+        lines.append("  note: " + n)
+    return "\n".join(lines) + "\n"
+
+
+def _gib(n: Optional[int]) -> str:
+    return "?" if n is None else f"{n / 2**30:.1f} GiB"
+
+
+def _trim(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
