@@ -11,7 +11,16 @@ The contract between layout/plan (pure) and the backends (I/O):
   rows at any moment) addresses the row by its anchor, never by the index read earlier, so a
   value lands in the right row or nowhere.
 - ``Backend.setup(setup)`` does the one-time work: add missing header cells, anchor rows,
-  number formats and colors. Not part of a normal push.
+  number formats and colors, insert rows (``push --add-rows``). Not part of a normal push; after
+  a setup, push reads the sheet again and plans afresh (one extra read, only on that push).
+- Errors: a backend raises ``SheetError`` when the sheet cannot be read or written (unreachable,
+  quota exhausted, permission refused, a corrupt or locked file), with a message that says what
+  to do; a problem with the [sheet] config or the credentials file is a
+  ``gpumon.config.ConfigError``. ``gpumon push`` turns them into distinct exit codes.
+- Each backend module (``gpumon.sheet.xlsx``, ``gpumon.sheet.google``) exposes
+  ``open_backend(config: gpumon.config.Config) -> Backend``; ``gpumon.sheet.backends.open_backend``
+  picks the module by ``[sheet] backend``. A backend may have ``close()``; serve keeps one open
+  across pushes and calls it at the end.
 
 Coordinates are 0-based; ranges are end-exclusive, as in the Sheets API's GridRange.
 """
@@ -22,6 +31,25 @@ from dataclasses import dataclass, field
 from typing import Protocol, Union
 
 Value = Union[str, int, float, bool]
+
+
+class SheetError(Exception):
+    """The sheet cannot be read or written now; the message names it and says what to do."""
+
+
+def column_letter(col: int) -> str:
+    """0 → "A", 25 → "Z", 26 → "AA"."""
+    letters = ""
+    col += 1
+    while col:
+        col, rem = divmod(col - 1, 26)
+        letters = chr(ord("A") + rem) + letters
+    return letters
+
+
+def a1(row: int, col: int) -> str:
+    """0-based (row, col) → A1 notation: (6, 0) → "A7"."""
+    return f"{column_letter(col)}{row + 1}"
 
 
 @dataclass(frozen=True)
@@ -47,6 +75,9 @@ class Grid:
     # 0-based row → the anchor gpumon attached to that row earlier (Google: developer metadata,
     # which moves with its row). Empty for backends whose rows cannot move under gpumon.
     row_anchors: dict[int, str] = field(default_factory=dict)
+    # True when the backend addresses writes by row anchor (Google). Plan then writes only rows
+    # whose anchor reads back as their content says, and asks Setup to anchor the others.
+    anchored: bool = False
 
     def cell(self, row: int, col: int) -> str:
         if row < 0 or row >= len(self.values):
@@ -74,19 +105,44 @@ class CellWrite:
 
 
 @dataclass
+class NewRows:
+    """Rows to insert for GPUs (or a whole server) the sheet lacks — only with push --add-rows.
+
+    The backend inserts ``len(gpus)`` rows above ``before_row`` (0-based, as read; the end of the
+    server's block, or the end of the table for a new block), so no person's cell is shifted
+    sideways or overwritten. In the new rows it writes only the GPU index into the GPU column and,
+    when ``name_first``, the server name into the Server column of the first new row (a new
+    block; otherwise the blank name continues the block above). Row formatting may be copied
+    from the row above, as a person inserting a row would get.
+    """
+
+    before_row: int
+    server: str
+    gpus: list[int | None]  # one new row each; None: a row without a GPU index (GPU-less server)
+    name_first: bool = False
+    anchors: list[str] = field(default_factory=list)  # each new row's anchor (anchored backends)
+
+
+@dataclass
 class Setup:
-    """One-time changes: done when the sheet is adopted or its layout grew, not every push."""
+    """One-time changes: done when the sheet is adopted or its layout grew, not every push.
+
+    A backend applies them in this order: remove ``stale_anchors``, add ``new_headers`` (the
+    grid may need more columns first), attach ``anchors`` (rows as read), then insert
+    ``new_rows`` — listed bottom-up (descending ``before_row``) so the indices given stay valid.
+    """
 
     header_row: int
     new_headers: dict[int, str] = field(default_factory=dict)  # column → header text to add
     anchors: dict[int, str] = field(default_factory=dict)  # row → anchor to attach
     stale_anchors: list[str] = field(default_factory=list)  # anchors to remove (row gone/moved)
-    # Columns of gpumon's kinds, for formats: "status", "time", "util", ...
+    # Column of each kind, for formats and new rows: "server", "gpu", "status", "time", ...
     columns: dict[str, int] = field(default_factory=dict)
     data_rows: tuple[int, int] = (0, 0)  # [start, end) of the rows gpumon manages
+    new_rows: list[NewRows] = field(default_factory=list)
 
     def is_empty(self) -> bool:
-        return not (self.new_headers or self.anchors or self.stale_anchors)
+        return not (self.new_headers or self.anchors or self.stale_anchors or self.new_rows)
 
 
 @dataclass
