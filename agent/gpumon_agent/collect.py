@@ -16,8 +16,8 @@ import time
 from typing import Optional
 
 from gpumon_agent import health
-from gpumon_agent.claims import ClaimRegistry, IdleTracker, annotate
-from gpumon_agent.report import ClaimFileError, Report
+from gpumon_agent.claims import ClaimRegistry, IdleTracker, apply_claims
+from gpumon_agent.report import Report
 from gpumon_agent.sampler import Sampler
 from gpumon_agent.settings import AgentSettings
 
@@ -30,15 +30,18 @@ class Collector:
     """Keeps what must outlive one sample: the sampler's window, the idle tracker, the GPU count.
 
     ``oneshot``: a single sample by `report`, which may run as any user — it reads the remembered
-    GPU count but leaves the state dir to the daemon.
+    GPU count but leaves the state dir to the daemon. ``previous``: the last Report known (a stale
+    snapshot), which seeds how long claimed GPUs have been idle.
     """
 
-    def __init__(self, settings: AgentSettings, oneshot: bool = False) -> None:
+    def __init__(
+        self, settings: AgentSettings, oneshot: bool = False, previous: Optional[Report] = None
+    ) -> None:
         self.settings = settings
         self.oneshot = oneshot
         self.sampler = Sampler(settings)
         self.registry = ClaimRegistry(settings.claims_path)
-        self.tracker = IdleTracker()
+        self.tracker = IdleTracker.from_report(previous)
         self.count_path = os.path.join(settings.state_dir, GPU_COUNT_FILE)
         self.expected_gpus = read_gpu_count(self.count_path)
 
@@ -46,9 +49,7 @@ class Collector:
         now = time.time() if now is None else now
         report = self.sampler.sample()
 
-        claims, errors = _live_claims(self.registry)
-        report.claim_errors.extend(errors)
-        annotate(report, claims, self.tracker, self.settings.idle_after_s, now)
+        apply_claims(report, self.registry, self.tracker, self.settings.idle_after_s, now)
 
         report.warnings.extend(health.evaluate(report, self.expected_gpus))
         if report.nvml.available:
@@ -59,16 +60,6 @@ class Collector:
                 if not self.oneshot:
                     write_gpu_count(self.count_path, count)
         return report
-
-
-def _live_claims(registry: ClaimRegistry):
-    """The registry's live claims and the claim files it could not read."""
-    result = registry.live_claims()
-    if isinstance(result, tuple):
-        claims, errors = result
-    else:
-        claims, errors = result, getattr(registry, "errors", [])
-    return claims, [e if isinstance(e, ClaimFileError) else ClaimFileError(*e) for e in errors]
 
 
 def read_gpu_count(path: str) -> Optional[int]:

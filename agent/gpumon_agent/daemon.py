@@ -202,24 +202,23 @@ class DaemonError(Exception):
 
 
 def prepare_dirs(settings: AgentSettings) -> None:
-    """The state dir (0755, readable by `report` as any user) and the claims dir: sticky and
-    world-writable like /tmp, so any user's trainer can register a claim but not remove
-    another's."""
+    """The state dir (0755: `report` runs as any user) and the claims registry (1777, like /tmp:
+    any user's trainer may register a claim, none may remove another's)."""
     try:
-        os.makedirs(settings.state_dir, mode=0o755, exist_ok=True)
+        if not os.path.isdir(settings.state_dir):
+            os.makedirs(settings.state_dir)
+            os.chmod(settings.state_dir, 0o755)  # whatever the umask
     except OSError as e:
         raise DaemonError(
             f"cannot create the state dir {settings.state_dir}: {e.strerror or e} "
             "(set GPUMON_STATE_DIR or --state-dir to a directory this user may write)"
         ) from None
-    claims = settings.claims_path
+    from gpumon_agent.claims import ClaimError, ClaimRegistry
+
     try:
-        os.makedirs(claims, exist_ok=True)
-        st = os.stat(claims)
-        if st.st_uid == os.geteuid() and (st.st_mode & 0o7777) != 0o1777:
-            os.chmod(claims, 0o1777)
-    except OSError as e:
-        raise DaemonError(f"cannot prepare the claims dir {claims}: {e.strerror or e}") from None
+        ClaimRegistry(settings.claims_path).ensure(create=True)
+    except ClaimError as e:
+        raise DaemonError(str(e)) from None
 
 
 def take_lock(settings: AgentSettings) -> IO[str]:

@@ -63,38 +63,39 @@ def write_snapshot(settings: AgentSettings, report: Report) -> None:
 # --- reading (the `report` command, the poller for local servers) -----------------------------
 
 
-def read_fresh(settings: AgentSettings, now: Optional[float] = None) -> Tuple[Optional[bytes], str]:
-    """The snapshot's bytes when a fresh one exists, else ``(None, why)``, where ``why`` is the
-    note the one-shot Report carries ("no agent daemon running: sampled once", …)."""
+def read_snapshot(
+    settings: AgentSettings, now: Optional[float] = None
+) -> Tuple[Optional[bytes], bool, str]:
+    """``(data, fresh, why)``: the snapshot's bytes (``None`` when there is none, or it is not a
+    report), whether it is fresh, and when not, the note the one-shot Report carries ("no agent
+    daemon running: sampled once", …). A stale snapshot's bytes still come back: they tell the
+    one-shot sample how long claimed GPUs have been idle."""
     path = settings.snapshot_path
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
             if st.st_size > _MAX_SNAPSHOT_BYTES:
-                return (
-                    None,
-                    f"snapshot {path} is {st.st_size} bytes, too big for a report: sampled once",
-                )
+                why = f"snapshot {path} is {st.st_size} bytes, too big for a report: sampled once"
+                return None, False, why
             data = f.read()
     except FileNotFoundError:
         if not os.path.isdir(settings.state_dir):
-            return (
-                None,
-                f"no agent daemon running ({settings.state_dir} does not exist): sampled once",
-            )
-        return None, "no agent daemon running: sampled once"
+            why = f"no agent daemon running ({settings.state_dir} does not exist): sampled once"
+            return None, False, why
+        return None, False, "no agent daemon running: sampled once"
     except OSError as e:
-        return None, f"snapshot {path} unreadable ({e.strerror or e}): sampled once"
+        return None, False, f"snapshot {path} unreadable ({e.strerror or e}): sampled once"
 
-    age = (time.time() if now is None else now) - st.st_mtime
-    if age > settings.max_age_s:
-        return None, f"snapshot {age:.0f} s old (daemon stopped?): sampled once"
-    if age < -settings.max_age_s:
-        return None, f"snapshot dated {-age:.0f} s in the future (clock changed?): sampled once"
     # Written whole by rename, so only a foreign file fails this; the full check is the reader's.
     if not data.startswith(b"{") or not data.rstrip().endswith(b"}"):
-        return None, f"snapshot {path} is not a report: sampled once"
-    return data, ""
+        return None, False, f"snapshot {path} is not a report: sampled once"
+    age = (time.time() if now is None else now) - st.st_mtime
+    if age > settings.max_age_s:
+        return data, False, f"snapshot {age:.0f} s old (daemon stopped?): sampled once"
+    if age < -settings.max_age_s:
+        why = f"snapshot dated {-age:.0f} s in the future (clock changed?): sampled once"
+        return data, False, why
+    return data, True, ""
 
 
 def latest_report(settings: AgentSettings) -> Report:
@@ -102,37 +103,46 @@ def latest_report(settings: AgentSettings) -> Report:
     The central poller calls this in-process for `local = true` servers."""
     from gpumon_agent.report import Report, ReportError
 
-    data, why = read_fresh(settings)
-    if data is not None:
+    data, fresh, why = read_snapshot(settings)
+    if data is not None and fresh:
         try:
             return Report.from_json(data)
         except ReportError as e:
-            why = f"snapshot {settings.snapshot_path} unusable ({e}): sampled once"
-    return sample_once(settings, why)
+            data, why = None, f"snapshot {settings.snapshot_path} unusable ({e}): sampled once"
+    return sample_once(settings, why, data)
 
 
-def sample_once(settings: AgentSettings, note: str) -> Report:
+def sample_once(settings: AgentSettings, note: str, stale: Optional[bytes] = None) -> Report:
+    """One Report sampled now, marked ``oneshot`` with ``note`` first among its notes."""
     from gpumon_agent.collect import Collector
-    from gpumon_agent.report import SOURCE_ONESHOT
+    from gpumon_agent.report import SOURCE_ONESHOT, Report, ReportError
 
-    report = Collector(settings, oneshot=True).collect()
+    previous = None
+    if stale is not None:
+        try:
+            previous = Report.from_json(stale)
+        except ReportError:
+            pass
+    report = Collector(settings, oneshot=True, previous=previous).collect()
     report.source = SOURCE_ONESHOT
     report.notes.insert(0, note)
     return report
 
 
 def print_report(settings: AgentSettings, as_json: bool) -> int:
-    """`gpumon-agent report [--json]`."""
-    if as_json:
-        data, why = read_fresh(settings)
-        if data is not None:
-            out = sys.stdout.buffer
-            out.write(data if data.endswith(b"\n") else data + b"\n")
-            out.flush()
-            return 0
+    """`gpumon-agent report [--json]`. The fast path copies a fresh snapshot to stdout as is."""
     try:
-        report = latest_report(settings) if not as_json else sample_once(settings, why)
-    except Exception as e:  # a bug or a broken install: say what, the poller shows it
+        if as_json:
+            data, fresh, why = read_snapshot(settings)
+            if data is not None and fresh:
+                out = sys.stdout.buffer
+                out.write(data if data.endswith(b"\n") else data + b"\n")
+                out.flush()
+                return 0
+            report = sample_once(settings, why, data)
+        else:
+            report = latest_report(settings)
+    except Exception as e:  # a bug or a broken install: say what; the poller shows it
         print(f"gpumon-agent report: could not sample: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     if as_json:
