@@ -5,3 +5,5 @@ from pathlib import Path
 
 # `harness` is imported as a top-level package by tests and benchmarks.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+pytest_plugins = ["harness.fixtures_nvml"]
