@@ -1,0 +1,431 @@
+"""The trainer hook: claim GPUs for a training job, so the sheet shows who runs what where.
+
+Python::
+
+    from gpumon_agent.hook import claim
+
+    with claim(gpus="auto", count=1, job="kws ch32 do0.75") as c:  # before touching torch.cuda
+        ...                                       # CUDA_VISIBLE_DEVICES now names c.gpu_indices
+        c.update(epoch=3, loss=0.41, val_acc=0.93)
+
+Any command: ``gpumon claim --gpus auto --job NAME -- CMD ARGS…`` (``run_claimed``).
+
+Entering the claim picks and records GPUs (claims.claim_gpus: under the registry lock), sets
+CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER=PCI_BUS_ID, and, in the main thread, installs SIGINT
+and SIGTERM handlers that chain to the ones before. Leaving it — normally, by an exception, by
+SIGINT (KeyboardInterrupt) or SIGTERM — releases the claim and restores the environment and the
+handlers. docs/claims.md is the user's guide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import warnings
+from types import FrameType
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+from gpumon_agent.claims import (
+    DEFAULT_LOCK_TIMEOUT_S,
+    ClaimError,
+    ClaimRecord,
+    ClaimRegistry,
+    GpuRequest,
+    InvalidClaimFile,
+    LockTimeout,
+    NoFreeGpu,
+    check_owner_process,
+    claim_gpus,
+    clean_progress,
+    parse_gpu_request,
+)
+from gpumon_agent.report import Gpu, utc_iso
+from gpumon_agent.settings import AgentSettings
+
+# Set for the command under `gpumon claim`: a claim() inside it adopts that claim.
+CLAIM_FILE_ENV = "GPUMON_CLAIM_FILE"
+# `gpumon claim` exit status when it could not claim for a reason that may pass (sysexits.h).
+EX_TEMPFAIL = 75
+_HANDLED = (signal.SIGINT, signal.SIGTERM)
+_ENV_KEYS = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", CLAIM_FILE_ENV)
+
+Handler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
+
+
+class GpusUnavailable(ClaimError):
+    """NVML cannot be read (no driver, CPU-only machine) or there are no GPUs."""
+
+
+def sample_gpus(settings: AgentSettings) -> List[Gpu]:
+    """This server's GPUs with their processes, from NVML (via the agent's sampler).
+
+    Raises GpusUnavailable when NVML cannot be read or finds no GPU."""
+    from gpumon_agent.sampler import Sampler
+
+    report = Sampler(settings).sample()
+    if not report.nvml.available:
+        raise GpusUnavailable(
+            f"cannot read the GPUs through NVML ({report.nvml.error or 'no NVIDIA driver'}); "
+            "claiming GPUs needs the NVIDIA driver — to run on the CPU instead, use "
+            "claim(..., required=False)"
+        )
+    if not report.gpus:
+        raise GpusUnavailable("NVML finds no GPU on this server")
+    return report.gpus
+
+
+class Claim:
+    """A GPU claim held for a ``with`` block. See ``claim()`` for the arguments.
+
+    Inside the block: ``gpu_indices`` and ``gpu_uuids`` (empty for a CPU-only claim),
+    ``cuda_visible_devices`` (as set in the environment), ``record`` (the claim file's content;
+    None for a CPU-only claim) and ``update(**progress)``."""
+
+    def __init__(
+        self,
+        gpus: Union[str, int, Sequence[Union[int, str]], None] = "auto",
+        count: int = 1,
+        job: Optional[str] = None,
+        required: bool = True,
+        settings: Optional[AgentSettings] = None,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+        command: Optional[str] = None,
+    ) -> None:
+        self.request: GpuRequest = parse_gpu_request(gpus)
+        self.count = count if self.request is None else len(self.request)
+        self.job = job
+        self.required = required
+        self.settings = settings
+        self.lock_timeout_s = lock_timeout_s
+        self.command = command
+        self.gpu_indices: List[int] = []
+        self.gpu_uuids: List[str] = []
+        self.cuda_visible_devices: Optional[str] = None
+        self.record: Optional[ClaimRecord] = None
+        self.adopted = False  # the claim of an enclosing `gpumon claim`, not ours to release
+        self._registry: Optional[ClaimRegistry] = None
+        self._saved_env: Dict[str, Optional[str]] = {}
+        self._saved_handlers: Dict[int, Handler] = {}
+        self._entered = False
+
+    # -- the with block -------------------------------------------------------------------
+
+    def __enter__(self) -> Claim:
+        if self._entered:
+            raise ClaimError("a Claim can be entered once; make a new claim()")
+        self._entered = True
+        self._install_handlers()
+        try:
+            self._acquire()
+            self._set_env()
+        except BaseException:
+            self._release()
+            self._restore_handlers()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._release()
+            self._restore_env()
+        finally:
+            self._restore_handlers()
+
+    # -- what trainers call ---------------------------------------------------------------
+
+    def update(self, **progress: Any) -> None:
+        """Merge ``progress`` (epoch, loss, accuracy…) into the claim; the sheet shows it.
+
+        Values must be JSON-able (numpy/torch scalars are converted; NaN becomes "nan"); the
+        whole is capped at 4 KiB (ValueError beyond). One small file write per call: call it
+        per epoch or every few seconds, not per batch. A CPU-only claim ignores it."""
+        record = self.record
+        if record is None or self._registry is None:
+            return
+        merged = clean_progress(dict(record.progress, **progress))
+        record.progress = merged
+        record.updated_at = utc_iso()
+        self._registry.rewrite(record)
+
+    @property
+    def active(self) -> bool:
+        return self.record is not None
+
+    # -- acquiring and releasing ----------------------------------------------------------
+
+    def _acquire(self) -> None:
+        settings = self.settings or AgentSettings.from_env()
+        self._registry = ClaimRegistry(settings.claims_path)
+        if self._adopt():
+            return
+        try:
+            gpus = sample_gpus(settings)
+        except GpusUnavailable:
+            if self.required:
+                raise
+            self.cuda_visible_devices = ""  # the trainer sees no GPU and runs on the CPU
+            return
+        self._registry.ensure()
+        command = self.command if self.command is not None else _own_command()
+        job = self.job or _short(command, 80)
+        self.record = claim_gpus(
+            self._registry, gpus, self.request, self.count, job, command, self.lock_timeout_s
+        )
+        self.job = self.record.job
+        self.gpu_indices = [g.index for g in self.record.gpus]
+        self.gpu_uuids = [g.uuid for g in self.record.gpus if g.uuid]
+        by_uuid = self.request is not None and all(isinstance(r, str) for r in self.request)
+        if by_uuid and len(self.gpu_uuids) == len(self.gpu_indices):
+            self.cuda_visible_devices = ",".join(self.gpu_uuids)
+        else:
+            self.cuda_visible_devices = ",".join(str(i) for i in self.gpu_indices)
+
+    def _adopt(self) -> bool:
+        """Inside `gpumon claim`: use its claim (same GPUs, progress goes to its file) rather
+        than claiming more GPUs. Only a live claim of this user by an ancestor process counts."""
+        path = os.environ.get(CLAIM_FILE_ENV)
+        if not path or self._registry is None:
+            return False
+        try:
+            record = self._registry.read(path)
+        except InvalidClaimFile:
+            return False
+        if record.uid != os.geteuid() or check_owner_process(record) is not None:
+            return False
+        if record.pid not in _ancestors():
+            return False
+        held = [(g.index, g.uuid) for g in record.gpus]
+        if self.request is not None:
+            wanted = set(self.request)
+            if not all(i in wanted or u in wanted for i, u in held) or len(held) != len(wanted):
+                raise ClaimError(
+                    f"this process runs under `gpumon claim`, which holds GPU(s) "
+                    f"{','.join(str(i) for i, _ in held)}; ask for gpus='auto' (or those) here"
+                )
+        self.record = record
+        self.adopted = True
+        self.job = record.job
+        self.gpu_indices = [i for i, _ in held]
+        self.gpu_uuids = [u for _, u in held if u]
+        self.cuda_visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if self.cuda_visible_devices is None:
+            self.cuda_visible_devices = ",".join(str(i) for i in self.gpu_indices)
+        return True
+
+    def _release(self) -> None:
+        record, self.record = self.record, None
+        if record is None or self.adopted or self._registry is None:
+            return
+        with contextlib.suppress(ClaimError):  # gone already, or root removed it
+            self._registry.release(record)
+
+    # -- environment ----------------------------------------------------------------------
+
+    def _set_env(self) -> None:
+        _warn_if_cuda_initialized()
+        self._saved_env = {k: os.environ.get(k) for k in _ENV_KEYS}
+        if self.cuda_visible_devices is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
+            # NVML numbers GPUs in PCI bus order; CUDA's default order is "fastest first".
+            os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+
+    def _restore_env(self) -> None:
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env = {}
+
+    # -- signals --------------------------------------------------------------------------
+
+    def _install_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only; see docs/claims.md
+        for signum in _HANDLED:
+            previous = signal.getsignal(signum)
+            if previous is None:  # installed outside Python: cannot chain to it
+                continue
+            self._saved_handlers[signum] = previous
+            signal.signal(signum, self._on_signal)
+
+    def _restore_handlers(self) -> None:
+        for signum, previous in self._saved_handlers.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signum, previous)  # type: ignore[arg-type]
+        self._saved_handlers = {}
+
+    def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
+        previous = self._saved_handlers.get(signum, signal.SIG_DFL)
+        if previous == signal.SIG_IGN:
+            return
+        if callable(previous):
+            # Python's SIGINT handler raises KeyboardInterrupt; a framework's SIGTERM handler
+            # may stop training gracefully. Either way the with block releases as it unwinds.
+            previous(signum, frame)
+            return
+        # The default action ends the process at once, skipping __exit__: release first, then
+        # die of the same signal so the parent sees the conventional status (128 + signum).
+        self._release()
+        self._restore_env()
+        self._restore_handlers()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def claim(
+    gpus: Union[str, int, Sequence[Union[int, str]], None] = "auto",
+    count: int = 1,
+    job: Optional[str] = None,
+    required: bool = True,
+    settings: Optional[AgentSettings] = None,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    command: Optional[str] = None,
+) -> Claim:
+    """Claim GPUs for the ``with`` block: ``with claim(gpus="auto", count=1, job="…") as c:``.
+
+    gpus: "auto" (``count`` free GPUs: no process, no live claim, least busy first), or
+      indices / UUIDs: [0, 2], "0,2", ["GPU-…"].
+    job: the name the sheet shows (default: this process's command line).
+    required: False lets a machine without a usable NVIDIA driver run the block on the CPU: an
+      empty claim, CUDA_VISIBLE_DEVICES="" and nothing recorded. (Busy GPUs still raise.)
+    settings: where the registry is (default: AgentSettings.from_env(), GPUMON_CLAIMS_DIR).
+    lock_timeout_s: the longest wait for the registry lock.
+
+    Raises ClaimError (NoFreeGpu, LockTimeout, RegistryError, GpusUnavailable) with a message
+    saying what to do. Enter it before the first use of CUDA (torch.cuda…): CUDA reads
+    CUDA_VISIBLE_DEVICES once, when it initializes."""
+    return Claim(
+        gpus=gpus,
+        count=count,
+        job=job,
+        required=required,
+        settings=settings,
+        lock_timeout_s=lock_timeout_s,
+        command=command,
+    )
+
+
+# --- `gpumon claim -- CMD` ---------------------------------------------------------------------
+
+# Relayed to the command. SIGCHLD only wakes the wait.
+_RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def run_claimed(
+    cmd: Sequence[str],
+    gpus: Union[str, Sequence[Union[int, str]], None] = "auto",
+    count: int = 1,
+    job: Optional[str] = None,
+    settings: Optional[AgentSettings] = None,
+    prog: str = "gpumon claim",
+) -> int:
+    """Run ``cmd`` with GPUs claimed for it; the claim is released when it ends.
+
+    Returns the command's exit status, 128 + N when a signal N killed it; 127 / 126 when it
+    cannot be started; EX_TEMPFAIL (75) when the GPUs are taken or the lock is busy; 1 for
+    any other claim error (the message is on stderr)."""
+    command = shlex.join(cmd)
+    try:
+        with claim(
+            gpus=gpus,
+            count=count,
+            job=job or _short(command, 80),
+            settings=settings,
+            command=command,
+        ) as held:
+            env = dict(os.environ)
+            if held.record is not None:
+                env[CLAIM_FILE_ENV] = held.record.path
+            return _run_child(list(cmd), env, prog)
+    except ClaimError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return EX_TEMPFAIL if isinstance(e, (NoFreeGpu, LockTimeout)) else 1
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+
+
+def _run_child(cmd: List[str], env: Dict[str, str], prog: str) -> int:
+    """Run the command and wait, relaying signals sent to us with kill(2). Signals the kernel
+    generates (the terminal's ^C, hangup) reach the whole foreground process group, the
+    command included, so relaying those would deliver them twice."""
+    waited = set(_RELAYED) | {signal.SIGCHLD}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+
+    def child_mask() -> None:  # the command starts with the signal mask we had
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    try:
+        try:
+            proc = subprocess.Popen(cmd, env=env, preexec_fn=child_mask)
+        except FileNotFoundError:
+            print(f"{prog}: {cmd[0]}: command not found", file=sys.stderr)
+            return 127
+        except OSError as e:
+            print(f"{prog}: cannot run {cmd[0]}: {e.strerror}", file=sys.stderr)
+            return 126
+        while True:
+            info = signal.sigtimedwait(waited, 0.5)
+            rc = proc.poll()
+            if rc is not None:
+                break
+            if info is None or info.si_signo == signal.SIGCHLD:
+                continue
+            if info.si_code > 0:  # SI_KERNEL and friends: not from kill(2)
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, info.si_signo)
+    finally:
+        # Whatever is still pending was meant for the command, which has ended.
+        pending = signal.sigpending() & waited
+        while pending and signal.sigtimedwait(pending, 0) is not None:
+            pending = signal.sigpending() & waited
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    return 128 - rc if rc < 0 else rc
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _own_command() -> str:
+    try:
+        import psutil
+
+        return shlex.join(psutil.Process().cmdline())
+    except Exception:  # a process whose /proc entry cannot be read: fall back to argv
+        return shlex.join([sys.executable, *sys.argv])
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _ancestors() -> List[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process().parents()]
+    except psutil.Error:
+        return [os.getppid()]
+
+
+def _warn_if_cuda_initialized() -> None:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    try:
+        initialized = bool(torch.cuda.is_initialized())
+    except Exception:  # a torch without CUDA support, or a stub
+        return
+    if initialized:
+        warnings.warn(
+            "CUDA was initialized before the GPU claim: CUDA_VISIBLE_DEVICES cannot take effect "
+            "in this process any more — enter claim() before the first torch.cuda call",
+            RuntimeWarning,
+            stacklevel=4,
+        )
