@@ -17,6 +17,8 @@ AGENT_MISSING = "agent_missing"
 AGENT_FAILED = "agent_failed"
 BAD_OUTPUT = "bad_output"
 AGENT_STALE = "agent_stale"  # ON, but the Report is older than [poll] stale_after_s
+AGENTLESS = "agentless"  # ON, read through nvidia-smi + ps (no agent): degraded
+CONFIG_ERROR = "config_error"  # OFF: this server's entry (or its ssh config) is unusable
 
 
 @dataclass
@@ -28,8 +30,10 @@ class ServerResult:
     report: Report | None = None
     reason_code: str | None = None  # one of the codes above; None when ON and fresh
     reason: str | None = None  # short human text, e.g. "timed out at auth (5 s)"
-    stage: str | None = None  # connect | banner | kex | auth | exec | read | sweep
+    stage: str | None = None  # connect | banner | kex | auth | exec | read | local | sweep
     last_seen_on: str | None = None  # UTC ISO-8601 of the last ON poll, if ever
     degraded: bool = False  # agentless: read through nvidia-smi + ps
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    address: str | None = None  # the IP actually dialled (None via ProxyJump to a name)
+    reused: bool = False  # polled over a connection kept open from an earlier sweep

@@ -1,0 +1,285 @@
+"""The sweep: every server polled at once, each bounded by its own deadlines.
+
+``Poller(config).sweep(names)`` gives one ServerResult per name, in order, within
+``[poll] sweep_timeout_s``. Connections stay open between sweeps (an exec on an open transport
+costs a few ms; a new connection tens) and are re-opened when a server restarted. A worker stuck
+past its stage deadline is aborted from here — its socket and transport closed, which wakes
+every paramiko wait — and its server reported OFF "timed out at <stage>"; the rest of the fleet
+is unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+from gpumon.config import Config, ConfigError
+from gpumon.poll import agentless
+from gpumon.poll import result as codes
+from gpumon.poll.answer import interpret
+from gpumon.poll.hostkeys import KnownHosts, known_hosts_files
+from gpumon.poll.inventory import Destination, SshConfigFile, resolve
+from gpumon.poll.lastseen import LastSeen
+from gpumon.poll.result import ServerResult
+from gpumon.poll.transport import Attempt, Connection, ConnectionLost, Opener, PollFailure
+from gpumon_agent.report import MAX_REPORT_BYTES, Report, parse_utc_iso, utc_iso
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, ServerResult], None]  # (done, total, the result just in)
+
+
+class Poller:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        poll = config.poll
+        self.ssh_config = SshConfigFile(poll.ssh_config)
+        self.known_hosts = KnownHosts(known_hosts_files(config))
+        self.opener = Opener(
+            poll,
+            self.known_hosts,
+            resolve_jump=lambda host: resolve(config, host, self.ssh_config),
+        )
+        self.last_seen = LastSeen(config.state_path("last-seen.json"))
+        self._connections: dict[str, Connection] = {}
+        self._pool_lock = threading.Lock()
+        self._sweep_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(
+            max_workers=poll.concurrency, thread_name_prefix="gpumon-poll"
+        )
+        self._closed = False
+
+    def __enter__(self) -> Poller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def sweep(self, names: list[str], progress: Progress | None = None) -> list[ServerResult]:
+        """One result per name, same order (a name given twice is polled once)."""
+        if self._closed:
+            raise RuntimeError("Poller.sweep after close()")
+        with self._sweep_lock:
+            unique = list(dict.fromkeys(names))
+            results = self._sweep(unique, progress)
+            self._remember(results)
+            return [results[name] for name in names]
+
+    def close(self) -> None:
+        """Close every kept connection; workers still stuck are aborted, not waited for."""
+        self._closed = True
+        with self._pool_lock:
+            connections, self._connections = list(self._connections.values()), {}
+        for conn in connections:
+            conn.close()
+        self.opener.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- the sweep ----------------------------------------------------------------------
+
+    def _sweep(self, names: list[str], progress: Progress | None) -> dict[str, ServerResult]:
+        started = time.monotonic()
+        sweep_deadline = started + self.config.poll.sweep_timeout_s
+        attempts = {name: Attempt(name) for name in names}
+        futures: dict[Future[ServerResult], str] = {
+            self._executor.submit(self._poll_one, name, attempts[name]): name for name in names
+        }
+        results: dict[str, ServerResult] = {}
+
+        def record(result: ServerResult) -> None:
+            results[result.name] = result
+            if progress is not None:
+                progress(len(results), len(names), result)
+
+        pending = set(futures)
+        while pending:
+            now = time.monotonic()
+            if now >= sweep_deadline:
+                break
+            # A worker past its stage deadline is aborted here, whatever it is blocked in.
+            for future in list(pending):
+                attempt = attempts[futures[future]]
+                if attempt.overdue(now) and not future.done():
+                    attempt.abort()
+                    pending.discard(future)
+                    record(self._timed_out(attempt, started))
+            wake = min([sweep_deadline] + [attempts[futures[f]].deadline for f in pending])
+            done, pending = wait(
+                pending, timeout=max(0.0, wake - time.monotonic()), return_when=FIRST_COMPLETED
+            )
+            for future in done:
+                if futures[future] not in results:
+                    record(future.result())
+        for future in pending:
+            attempt = attempts[futures[future]]
+            if future.done():
+                record(future.result())
+                continue
+            future.cancel()
+            attempt.abort()
+            record(self._timed_out(attempt, started, sweep=True))
+        return results
+
+    def _timed_out(self, attempt: Attempt, started: float, sweep: bool = False) -> ServerResult:
+        if attempt.stage == "queued":
+            stage, reason = (
+                "sweep",
+                f"timed out at sweep ({self.config.poll.sweep_timeout_s:g} s) before its turn "
+                "— raise [poll] concurrency or sweep_timeout_s",
+            )
+        elif sweep:
+            stage = attempt.stage
+            reason = (
+                f"timed out at {stage}{attempt.where}: the sweep's "
+                f"{self.config.poll.sweep_timeout_s:g} s ran out"
+            )
+        else:
+            stage, reason = attempt.stage, attempt.timeout_reason()
+        return ServerResult(
+            name=attempt.name,
+            destination=attempt.label,
+            on=False,
+            polled_at=utc_iso(),
+            reason_code=codes.TIMEOUT,
+            reason=reason,
+            stage=stage,
+            elapsed_s=time.monotonic() - started,
+        )
+
+    # --- one server (in a worker thread) -------------------------------------------------
+
+    def _poll_one(self, name: str, attempt: Attempt) -> ServerResult:
+        started = time.monotonic()
+        polled_at = utc_iso()
+        result = ServerResult(name=name, destination=name, on=False, polled_at=polled_at)
+        try:
+            dest = resolve(self.config, name, self.ssh_config)
+            result.destination = attempt.label = dest.label
+            local = dest.local
+            report = self._local(attempt) if local else self._remote(dest, attempt, result)
+            self._on(result, report)
+        except PollFailure as e:
+            result.reason_code, result.reason, result.stage = e.code, e.reason, e.stage
+        except ConfigError as e:
+            result.reason_code, result.reason = codes.CONFIG_ERROR, str(e)
+        except Exception as e:  # a bug must cost one server, not the sweep
+            log.exception("%s: poll failed unexpectedly", name)
+            result.reason_code = codes.AGENT_FAILED
+            result.reason = f"gpumon bug while polling: {type(e).__name__}: {e}"
+            result.stage = attempt.stage
+        result.elapsed_s = time.monotonic() - started
+        return result
+
+    def _remote(self, dest: Destination, attempt: Attempt, result: ServerResult) -> Report:
+        poll = self.config.poll
+        with self._pool_lock:
+            conn = self._connections.pop(dest.name, None)
+        if conn is not None and (not conn.alive or conn.dest != dest):
+            conn.close()  # the server went away (or its config changed) since the last sweep
+            conn = None
+        keep = True
+        try:
+            for retry in (False, True):
+                result.reused = conn is not None
+                if conn is None:
+                    conn = self.opener.open(dest, attempt)
+                attempt.hold(conn.close)
+                result.address = conn.peer_ip
+                try:
+                    out = conn.run(dest.command, attempt, poll.command_timeout_s, MAX_REPORT_BYTES)
+                    break
+                except ConnectionLost as e:
+                    # Kept-open connections die when a server restarts: re-open once.
+                    attempt.release(conn.close)
+                    conn.close()
+                    conn = None
+                    if retry:
+                        raise PollFailure(
+                            codes.UNREACHABLE, f"connection lost while polling ({e})", "exec"
+                        ) from None
+            try:
+                return interpret(out, dest.command)
+            except PollFailure as e:
+                if e.code != codes.AGENT_MISSING or not poll.agentless:
+                    raise
+            out = conn.run(agentless.SCRIPT, attempt, poll.command_timeout_s, MAX_REPORT_BYTES)
+            report = agentless.build_report(out, conn.peer_ip)
+            result.degraded = True
+            return report
+        except PollFailure as e:
+            keep = e.code not in (codes.TIMEOUT, codes.UNREACHABLE)
+            raise
+        finally:
+            if conn is not None:
+                held = conn
+                if keep:
+                    attempt.handover(lambda: self._keep(dest.name, held), held.close)
+                else:
+                    attempt.release(held.close)
+                    held.close()
+
+    def _keep(self, name: str, conn: Connection) -> None:
+        with self._pool_lock:
+            old = self._connections.get(name)
+            self._connections[name] = conn
+        if old is not None and old is not conn:
+            old.close()
+        if self._closed:
+            conn.close()
+
+    def _local(self, attempt: Attempt) -> Report:
+        """``local = true``: this machine's agent, in-process (no SSH)."""
+        attempt.enter("local", self.config.poll.command_timeout_s)
+        try:
+            from gpumon_agent.settings import AgentSettings
+            from gpumon_agent.snapshot import latest_report
+        except ImportError as e:
+            raise PollFailure(
+                codes.AGENT_MISSING,
+                f"agent not installed here ({e}) — pip install gpumon-agent",
+                "local",
+            ) from None
+        try:
+            return latest_report(AgentSettings.from_env())
+        except SystemExit as e:  # AgentSettings rejects bad GPUMON_* variables this way
+            raise PollFailure(codes.AGENT_FAILED, f"local agent: {e}", "local") from None
+        except Exception as e:
+            raise PollFailure(
+                codes.AGENT_FAILED, f"local agent failed: {type(e).__name__}: {e}", "local"
+            ) from None
+
+    def _on(self, result: ServerResult, report: Report) -> None:
+        result.on, result.report = True, report
+        if result.degraded:
+            result.reason_code, result.reason = codes.AGENTLESS, agentless.NOTE
+        try:
+            age = time.time() - parse_utc_iso(report.generated_at).timestamp()
+        except ValueError:
+            result.notes.append(f"report time {report.generated_at!r} unreadable")
+            return
+        stale_after = self.config.poll.stale_after_s
+        if age > stale_after:
+            result.reason_code = codes.AGENT_STALE
+            result.reason = (
+                f"agent stale: its report is {_duration(age)} old (limit {stale_after:g} s) "
+                "— agent daemon stuck, or the server's clock is off"
+            )
+
+    def _remember(self, results: dict[str, ServerResult]) -> None:
+        seen = {name: r.polled_at for name, r in results.items() if r.on}
+        self.last_seen.update(seen)
+        for name, r in results.items():
+            r.last_seen_on = r.polled_at if r.on else self.last_seen.get(name)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"

@@ -1,0 +1,568 @@
+"""One SSH connection to one server, with a deadline on every stage.
+
+Stages: connect (TCP) → banner → kex (key exchange + host key check) → auth → exec → read.
+Each stage runs under an ``Attempt``: it records the stage and its deadline, and holds what must
+be closed to unstick a blocked thread. The sweep aborts an overdue attempt from outside (closing
+its socket and transport wakes every paramiko wait), so a server hung at any stage costs only its
+own deadline. paramiko's own timeouts are set one second later as a backstop for callers that
+run without a sweep (``gpumon trust``).
+
+Auth is by key only — identity files and ssh-agent keys; never passwords, never a prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import paramiko
+
+from gpumon.config import PollConfig
+from gpumon.poll import result as codes
+from gpumon.poll.hostkeys import CHANGED, REVOKED, TRUSTED, KnownHosts
+from gpumon.poll.inventory import Destination, parse_jump
+
+log = logging.getLogger(__name__)
+
+# Keys tried when neither the config nor ~/.ssh/config names one (OpenSSH's defaults).
+DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
+STDERR_KEEP = 64 * 1024  # bytes of the agent's stderr kept for the reason text
+BACKSTOP_S = 1.0  # paramiko's own timeouts trail ours by this much
+_TICK_S = 0.02  # how often a waiting worker re-checks its stage
+
+
+class PollFailure(Exception):
+    """One server could not be read: a reason code (gpumon.poll.result), text and stage."""
+
+    def __init__(self, code: str, reason: str, stage: str | None = None) -> None:
+        super().__init__(reason)
+        self.code, self.reason, self.stage = code, reason, stage
+
+
+class ConnectionLost(Exception):
+    """A kept-open connection died before the command ran (server restarted): re-open it."""
+
+
+class Attempt:
+    """One poll of one server: its stage, the stage's deadline, and what aborting must close."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.label = name  # the destination, once resolved
+        self.stage = "queued"
+        self.stage_s = 0.0
+        self.deadline = float("inf")
+        self.where = ""  # e.g. " on jump host gw" while a ProxyJump hop is opened
+        self.aborted = False
+        self._lock = threading.Lock()
+        self._held: list[Callable[[], object]] = []
+
+    def enter(self, stage: str, seconds: float) -> float:
+        with self._lock:
+            if self.aborted:
+                raise PollFailure(codes.TIMEOUT, f"timed out at {self.stage}", self.stage)
+            self.stage, self.stage_s = stage, seconds
+            self.deadline = time.monotonic() + seconds
+            return self.deadline
+
+    def relabel(self, stage: str) -> None:
+        """A new stage under the same deadline (banner → kex, exec → read)."""
+        self.stage = stage
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def overdue(self, now: float) -> bool:
+        return now >= self.deadline
+
+    def timeout_reason(self) -> str:
+        return f"timed out at {self.stage}{self.where} ({self.stage_s:g} s)"
+
+    def hold(self, close: Callable[[], object]) -> None:
+        with self._lock:
+            if self.aborted:
+                _quietly(close)
+                raise PollFailure(codes.TIMEOUT, self.timeout_reason(), self.stage)
+            self._held.append(close)
+
+    def release(self, close: Callable[[], object]) -> None:
+        with self._lock:
+            if close in self._held:
+                self._held.remove(close)
+
+    def abort(self) -> None:
+        """Called by the sweep: close everything held so the worker thread ends soon."""
+        with self._lock:
+            self.aborted = True
+            held, self._held = self._held, []
+        for close in held:
+            _quietly(close)
+
+    def handover(self, keep: Callable[[], None], close: Callable[[], object]) -> None:
+        """At the end: ``keep`` (e.g. back into the pool) unless aborted, else ``close``."""
+        with self._lock:
+            aborted = self.aborted
+            if close in self._held:
+                self._held.remove(close)
+        if aborted:
+            _quietly(close)
+        else:
+            keep()
+
+    def check(self) -> None:
+        if self.aborted:
+            raise PollFailure(codes.TIMEOUT, self.timeout_reason(), self.stage)
+        if time.monotonic() >= self.deadline:
+            raise PollFailure(codes.TIMEOUT, self.timeout_reason(), self.stage)
+
+
+def _quietly(close: Callable[[], object]) -> None:
+    try:
+        close()
+    except Exception:  # closing a broken socket/transport may raise anything; it is gone
+        log.debug("close failed", exc_info=True)
+
+
+@dataclass
+class CommandOutput:
+    exit_status: int  # -1: the channel closed without an exit status (killed by a signal)
+    stdout: bytes
+    stderr: bytes
+    too_large: bool = False  # stdout passed max_bytes: reading stopped there
+    elapsed_s: float = 0.0
+
+
+class KeyRing:
+    """Private keys for auth: identity files parsed once, ssh-agent keys asked per connect."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._files: dict[str, paramiko.PKey | str] = {}  # path → key, or why unusable
+
+    def candidates(self, dest: Destination) -> tuple[list[tuple[str, paramiko.PKey]], list[str]]:
+        """(label, key) pairs in the order tried, and notes on keys that could not be used."""
+        keys: list[tuple[str, paramiko.PKey]] = []
+        notes: list[str] = []
+        explicit = list(dest.identity_files)
+        paths = explicit or [os.path.expanduser(p) for p in DEFAULT_IDENTITIES]
+        for path in paths:
+            loaded = self._load(path, required=bool(explicit))
+            if isinstance(loaded, str):
+                if loaded:
+                    notes.append(loaded)
+            else:
+                keys.append((path, loaded))
+        agent = self.agent_keys()
+        seen = {k.asbytes() for _, k in keys}
+        keys += [(f"ssh-agent key {k.fingerprint}", k) for k in agent if k.asbytes() not in seen]
+        return keys, notes
+
+    def agent_keys(self) -> list[paramiko.PKey]:
+        if not os.environ.get("SSH_AUTH_SOCK"):
+            return []
+        try:
+            # A fresh agent connection per server: signing over one shared connection from
+            # several threads would interleave the agent protocol.
+            return list(paramiko.Agent().get_keys())
+        except (paramiko.SSHException, OSError) as e:
+            log.warning("ssh-agent at SSH_AUTH_SOCK is unusable (%s); using key files only", e)
+            return []
+
+    def _load(self, path: str, required: bool) -> paramiko.PKey | str:
+        with self._lock:
+            if path in self._files:
+                return self._files[path]
+            try:
+                loaded: paramiko.PKey | str = paramiko.PKey.from_path(path)
+            except FileNotFoundError:
+                loaded = f"identity file {path} does not exist" if required else ""
+            except (paramiko.PasswordRequiredException, TypeError):
+                loaded = (
+                    f"identity file {path} is passphrase-protected: gpumon never prompts — "
+                    "load it into ssh-agent (ssh-add) or use a key without a passphrase"
+                )
+            except (OSError, ValueError, paramiko.SSHException) as e:
+                loaded = f"identity file {path} is unusable ({type(e).__name__}: {e})"
+            self._files[path] = loaded
+            return loaded
+
+
+class Connection:
+    """An authenticated transport to one server, kept open between sweeps."""
+
+    def __init__(
+        self,
+        dest: Destination,
+        transport: paramiko.Transport,
+        peer_ip: str | None,
+    ) -> None:
+        self.dest = dest
+        self.transport = transport
+        self.peer_ip = peer_ip
+        self.opened_at = time.monotonic()
+        self.uses = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.transport.is_active()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def run(
+        self, command: str, attempt: Attempt, timeout_s: float, max_bytes: int
+    ) -> CommandOutput:
+        """Run ``command``; read at most ``max_bytes`` of stdout, all within ``timeout_s``."""
+        started = time.monotonic()
+        attempt.enter("exec", timeout_s)
+        self.uses += 1
+        try:
+            # A window just over the limit: paramiko never buffers much more than we accept.
+            channel = self.transport.open_session(
+                window_size=max_bytes + 64 * 1024, timeout=timeout_s + BACKSTOP_S
+            )
+        except paramiko.ChannelException as e:
+            raise PollFailure(
+                codes.AGENT_FAILED, f"server refused a session ({e.text or e.code})", "exec"
+            ) from None
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            attempt.check()
+            raise ConnectionLost(str(e) or type(e).__name__) from None
+        try:
+            try:
+                channel.exec_command(command)
+            except (paramiko.SSHException, EOFError, OSError) as e:
+                attempt.check()
+                if not self.alive:
+                    raise ConnectionLost(str(e) or type(e).__name__) from None
+                raise PollFailure(
+                    codes.AGENT_FAILED, f"server refused to run the command ({e})", "exec"
+                ) from None
+            attempt.relabel("read")
+            out = _read(channel, attempt, max_bytes)
+            out.elapsed_s = time.monotonic() - started
+            if out.exit_status == -1 and not out.stdout and not self.alive:
+                raise ConnectionLost("connection closed while the command ran")
+            return out
+        finally:
+            channel.close()
+
+
+def _read(channel: paramiko.Channel, attempt: Attempt, max_bytes: int) -> CommandOutput:
+    stdout = bytearray()
+    stderr = bytearray()
+
+    def drain_stderr() -> None:
+        while channel.recv_stderr_ready():
+            chunk = channel.recv_stderr(32768)
+            if not chunk:
+                return
+            if len(stderr) < STDERR_KEEP:
+                stderr.extend(chunk[: STDERR_KEEP - len(stderr)])
+
+    while True:
+        remaining = attempt.remaining()
+        if remaining <= 0 or attempt.aborted:
+            raise PollFailure(codes.TIMEOUT, attempt.timeout_reason(), "read")
+        channel.settimeout(remaining)
+        try:
+            chunk = channel.recv(65536)
+        except socket.timeout:
+            raise PollFailure(codes.TIMEOUT, attempt.timeout_reason(), "read") from None
+        drain_stderr()
+        if not chunk:
+            break
+        stdout.extend(chunk)
+        if len(stdout) > max_bytes:
+            # Stop here: the rest is not wanted (closing the channel stops the sender).
+            return CommandOutput(-1, bytes(stdout[: max_bytes + 1]), bytes(stderr), True)
+    # stdout ended; the exit status arrives with (or just before) the channel close.
+    if not channel.status_event.wait(max(0.0, attempt.remaining())):
+        raise PollFailure(codes.TIMEOUT, attempt.timeout_reason(), "read")
+    drain_stderr()
+    return CommandOutput(channel.exit_status, bytes(stdout), bytes(stderr))
+
+
+# --- opening a connection -----------------------------------------------------------------
+
+
+@dataclass
+class Opener:
+    """What opening connections needs: timeouts, trusted keys, our keys, open jump hosts."""
+
+    poll: PollConfig
+    known_hosts: KnownHosts
+    keys: KeyRing = field(default_factory=KeyRing)
+    resolve_jump: Callable[[str], Destination] | None = None  # hop spec → Destination
+    jumps: dict[str, Connection] = field(default_factory=dict)
+    _jump_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def open(self, dest: Destination, attempt: Attempt) -> Connection:
+        via = self._via(dest, attempt) if dest.proxy_jump else None
+        return self._open(dest, attempt, via)
+
+    def close(self) -> None:
+        with self._lock:
+            jumps, self.jumps = list(self.jumps.values()), {}
+        for conn in jumps:
+            _quietly(conn.close)
+
+    def _via(self, dest: Destination, attempt: Attempt) -> Connection:
+        """The last hop of dest's ProxyJump chain, opened (and kept) hop by hop."""
+        via: Connection | None = None
+        chain = ""
+        for hop in dest.proxy_jump:
+            chain = f"{chain},{hop}" if chain else hop
+            with self._lock:
+                lock = self._jump_locks.setdefault(chain, threading.Lock())
+            with lock:
+                conn = self.jumps.get(chain)
+                if conn is None or not conn.alive:
+                    hop_dest = self._hop_destination(hop)
+                    saved = attempt.where
+                    attempt.where = f" on jump host {hop}"
+                    try:
+                        conn = self._open(hop_dest, attempt, via)
+                    finally:
+                        attempt.where = saved
+                    self.jumps[chain] = conn
+            via = conn
+        assert via is not None
+        return via
+
+    def _hop_destination(self, hop: str) -> Destination:
+        user, host, port = parse_jump(hop)
+        base = self.resolve_jump(host) if self.resolve_jump else Destination(name=host, host=host)
+        base.name = hop
+        base.proxy_jump = []  # a hop's own ProxyJump would recurse; the chain is explicit
+        if user:
+            base.user = user
+        if port:
+            base.port = port
+        return base
+
+    def _open(self, dest: Destination, attempt: Attempt, via: Connection | None) -> Connection:
+        poll = self.poll
+        sock, peer_ip = _connect(dest, attempt, poll.connect_timeout_s, via)
+        transport = paramiko.Transport(sock)
+        try:
+            attempt.hold(transport.close)
+        except PollFailure:
+            _quietly(sock.close)
+            raise
+        ok = False
+        try:
+            _handshake(transport, dest, attempt, poll.handshake_timeout_s, self.known_hosts)
+            _authenticate(transport, dest, attempt, poll.auth_timeout_s, self.keys)
+            ok = True
+            return Connection(dest, transport, peer_ip)
+        finally:
+            attempt.release(transport.close)
+            if not ok:
+                _quietly(transport.close)
+
+
+def _connect(
+    dest: Destination, attempt: Attempt, timeout_s: float, via: Connection | None
+) -> tuple[socket.socket | paramiko.Channel, str | None]:
+    attempt.enter("connect", timeout_s)
+    target = f"{dest.host} port {dest.port}"
+    if via is not None:
+        try:
+            channel = via.transport.open_channel(
+                "direct-tcpip", (dest.host, dest.port), ("127.0.0.1", 0), timeout=timeout_s
+            )
+        except paramiko.ChannelException as e:
+            raise PollFailure(
+                codes.UNREACHABLE,
+                f"jump host {via.dest.name} could not reach {target} ({e.text or e.code})",
+                "connect",
+            ) from None
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            attempt.check()
+            raise PollFailure(
+                codes.UNREACHABLE, f"jump host {via.dest.name} failed ({e})", "connect"
+            ) from None
+        return channel, _ip_literal(dest.host)
+    sock: socket.socket | None = None
+    try:
+        sock = socket.create_connection((dest.host, dest.port), timeout=timeout_s)
+        attempt.hold(sock.close)
+    except ConnectionRefusedError:
+        raise PollFailure(
+            codes.REFUSED, f"connection refused ({target}: is sshd running?)", "connect"
+        ) from None
+    except socket.timeout:
+        raise PollFailure(codes.TIMEOUT, attempt.timeout_reason(), "connect") from None
+    except socket.gaierror as e:
+        raise PollFailure(
+            codes.UNREACHABLE, f"cannot resolve {dest.host} ({e.strerror})", "connect"
+        ) from None
+    except OSError as e:
+        attempt.check()
+        raise PollFailure(
+            codes.UNREACHABLE, f"unreachable ({target}: {e.strerror or e})", "connect"
+        ) from None
+    # Small request/response packets: Nagle would hold each for the peer's delayed ACK.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    attempt.release(sock.close)
+    return sock, sock.getpeername()[0]
+
+
+def _ip_literal(host: str) -> str | None:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return host
+        except OSError:
+            continue
+    return None
+
+
+def _negotiate(
+    transport: paramiko.Transport,
+    dest: Destination,
+    attempt: Attempt,
+    timeout_s: float,
+    known_hosts: KnownHosts,
+) -> paramiko.PKey:
+    """Banner and key exchange; the server's host key (not yet checked)."""
+    attempt.enter("banner", timeout_s)
+    transport.banner_timeout = timeout_s + BACKSTOP_S
+    transport.handshake_timeout = timeout_s + BACKSTOP_S
+    options = transport.get_security_options()
+    options.key_types = known_hosts.preferred_algorithms(
+        dest.known_hosts_name, tuple(options.key_types)
+    )
+    done = threading.Event()
+    transport.start_client(event=done)
+    while not done.wait(_TICK_S):
+        if transport.remote_version:
+            attempt.relabel("kex")
+        if not transport.is_active():
+            break
+        attempt.check()
+    if not transport.is_active() or not transport.initial_kex_done:
+        attempt.check()
+        stage = "kex" if transport.remote_version else "banner"
+        error = transport.get_exception()
+        raise PollFailure(codes.UNREACHABLE, _handshake_reason(stage, error), stage)
+    attempt.relabel("kex")
+    return transport.get_remote_server_key()
+
+
+def _handshake(
+    transport: paramiko.Transport,
+    dest: Destination,
+    attempt: Attempt,
+    timeout_s: float,
+    known_hosts: KnownHosts,
+) -> None:
+    """Negotiate, then go no further unless the host key is the one known_hosts holds."""
+    key = _negotiate(transport, dest, attempt, timeout_s, known_hosts)
+    verdict = known_hosts.check(dest.known_hosts_name, key.get_name(), key.asbytes())
+    if verdict.status != TRUSTED:
+        transport.close()
+        text = verdict.reason(dest.name)
+        if verdict.status in (CHANGED, REVOKED):
+            log.warning("%s (%s): %s", dest.name, dest.label, text)
+            raise PollFailure(codes.HOST_KEY_CHANGED, text, "kex")
+        raise PollFailure(codes.HOST_KEY_UNKNOWN, text, "kex")
+
+
+def _handshake_reason(stage: str, error: BaseException | None) -> str:
+    detail = f"{error}" if error is not None and str(error) else type(error).__name__
+    if stage == "banner":
+        if error is None or isinstance(error, EOFError) or "EOF" in detail:
+            return "closed the connection before the SSH banner (sshd overloaded: MaxStartups?)"
+        if "protocol version" in detail:
+            return f"not an SSH server ({detail})"
+        return f"no SSH banner ({detail})"
+    if "no acceptable host key" in detail.lower() or "incompatible" in detail.lower():
+        return f"key exchange failed: no common algorithm ({detail})"
+    return f"key exchange failed ({detail})"
+
+
+def _authenticate(
+    transport: paramiko.Transport,
+    dest: Destination,
+    attempt: Attempt,
+    timeout_s: float,
+    keys: KeyRing,
+) -> None:
+    attempt.enter("auth", timeout_s)
+    transport.auth_timeout = timeout_s + BACKSTOP_S
+    candidates, notes = keys.candidates(dest)
+    if not candidates:
+        why = "; ".join(notes) or "no identity file and no ssh-agent key"
+        raise PollFailure(
+            codes.AUTH_FAILED,
+            f"no key to log in as {dest.user} ({why}) — set identity_file for this server "
+            "or [poll] identity_files, or load a key into ssh-agent",
+            "auth",
+        )
+    tried: list[str] = []
+    for label, key in candidates:
+        attempt.check()
+        tried.append(os.path.basename(label) if label.startswith("/") else label)
+        try:
+            more = transport.auth_publickey(dest.user, key)
+        except paramiko.BadAuthenticationType as e:
+            raise PollFailure(
+                codes.AUTH_FAILED,
+                f"{dest.user}@{dest.host} does not accept keys (allows: "
+                f"{', '.join(e.allowed_types) or 'nothing'}); gpumon never uses passwords",
+                "auth",
+            ) from None
+        except paramiko.AuthenticationException:
+            attempt.check()
+            if not transport.is_active():
+                raise PollFailure(
+                    codes.AUTH_FAILED,
+                    f"server closed the connection during auth as {dest.user} "
+                    f"(tried {', '.join(tried)}; too many keys for sshd MaxAuthTries?)",
+                    "auth",
+                ) from None
+            continue
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            attempt.check()
+            raise PollFailure(codes.AUTH_FAILED, f"auth failed ({e})", "auth") from None
+        if more:
+            raise PollFailure(
+                codes.AUTH_FAILED,
+                f"server wants a second factor ({', '.join(more)}) after the key; "
+                "gpumon logs in with a key alone",
+                "auth",
+            )
+        if transport.is_authenticated():
+            return
+    extra = f"; {'; '.join(notes)}" if notes else ""
+    raise PollFailure(
+        codes.AUTH_FAILED,
+        f"key rejected for {dest.user}@{dest.host} (tried {', '.join(tried)}{extra}) — add the "
+        "central public key to that user's authorized_keys (deploy/ssh/README.md)",
+        "auth",
+    )
+
+
+def fetch_host_key(dest: Destination, poll: PollConfig, known_hosts: KnownHosts) -> paramiko.PKey:
+    """Connect and key-exchange only (for `gpumon trust`): the server's host key, unchecked."""
+    attempt = Attempt(dest.name)
+    opener = Opener(poll, known_hosts)
+    try:
+        via = opener._via(dest, attempt) if dest.proxy_jump else None
+        sock, _ = _connect(dest, attempt, poll.connect_timeout_s, via)
+        transport = paramiko.Transport(sock)
+        try:
+            return _negotiate(transport, dest, attempt, poll.handshake_timeout_s, known_hosts)
+        finally:
+            transport.close()
+    finally:
+        opener.close()
