@@ -9,7 +9,8 @@ The contract between layout/plan (pure) and the backends (I/O):
 - ``Backend.write(writes)`` sends the writes in one request. A write carries its row's anchor:
   a backend whose rows can move between read and write (Google: people insert, delete and sort
   rows at any moment) addresses the row by its anchor, never by the index read earlier, so a
-  value lands in the right row or nowhere.
+  value lands in the right row or nowhere. ``write([])`` sends no request (push calls it every
+  time; the .xlsx backend uses it to create a missing workbook).
 - ``Backend.setup(setup)`` does the one-time work: add missing header cells, anchor rows,
   number formats and colors, insert rows (``push --add-rows``). Not part of a normal push; after
   a setup, push reads the sheet again and plans afresh (one extra read, only on that push).

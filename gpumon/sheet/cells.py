@@ -1,0 +1,211 @@
+"""What each of gpumon's cells should say for one server's poll result. Pure: no I/O.
+
+Short and readable in a cell: "ON", "2019-03-14 15:26:45", "37%", "3.2/24 GiB",
+"lww: python train.py", "kws (lww) epoch 3/30", "GPU 1 used without a claim (lww)".
+Text that comes from the servers (user names, commands, job names) is passed through as is:
+backends write it raw, so "=IMPORTXML(...)" stays text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpumon.poll.result import AGENT_STALE, ServerResult
+from gpumon_agent.report import GPU_LOST, GPU_OK, ClaimInfo, Gpu, GpuProcess, parse_utc_iso
+
+ON, OFF = "ON", "OFF"
+CELL_LIMIT = 120  # characters in a per-GPU cell
+HEALTH_LIMIT = 240
+HEALTH_OK = "OK"
+_INTERPRETERS = {"python", "python2", "python3", "sh", "bash", "perl", "ruby", "node", "java"}
+
+
+@dataclass
+class ServerCells:
+    """Desired text per column key. ``None``: leave the cell as it is."""
+
+    server: dict[str, str | None]  # ip, status, time, health: one cell per server
+    gpus: dict[int, dict[str, str]] = field(default_factory=dict)  # index → util, memory, ...
+    absent: dict[str, str] = field(default_factory=dict)  # a GPU row the server does not report
+
+
+def render(result: ServerResult, tz: dt.tzinfo, sheet_gpus: set[int] | None = None) -> ServerCells:
+    """The cells of one server. ``sheet_gpus``: the GPU indices that have a row in the sheet."""
+    sheet_gpus = set() if sheet_gpus is None else sheet_gpus
+    blank = {"util": "", "memory": "", "running": "", "job": ""}
+    report = result.report
+    if not result.on or report is None:
+        seen = format_time(result.last_seen_on, tz) if result.last_seen_on else None
+        return ServerCells(
+            server={
+                "ip": None,  # the last known address stays
+                "status": OFF,
+                "time": seen,  # the last-seen time, never "now"; None keeps what is there
+                "health": _limit(result.reason or result.reason_code or "unreachable"),
+            },
+            gpus={index: dict(blank) for index in sheet_gpus},
+            absent=dict(blank),
+        )
+    gpus = {
+        gpu.index: {
+            "util": format_util(gpu),
+            "memory": format_memory(gpu),
+            "running": _limit(format_running(gpu.processes)),
+            "job": _limit(format_job(gpu.claims)),
+        }
+        for gpu in report.gpus
+    }
+    absent = dict(blank, util="not found") if report.nvml.available else dict(blank)
+    return ServerCells(
+        server={
+            "ip": report.host.primary_ip or None,
+            "status": ON,
+            "time": format_time(result.polled_at, tz),
+            "health": health(result, sheet_gpus),
+        },
+        gpus=gpus,
+        absent=absent,
+    )
+
+
+def format_time(iso: str, tz: dt.tzinfo) -> str:
+    """UTC ISO-8601 → "2019-03-14 15:26:45" in the sheet's time zone."""
+    return parse_utc_iso(iso).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_util(gpu: Gpu) -> str:
+    if gpu.state != GPU_OK:
+        return gpu.state
+    value = gpu.utilization_mean_pct
+    if value is None:
+        value = gpu.utilization_pct
+    return "?" if value is None else f"{value:.0f}%"
+
+
+def format_memory(gpu: Gpu) -> str:
+    used, total = gpu.memory_used_bytes, gpu.memory_total_bytes
+    if used is None or total is None:
+        return "?"
+    return f"{_gib(used)}/{_gib(total)} GiB"
+
+
+def _gib(size: int) -> str:
+    text = f"{size / 2**30:.1f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+def format_running(processes: list[GpuProcess]) -> str:
+    """ "lww: python train.py; niv: jupyter-lab ×2", one entry per user and program."""
+    counts: dict[str, int] = {}
+    for process in processes:
+        entry = f"{process.user}: {short_command(process.command)}"
+        counts[entry] = counts.get(entry, 0) + 1
+    return "; ".join(entry if n == 1 else f"{entry} ×{n}" for entry, n in counts.items())
+
+
+def short_command(command: str) -> str:
+    """The program, plus the script for interpreters: "/usr/bin/python3 -u train.py --lr 1" →
+    "python3 train.py"."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    if not words:
+        return "?"
+    program = os.path.basename(words[0]) or words[0]
+    if _base_interpreter(program) in _INTERPRETERS:
+        for word in words[1:]:
+            if word == "-m":
+                continue
+            if not word.startswith("-"):
+                return f"{program} {os.path.basename(word) or word}"
+    return program
+
+
+def _base_interpreter(program: str) -> str:
+    return program.rstrip("0123456789.")
+
+
+def format_job(claims: list[ClaimInfo]) -> str:
+    """ "kws (lww) epoch 3/30, 41%" per claim."""
+    parts = []
+    for claim in claims:
+        progress = format_progress(claim.progress)
+        parts.append(f"{claim.job} ({claim.user})" + (f" {progress}" if progress else ""))
+    return "; ".join(parts)
+
+
+def format_progress(progress: dict[str, Any]) -> str:
+    """The trainer's progress dict, known keys first: epoch/epochs, step/steps, percent."""
+    shown: list[str] = []
+    rest = dict(progress)
+    for count, total, label in (("epoch", "epochs", "epoch"), ("step", "steps", "step")):
+        if count in rest:
+            value = rest.pop(count)
+            of = rest.pop(total, None)
+            shown.append(f"{label} {_num(value)}" + (f"/{_num(of)}" if of is not None else ""))
+    for key in ("percent", "pct"):
+        if key in rest:
+            shown.append(f"{_num(rest.pop(key))}%")
+    shown.extend(f"{key} {_num(value)}" for key, value in rest.items())
+    return ", ".join(shown)
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def health(result: ServerResult, sheet_gpus: set[int]) -> str:
+    """Everything a reader should know about an ON server, most urgent first; "OK" if nothing."""
+    report = result.report
+    assert report is not None
+    items: list[str] = []
+    if result.reason_code == AGENT_STALE:
+        items.append(result.reason or "agent stale")
+    if result.degraded:
+        items.append("no agent (read through nvidia-smi)")
+    if not report.nvml.available:
+        if report.nvml.error_code == "library_not_found":
+            items.append("no NVIDIA driver")
+        else:
+            items.append(f"NVML: {report.nvml.error or 'unavailable'}")
+    reported = {gpu.index for gpu in report.gpus}
+    for gpu in report.gpus:
+        if gpu.state == GPU_LOST:
+            items.append(f"GPU {gpu.index} lost")
+        elif gpu.state != GPU_OK:
+            items.append(f"GPU {gpu.index}: {gpu.error or gpu.state}")
+    for warning in report.warnings:
+        prefix = f"GPU {warning.gpu_index}: " if warning.gpu_index is not None else ""
+        items.append(prefix + warning.message)
+    for gpu in report.gpus:
+        if gpu.unclaimed_use:
+            users = sorted({p.user for p in gpu.processes})
+            items.append(f"GPU {gpu.index} used without a claim ({', '.join(users) or '?'})")
+        if gpu.claimed_idle:
+            jobs = ", ".join(c.job for c in gpu.claims) or "?"
+            items.append(f"GPU {gpu.index} claimed but idle ({jobs})")
+    no_row = sorted(reported - sheet_gpus)
+    if no_row:
+        items.append(f"{_gpu_list(no_row)} not in the sheet")
+    if report.nvml.available:
+        gone = sorted(sheet_gpus - reported)
+        if gone:
+            items.append(f"{_gpu_list(gone)} not found")
+    for problem in report.claim_errors:
+        items.append(f"bad claim file {os.path.basename(problem.path)}: {problem.error}")
+    return _limit("; ".join(items), HEALTH_LIMIT) if items else HEALTH_OK
+
+
+def _gpu_list(indices: list[int]) -> str:
+    return ("GPU " if len(indices) == 1 else "GPUs ") + ", ".join(str(i) for i in indices)
+
+
+def _limit(text: str, limit: int = CELL_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

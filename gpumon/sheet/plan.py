@@ -1,0 +1,287 @@
+"""Desired status cells vs the sheet as read → the smallest set of writes. Pure: no I/O.
+
+Rules (DESIGN.md, "Rules of the sheet"):
+- only gpumon's columns (``OWNED_COLUMNS``), only rows of a server's block, only cells whose
+  text changes, only the top-left cell of a merge — and only a merge that lies inside gpumon's
+  columns and inside one block; every other cell is a person's;
+- server-wide values (IP, ON/OFF, time, health) go in the block's first row (the top-left of the
+  block's merged cell where there is one), per-GPU values in that GPU's row;
+- missing status columns become new header cells right of the used range (a ``Setup``);
+- on an anchored backend, a row is written only if its anchor reads back as its content says;
+  the others are (re-)anchored through the ``Setup`` first;
+- GPUs a server reports that have no row are named in its health cell, and get rows only with
+  ``add_rows`` (``Setup.new_rows``: inserted at the end of the server's block; a server the sheet
+  lacks altogether gets a new block at the end of the table).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gpumon.config import DEFAULT_COLUMNS, OWNED_COLUMNS
+from gpumon.poll.result import ServerResult
+from gpumon.sheet.cells import render
+from gpumon.sheet.grid import CellWrite, Grid, Merge, NewRows, Setup, a1
+from gpumon.sheet.layout import (
+    GPU_COLUMNS,
+    SERVER_COLUMNS,
+    Block,
+    Layout,
+    check_anchors,
+    row_anchor,
+    server_key,
+)
+
+
+@dataclass
+class Change:
+    """One planned cell change, for --dry-run and logs."""
+
+    cell: str  # A1
+    server: str
+    column: str  # column key: "status", "util", ...
+    old: str
+    new: str
+
+    def __str__(self) -> str:
+        return f"{self.cell} ({self.server}, {self.column}): {self.old!r} → {self.new!r}"
+
+
+@dataclass
+class Plan:
+    layout: Layout
+    columns: dict[str, int]  # every column key → index, including headers the Setup adds
+    writes: list[CellWrite] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    setup: Setup | None = None
+    warnings: list[str] = field(default_factory=list)
+    unplaced: list[str] = field(default_factory=list)  # polled servers with no block to write
+
+    def describe_setup(self) -> list[str]:
+        """Human lines for the Setup (dry run, logs)."""
+        if self.setup is None:
+            return []
+        setup, lines = self.setup, []
+        for col, text in sorted(setup.new_headers.items()):
+            lines.append(f"{a1(setup.header_row, col)}: add header {text!r}")
+        if setup.stale_anchors:
+            lines.append(f"remove {len(setup.stale_anchors)} stale row anchor(s)")
+        if setup.anchors:
+            lines.append(f"anchor {len(setup.anchors)} row(s)")
+        for new in setup.new_rows:
+            gpus = ", ".join("-" if g is None else str(g) for g in new.gpus)
+            kind = "new block" if new.name_first else "end of its block"
+            lines.append(
+                f"insert {len(new.gpus)} row(s) above row {new.before_row + 1} for "
+                f"'{new.server}' ({kind}; GPU {gpus})"
+            )
+        return lines
+
+
+def sheet_timezone(grid: Grid, override: str | None) -> tuple[dt.tzinfo, str | None]:
+    """The time zone timestamps are shown in, and a warning if the named one is unknown."""
+    name = override or grid.time_zone
+    if not name:
+        return _local_zone(), None
+    try:
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(name), None
+    except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
+        return dt.timezone.utc, f"time zone '{name}' is unknown here; times are shown in UTC"
+
+
+def _local_zone() -> dt.tzinfo:
+    zone = dt.datetime.now().astimezone().tzinfo
+    return zone if zone is not None else dt.timezone.utc
+
+
+def plan(
+    grid: Grid,
+    layout: Layout,
+    results: Sequence[ServerResult],
+    *,
+    columns: dict[str, list[str]] | None = None,
+    time_zone: str | None = None,
+    add_rows: bool = False,
+) -> Plan:
+    """The writes (and Setup) that make the sheet say what ``results`` say."""
+    aliases = columns or DEFAULT_COLUMNS
+    tz, tz_warning = sheet_timezone(grid, time_zone)
+    out = Plan(layout=layout, columns=dict(layout.columns), warnings=list(layout.warnings))
+    if tz_warning:
+        out.warnings.append(tz_warning)
+    setup = Setup(header_row=layout.header_row)
+    _add_missing_headers(grid, layout, aliases, out, setup)
+
+    anchors = layout.anchors()
+    writable: set[int] | None = None
+    if grid.anchored:
+        check = check_anchors(grid, layout)
+        writable = check.writable
+        setup.anchors = check.to_attach
+        setup.stale_anchors = check.stale
+        out.warnings.extend(check.mismatched)
+
+    targets = _Targets(grid, out, anchors, writable)
+    seen: set[str] = set()
+    for result in results:
+        key = server_key(result.name)
+        if key in seen:
+            continue
+        seen.add(key)
+        block = layout.block(result.name)
+        if block is None:
+            _unplaced(layout, result, out, setup, add_rows)
+            continue
+        cells = render(result, tz, set(block.gpu_rows))
+        for column in SERVER_COLUMNS:
+            value = cells.server.get(column)
+            if value is not None:
+                targets.server_cell(block, column, value)
+        if block.gpu_rows:
+            for index, row in sorted(block.gpu_rows.items()):
+                values = cells.gpus.get(index, cells.absent)
+                for column in GPU_COLUMNS:
+                    targets.gpu_cell(block, row, column, values[column])
+        elif block.plain_row:
+            for column in GPU_COLUMNS:  # a server without GPU rows: these cells say nothing
+                targets.gpu_cell(block, block.name_row, column, cells.absent[column])
+        missing = sorted(i for i in cells.gpus if i not in block.gpu_rows)
+        if add_rows and missing:
+            setup.new_rows.append(
+                NewRows(
+                    before_row=block.end,
+                    server=block.server,
+                    gpus=list(missing),
+                    anchors=[row_anchor(block.server, i) for i in missing],
+                )
+            )
+
+    setup.columns = dict(out.columns)
+    setup.data_rows = (layout.header_row + 1, layout.table_end)
+    setup.new_rows.sort(key=lambda n: n.before_row, reverse=True)
+    if not setup.is_empty():
+        out.setup = setup
+    return out
+
+
+def _add_missing_headers(
+    grid: Grid, layout: Layout, aliases: dict[str, list[str]], out: Plan, setup: Setup
+) -> None:
+    # Right of everything used, merges included, so no person's cell is covered.
+    next_col = max([grid.width, *(m.end_col for m in grid.merges)])
+    for key in OWNED_COLUMNS:
+        if key not in out.columns:
+            names = aliases.get(key) or DEFAULT_COLUMNS[key]
+            setup.new_headers[next_col] = names[0]
+            out.columns[key] = next_col
+            next_col += 1
+
+
+def _unplaced(
+    layout: Layout, result: ServerResult, out: Plan, setup: Setup, add_rows: bool
+) -> None:
+    out.unplaced.append(result.name)
+    if layout.listed(result.name):
+        return  # listed but ambiguous: the layout's warning already says where
+    if not add_rows:
+        out.warnings.append(
+            f"server '{result.name}' has no rows in the sheet: add a row with its name in the "
+            "Server column (or run `gpumon push --add-rows`)"
+        )
+        return
+    gpus: list[int | None] = []
+    if result.report is not None:
+        gpus = [gpu.index for gpu in result.report.gpus]
+    if not result.on and not gpus:
+        out.warnings.append(
+            f"server '{result.name}' has no rows and is OFF; its rows are added once it answers"
+        )
+        return
+    rows = sorted(i for i in gpus if i is not None) or [None]
+    setup.new_rows.append(
+        NewRows(
+            before_row=layout.table_end,
+            server=result.name,
+            gpus=list(rows),
+            name_first=True,
+            anchors=[row_anchor(result.name, i) for i in rows],
+        )
+    )
+
+
+class _Targets:
+    """Turns (block, column, value) into CellWrites, enforcing the rules of the sheet."""
+
+    def __init__(
+        self, grid: Grid, out: Plan, anchors: dict[int, str], writable: set[int] | None
+    ) -> None:
+        self.grid, self.out, self.anchors, self.writable = grid, out, anchors, writable
+        self.owned_cols = {out.columns[key] for key in OWNED_COLUMNS}
+        self.warned: set[tuple[int, int]] = set()
+
+    def server_cell(self, block: Block, column: str, value: str) -> None:
+        col = self.out.columns[column]
+        row = block.name_row
+        merge = self.grid.merge_at(row, col)
+        if merge is not None and not self._merge_ok(merge, block, row, col):
+            return
+        self._write(block, row, col, column, value)
+
+    def gpu_cell(self, block: Block, row: int, column: str, value: str) -> None:
+        col = self.out.columns[column]
+        merge = self.grid.merge_at(row, col)
+        if merge is not None and (merge.end_row - merge.start_row > 1):
+            self._warn_once(
+                merge,
+                f"{_range(merge)}: merged across rows, but '{column}' is per GPU; "
+                "not written (unmerge it)",
+            )
+            return
+        if merge is not None and not self._merge_ok(merge, block, row, col):
+            return
+        self._write(block, row, col, column, value)
+
+    def _merge_ok(self, merge: Merge, block: Block, row: int, col: int) -> bool:
+        """A merge is written through its top-left cell, if that is this cell and the merge
+        covers only gpumon's columns and this block's rows."""
+        if (merge.start_row, merge.start_col) != (row, col):
+            self._warn_once(
+                merge, f"{_range(merge)}: merged cell starts at another row or column; not written"
+            )
+            return False
+        if any(c not in self.owned_cols for c in range(merge.start_col, merge.end_col)):
+            self._warn_once(
+                merge, f"{_range(merge)}: merged with a column people keep; not written"
+            )
+            return False
+        if merge.end_row > block.end:
+            self._warn_once(
+                merge,
+                f"{_range(merge)}: merged beyond the rows of '{block.server}'; not written",
+            )
+            return False
+        return True
+
+    def _write(self, block: Block, row: int, col: int, column: str, value: str) -> None:
+        if self.writable is not None and row not in self.writable:
+            return  # not anchored yet: the Setup anchors it, the next plan writes it
+        assert col in self.owned_cols, (row, col)
+        old = self.grid.cell(row, col)
+        if old == value:
+            return
+        self.out.writes.append(CellWrite(row=row, col=col, value=value, anchor=self.anchors[row]))
+        self.out.changes.append(Change(a1(row, col), block.server, column, old, value))
+
+    def _warn_once(self, merge: Merge, text: str) -> None:
+        key = (merge.start_row, merge.start_col)
+        if key not in self.warned:
+            self.warned.add(key)
+            self.out.warnings.append(text)
+
+
+def _range(merge: Merge) -> str:
+    return f"{a1(merge.start_row, merge.start_col)}:{a1(merge.end_row - 1, merge.end_col - 1)}"
