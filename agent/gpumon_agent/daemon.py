@@ -24,7 +24,7 @@ import socket
 import sys
 import threading
 import time
-from typing import IO, Optional
+from typing import IO, Callable, Optional
 
 from gpumon_agent import __version__
 from gpumon_agent.report import Host, Nvml, Report, utc_iso
@@ -111,20 +111,30 @@ def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
         lock.close()
 
 
-def loop(settings: AgentSettings, collector, state: DaemonState, stop: threading.Event) -> None:
+def loop(
+    settings: AgentSettings,
+    collector,
+    state: DaemonState,
+    stop: threading.Event,
+    clock: Callable[[], float] = time.monotonic,
+    wait: Optional[Callable[[float], object]] = None,
+) -> None:
+    """Tick until ``stop`` is set. ``clock``/``wait`` are the monotonic clock and the
+    interruptible sleep (``stop.wait``); tests pass their own to check the schedule."""
+    wait = stop.wait if wait is None else wait
     interval = settings.interval_s
-    start = time.monotonic()
+    start = clock()
     tick = 0
     failure = _FailureLog()
     while not stop.is_set():
         tick_once(settings, collector, state, failure)
         tick += 1
-        now = time.monotonic()
+        now = clock()
         due = start + tick * interval
         if due <= now:  # fell behind: skip to the next slot on the grid
             tick = int((now - start) // interval) + 1
             due = start + tick * interval
-        stop.wait(due - now)
+        wait(due - now)
 
 
 def tick_once(settings: AgentSettings, collector, state: DaemonState, failure) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
 
 from gpumon_agent.report import GPU_OK, Report, parse_utc_iso
 
@@ -116,14 +116,15 @@ def start_server(state: DaemonState, host: str, port: int) -> Any:
 class ReportCollector:
     """A prometheus_client collector over the daemon's latest Report."""
 
-    def __init__(self, state: DaemonState) -> None:
+    def __init__(self, state: DaemonState, clock: Callable[[], float] = time.time) -> None:
         self.state = state
+        self.clock = clock
 
     def describe(self) -> List[Any]:
         return []  # names depend on what the Report holds; no up-front description
 
     def collect(self) -> Iterator[Any]:
-        return iter(families(self.state, time.time()))
+        return iter(families(self.state, self.clock()))
 
 
 def families(state: DaemonState, now: float) -> List[Any]:

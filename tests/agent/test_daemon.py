@@ -1,0 +1,258 @@
+"""`gpumon-agent run`: a real daemon subprocess over the fake NVML library keeps the snapshot that
+`report` prints, follows the GPUs as they change, survives failing samples, and stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import threading
+
+import pytest
+from agent_proc import AGENT, Daemon, agent_env, report_json, wait_for
+
+from gpumon_agent.daemon import DaemonState, _FailureLog, loop, tick_once
+from gpumon_agent.report import SOURCE_DAEMON, SOURCE_ONESHOT, Host, Report, utc_iso
+from gpumon_agent.settings import AgentSettings
+from harness.fakenvml import FakeState
+
+FAST = ("--interval", "0.2")
+
+
+def test_report_follows_the_running_daemon(tmp_path, fake_nvml):
+    fake = fake_nvml(FakeState.with_gpus(2, utilization_gpu=37))
+    state = tmp_path / "state"
+    env = agent_env(fake.env(), state)
+    with Daemon(env, state, FAST) as daemon:
+        daemon.wait_snapshot()
+        report, _ = report_json(env)
+        assert report.source == SOURCE_DAEMON
+        assert report.interval_s == 0.2
+        assert [g.utilization_pct for g in report.gpus] == [37.0, 37.0]
+
+        fake.write(FakeState.with_gpus(2, utilization_gpu=88))
+
+        def util_now() -> bool:
+            return [g.utilization_pct for g in report_json(env)[0].gpus] == [88.0, 88.0]
+
+        wait_for("report to show the new utilization", util_now, timeout=20, every=0.2)
+        assert daemon.stop() == 0
+
+
+def test_killed_daemon_goes_stale_and_report_samples_once(tmp_path, fake_nvml):
+    fake = fake_nvml(FakeState.with_gpus(1, utilization_gpu=55))
+    state = tmp_path / "state"
+    env = agent_env(fake.env(), state)
+    with Daemon(env, state, FAST) as daemon:
+        daemon.wait_snapshot()
+        assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert (state / "report.json").exists()  # left behind, so it goes stale
+
+    def stale_report() -> Report | None:
+        report = report_json(env, "--max-age", "0.5")[0]
+        return report if report.source == SOURCE_ONESHOT else None
+
+    report = wait_for("the snapshot to go stale", stale_report, timeout=20, every=0.2)
+    assert re.fullmatch(r"snapshot \d+ s old \(daemon stopped\?\): sampled once", report.notes[0])
+    assert report.gpus[0].utilization_pct == 55.0
+
+
+def test_sigterm_stops_cleanly_and_leaves_no_partial_file(tmp_path, fake_nvml):
+    fake = fake_nvml(FakeState.with_gpus(1))
+    state = tmp_path / "state"
+    env = agent_env(fake.env(), state)
+    with Daemon(env, state, FAST) as daemon:
+        daemon.wait_snapshot()
+        assert daemon.stop(signal.SIGTERM) == 0
+        log = daemon.log()
+
+    assert "got SIGTERM: stopping" in log
+    assert "stopped" in log.splitlines()[-1]
+    leftovers = [n for n in os.listdir(state) if n.endswith(".tmp") or n == "report.json"]
+    assert leftovers == []
+    report, _ = report_json(env)
+    assert report.notes[0] == "no agent daemon running: sampled once"
+
+
+def test_sigint_stops_it_too(tmp_path, fake_nvml):
+    fake = fake_nvml(FakeState.with_gpus(1))
+    state = tmp_path / "state"
+    with Daemon(agent_env(fake.env(), state), state, FAST) as daemon:
+        daemon.wait_snapshot()
+        assert daemon.stop(signal.SIGINT) == 0
+
+
+def test_a_second_daemon_on_the_same_state_dir_refuses(tmp_path, fake_nvml):
+    fake = fake_nvml(FakeState.with_gpus(1))
+    state = tmp_path / "state"
+    env = agent_env(fake.env(), state)
+    with Daemon(env, state, FAST) as first:
+        first.wait_snapshot()
+        second = subprocess.run(
+            [str(AGENT), "run", *FAST], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert second.returncode == 1
+        assert f"another gpumon-agent daemon (pid {first.proc.pid}) already runs on" in (
+            second.stderr
+        )
+        assert first.proc.poll() is None
+        assert first.stop() == 0
+
+
+def test_files_get_their_modes_whatever_the_umask(tmp_path, fake_nvml):
+    """The unit runs with UMask=0077; `report` (any user) and trainers (any user) still get in."""
+    fake = fake_nvml(FakeState.with_gpus(1))
+    state = tmp_path / "run" / "gpumon"
+    env = agent_env(fake.env(), state)
+    with Daemon(env, state, FAST, preexec_fn=lambda: os.umask(0o077)) as daemon:
+        daemon.wait_snapshot()
+        modes = {n: stat.S_IMODE(os.stat(state / n).st_mode) for n in ("report.json", "claims")}
+        dir_mode = stat.S_IMODE(os.stat(state).st_mode)
+        assert daemon.stop() == 0
+    assert dir_mode == 0o755
+    assert modes == {"report.json": 0o644, "claims": 0o1777}
+
+
+def test_an_unwritable_state_dir_is_a_clear_error(tmp_path, fake_nvml):
+    fake = fake_nvml(FakeState.with_gpus(1))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    state = blocker / "gpumon"  # below a regular file: cannot be created, even by root
+
+    done = subprocess.run(
+        [str(AGENT), "run"],
+        env=agent_env(fake.env(), state),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 1
+    assert f"cannot create the state dir {state}" in done.stderr
+    assert "GPUMON_STATE_DIR" in done.stderr
+
+
+def test_a_claim_shows_on_its_gpu_in_the_daemons_report(tmp_path, fake_nvml):
+    fake = fake_nvml(FakeState.with_gpus(2))
+    state = tmp_path / "state"
+    env = agent_env(fake.env(), state)
+    with Daemon(env, state, FAST) as daemon:
+        daemon.wait_snapshot()
+        claimer = subprocess.Popen(
+            [str(AGENT), "claim", "--gpus", "1", "--job", "kws ch32", "--", "sleep", "60"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+
+            def claimed() -> list[str]:
+                report = report_json(env)[0]
+                return [c.job for c in report.gpus[1].claims]
+
+            assert wait_for("the claim in the report", claimed, timeout=30, every=0.2) == [
+                "kws ch32"
+            ]
+            assert report_json(env)[0].gpus[0].claims == []
+        finally:
+            claimer.terminate()
+            claimer.wait(20)
+        assert daemon.stop() == 0
+
+
+# --- in-process: what a real NVML cannot be made to do on cue -----------------------------------
+
+
+class FlakyCollector:
+    """Fails on the samples named in ``fail_on`` (1-based), else returns a small Report."""
+
+    def __init__(self, fail_on: set[int]) -> None:
+        self.fail_on = fail_on
+        self.calls = 0
+
+    def collect(self) -> Report:
+        self.calls += 1
+        if self.calls in self.fail_on:
+            raise RuntimeError("first sample broke" if self.calls == 1 else "driver went away")
+        return Report(generated_at=utc_iso(1_700_000_000 + self.calls), host=Host(hostname="h"))
+
+
+def test_a_failing_sample_keeps_the_last_good_values_and_says_so(tmp_path, caplog):
+    settings = AgentSettings(state_dir=str(tmp_path))
+    state = DaemonState()
+    collector = FlakyCollector(fail_on={1, 3, 4})
+    failures = _FailureLog()
+
+    def tick() -> Report:
+        tick_once(settings, collector, state, failures)
+        return Report.from_json((tmp_path / "report.json").read_bytes())
+
+    first = tick()  # fails before any good sample: a report that says why, not nothing
+    assert first.nvml.error_code == "sample_failed"
+    assert "RuntimeError: first sample broke" in first.notes[0]
+    assert state.sample_ok is False
+
+    good = tick()
+    assert good.notes == [] and good.generated_at == utc_iso(1_700_000_002)
+    assert state.sample_ok is True
+
+    third = tick()
+    assert third.generated_at == good.generated_at  # the values keep their own time
+    assert re.fullmatch(
+        r"sample failed at \S+Z \(RuntimeError: driver went away\); values are from "
+        + good.generated_at,
+        third.notes[0],
+    )
+    fourth = tick()
+    assert len(fourth.notes) == 1  # notes do not pile up
+    assert (state.samples, state.sample_errors) == (4, 3)
+    # The same error twice in a row is logged once (with its traceback), not every 2 s.
+    logged = [r for r in caplog.records if "sample failed" in r.getMessage()]
+    assert [r.getMessage() for r in logged] == [
+        "sample failed: RuntimeError: first sample broke",
+        "sample failed: RuntimeError: driver went away",
+    ]
+
+
+class FakeClock:
+    """Monotonic time that moves only when the daemon samples (``cost``) or sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    "costs, expected_starts",
+    [
+        # Each sample takes 0.3 s of a 2 s period: starts stay on the 2 s grid, no drift.
+        ([0.3] * 5, [0.0, 2.0, 4.0, 6.0, 8.0]),
+        # A 4.5 s sample skips the slots it overran instead of bursting to catch up.
+        ([0.3, 4.5, 0.3, 0.3], [0.0, 2.0, 8.0, 10.0]),
+    ],
+)
+def test_ticks_stay_on_a_fixed_grid(tmp_path, costs, expected_starts):
+    settings = AgentSettings(state_dir=str(tmp_path), interval_s=2.0)
+    clock = FakeClock()
+    stop = threading.Event()
+    starts: list[float] = []
+
+    class TimedCollector:
+        def collect(self) -> Report:
+            starts.append(clock.now - 1000.0)
+            clock.now += costs[len(starts) - 1]
+            if len(starts) == len(costs):
+                stop.set()
+            return Report(generated_at=utc_iso(), host=Host(hostname="h"))
+
+    def sleep(seconds: float) -> None:
+        assert seconds > 0
+        clock.now += seconds
+
+    loop(settings, TimedCollector(), DaemonState(), stop, clock=clock, wait=sleep)
+
+    assert starts == pytest.approx(expected_starts)
