@@ -62,21 +62,38 @@ class GpusUnavailable(ClaimError):
 
 
 def sample_gpus(settings: AgentSettings) -> List[Gpu]:
-    """This server's GPUs with their processes, from NVML (via the agent's sampler).
+    """This server's GPUs with their processes, read from NVML now (gpumon_agent.nvml).
 
     Raises GpusUnavailable when NVML cannot be read or finds no GPU."""
-    from gpumon_agent.sampler import Sampler
+    from gpumon_agent.nvml import NvmlReader
 
-    report = Sampler(settings).sample()
-    if not report.nvml.available:
+    reader = NvmlReader()
+    try:
+        sample = reader.read()
+    finally:
+        reader.close()
+    if not sample.nvml.available:
         raise GpusUnavailable(
-            f"cannot read the GPUs through NVML ({report.nvml.error or 'no NVIDIA driver'}); "
+            f"cannot read the GPUs through NVML ({sample.nvml.error or 'no NVIDIA driver'}); "
             "claiming GPUs needs the NVIDIA driver — to run on the CPU instead, use "
             "claim(..., required=False)"
         )
-    if not report.gpus:
-        raise GpusUnavailable("NVML finds no GPU on this server")
-    return report.gpus
+    if not sample.gpus:
+        raise GpusUnavailable(
+            "NVML finds no GPU on this server — to run on the CPU, use claim(..., required=False)"
+        )
+    _name_process_users(sample.gpus)
+    return sample.gpus
+
+
+def _name_process_users(gpus: List[Gpu]) -> None:
+    """Fill GpuProcess.user, for the message that says who uses a GPU (best effort)."""
+    import psutil
+
+    for gpu in gpus:
+        for proc in gpu.processes:
+            with contextlib.suppress(psutil.Error):
+                proc.user = psutil.Process(proc.pid).username()
 
 
 class Claim:
