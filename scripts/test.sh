@@ -10,6 +10,7 @@ command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v sox >/dev/null || need+=(sox)
+command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/systemd/gpumon-agent.service
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
