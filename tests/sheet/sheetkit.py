@@ -83,3 +83,21 @@ def off(
 
 def process(user: str, command: str, pid: int = 4242) -> GpuProcess:
     return GpuProcess(pid=pid, user=user, command=command, gpu_memory_bytes=GIB)
+
+
+def apply(grid: Grid, writes) -> Grid:
+    """The grid as a backend would leave it after ``writes`` (rows by index)."""
+    for write in writes:
+        while len(grid.values) <= write.row:
+            grid.values.append([])
+        line = grid.values[write.row]
+        while len(line) <= write.col:
+            line.append("")
+        line[write.col] = str(write.value)
+    return grid
+
+
+def with_status_columns(grid: Grid) -> Grid:
+    """The seed with gpumon's added header cells (as after the first push's Setup)."""
+    grid.values[6] += ["GPU util", "GPU memory", "Running", "Job", "Health"]
+    return grid
