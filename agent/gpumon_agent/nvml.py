@@ -1,0 +1,577 @@
+"""All of the agent's NVML access: one read gives the driver facts and every GPU as Report records.
+
+Nothing here raises to the caller. NVML failures are data:
+
+- NVML unusable (no library, driver not loaded, driver/library mismatch, a global call that
+  hangs): ``Nvml(available=False, error=..., error_code=...)`` and no GPUs. ``NVML_ERROR_CODES``
+  lists the codes.
+- A GPU that fell off the bus: that GPU with ``state="lost"`` (its identity from the last time it
+  answered), the others as usual.
+- Any other failure of a call on one GPU: ``state="error"``, ``error`` says which calls failed,
+  and every value that was read is still there.
+- A value the board or driver does not offer (NOT_SUPPORTED, a function an old driver lacks after
+  every fallback, NO_PERMISSION): ``None``, and no error.
+
+Older drivers lack newer functions, so reads fall back: processes v3 -> v2 -> v1, memory v2 -> v1,
+clock event reasons -> throttle reasons, enforced power limit -> management limit. A symbol found
+missing is not tried again.
+
+Every call runs on a worker thread with a deadline (``call_timeout_s``), because a wedged GPU or
+driver can block an NVML call for minutes. A call that overruns is abandoned: its thread is left
+to finish, its value is unknown, and until it returns the same call (function, GPU) is not issued
+again, so hung threads never pile up (``max_hung_calls`` bounds them in all). After a timeout the
+rest of that GPU is skipped for this read, and after ``MAX_TIMEOUTS_PER_READ`` timeouts the rest
+of the read is, so one read blocks for at most that many deadlines.
+
+Field meanings (see gpumon_agent.report): ``utilization_pct`` is NVML's GPU busy percentage,
+``memory_utilization_pct`` its memory-controller busy percentage (not used/total);
+``memory_used_bytes`` is NVML's memory v2 "used" (without the driver's reservation), or v1 "used"
+(with it) on drivers without v2; ``power_w``/``power_limit_w`` are watts; ``throttle_reasons`` are
+the names in ``THROTTLE_REASONS`` (idle is not a throttle, so the idle bit is left out).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from gpumon_agent.report import GPU_ERROR, GPU_LOST, GPU_OK, Gpu, GpuProcess, Nvml
+
+try:
+    import pynvml
+except ImportError:  # a broken install; reported as data like every other NVML failure
+    pynvml = None  # type: ignore[assignment]
+
+# Stable values of Nvml.error_code, with what each means (docs cite this table).
+NVML_ERROR_CODES: Dict[str, str] = {
+    "library_not_found": "libnvidia-ml.so.1 not found: no NVIDIA driver (a CPU-only server?)",
+    "driver_not_loaded": "the NVIDIA kernel driver is not loaded",
+    "driver_library_mismatch": "the NVIDIA driver was upgraded but the old one still runs: reboot",
+    "no_permission": "NVML refused access to this user",
+    "timeout": "an NVML call did not return within the deadline (a wedged GPU or driver)",
+    "pynvml_missing": "the nvidia-ml-py package (module pynvml) is not installed",
+    "nvml_error": "any other NVML failure; the error text says which",
+}
+
+# NVML throttle / clock-event reason bits (nvml.h nvmlClocksEventReason*) and their short names.
+# 0x1 (GPU idle) is deliberately absent: an idle GPU is not throttled.
+THROTTLE_REASONS: Tuple[Tuple[int, str], ...] = (
+    (0x2, "app_clocks"),  # applications clocks setting caps the clocks
+    (0x4, "power_cap"),  # software power cap
+    (0x8, "hw_slowdown"),  # hardware slowdown (thermal or power brake)
+    (0x10, "sync_boost"),  # held down to match other GPUs in a sync-boost group
+    (0x20, "sw_thermal"),  # software thermal slowdown
+    (0x40, "hw_thermal"),  # hardware thermal slowdown
+    (0x80, "hw_power_brake"),  # external power brake assertion
+    (0x100, "display_clocks"),  # display clock setting
+)
+_IDLE_BIT = 0x1
+
+MAX_TIMEOUTS_PER_READ = 2
+MAX_HUNG_CALLS = 16
+
+# NVML return codes (nvml.h; a stable ABI) this module tells apart.
+_UNINITIALIZED = 1
+_NOT_SUPPORTED = 3
+_NO_PERMISSION = 4
+_DRIVER_NOT_LOADED = 9
+_LIBRARY_NOT_FOUND = 12
+_FUNCTION_NOT_FOUND = 13
+_GPU_IS_LOST = 15
+_LIB_RM_VERSION_MISMATCH = 18
+_ARGUMENT_VERSION_MISMATCH = 25
+_NOT_AVAILABLE_ULL = 0xFFFFFFFFFFFFFFFF
+
+# A value the hardware does not offer: None, not an error.
+_ABSENT = (_NOT_SUPPORTED, _NO_PERMISSION, _FUNCTION_NOT_FOUND)
+# "This version of the call does not exist here": try the next older one.
+_TRY_OLDER = (_FUNCTION_NOT_FOUND, _ARGUMENT_VERSION_MISMATCH)
+
+
+@dataclass
+class NvmlSample:
+    nvml: Nvml
+    gpus: List[Gpu] = field(default_factory=list)
+
+
+class CallTimeout(Exception):
+    """An NVML call overran its deadline, or an earlier such call has not returned yet."""
+
+    def __init__(self, function: str, seconds: float, still: bool = False) -> None:
+        self.function = function
+        self.seconds = seconds
+        self.still = still
+        if still:
+            text = f"{function} has not returned for {seconds:.0f} s"
+        else:
+            text = f"{function} did not return within {seconds:g} s"
+        super().__init__(text)
+
+
+class _Skipped(Exception):
+    """Not called: this read already spent its time on hung calls."""
+
+
+# --- calls with a deadline -------------------------------------------------------------------
+
+
+class _Job:
+    __slots__ = ("args", "done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[..., Any], args: Sequence[Any]) -> None:
+        self.fn = fn
+        self.args = args
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+
+
+class _Worker:
+    """A thread that runs one job at a time; abandoned (and then exits) if a job overruns."""
+
+    def __init__(self, caller: _Caller) -> None:
+        self._caller = caller
+        self._jobs: queue.Queue = queue.Queue()
+        self.abandoned = False
+        self.key: Optional[Tuple[str, int]] = None
+        self.thread = threading.Thread(target=self._run, name="gpumon-nvml", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Optional[_Job]) -> None:
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job.result = job.fn(*job.args)
+            except BaseException as e:  # handed to the caller, who decides
+                job.error = e
+            with self._caller.lock:
+                job.done.set()
+                if self.abandoned:
+                    self._caller.hung.pop(self.key, None)
+                    return
+
+
+class _Caller:
+    """Runs calls on a worker thread and waits at most `timeout_s` for each."""
+
+    def __init__(self, timeout_s: float, max_hung: int) -> None:
+        self.timeout_s = timeout_s
+        self.max_hung = max_hung
+        self.lock = threading.Lock()
+        # (function, gpu index or -1) -> monotonic time the overrunning call started.
+        self.hung: Dict[Tuple[str, int], float] = {}
+        self._worker: Optional[_Worker] = None
+
+    def call(self, key: Tuple[str, int], fn: Callable[..., Any], *args: Any) -> Any:
+        with self.lock:
+            if key in self.hung:
+                raise CallTimeout(key[0], time.monotonic() - self.hung[key], still=True)
+            if len(self.hung) >= self.max_hung:
+                raise CallTimeout(key[0], 0.0, still=True)
+            if self._worker is None:
+                self._worker = _Worker(self)
+            worker = self._worker
+        job = _Job(fn, args)
+        started = time.monotonic()
+        worker.submit(job)
+        if not job.done.wait(self.timeout_s):
+            with self.lock:
+                if not job.done.is_set():
+                    worker.abandoned = True
+                    worker.key = key
+                    self.hung[key] = started
+                    self._worker = None
+                    raise CallTimeout(key[0], self.timeout_s)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def hung_count(self) -> int:
+        with self.lock:
+            return len(self.hung)
+
+    def close(self) -> None:
+        with self.lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.submit(None)
+
+
+# --- the reader ------------------------------------------------------------------------------
+
+
+class _GpuRead:
+    """Bookkeeping while one GPU is read."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.problems: List[str] = []
+        self.lost = False
+        self.stop = False  # a timeout or loss: skip the rest of this GPU
+
+
+class NvmlReader:
+    """Reads NVML; keeps the library initialised between reads. Thread-compatible, not -safe."""
+
+    def __init__(self, call_timeout_s: float = 2.0, max_hung_calls: int = MAX_HUNG_CALLS) -> None:
+        self._caller = _Caller(call_timeout_s, max_hung_calls)
+        self._initialized = False
+        self._missing: set = set()  # NVML functions this library lacks
+        self._identity: Dict[int, Tuple[Optional[str], Optional[str], Optional[str]]] = {}
+        self._timeouts = 0
+
+    @property
+    def hung_calls(self) -> int:
+        """How many abandoned calls have not returned yet (each holds one thread)."""
+        return self._caller.hung_count()
+
+    def read(self) -> NvmlSample:
+        try:
+            return self._read()
+        except Exception as e:  # a bug here must not cost the host's report
+            return NvmlSample(
+                Nvml(
+                    available=False,
+                    error=f"reading NVML failed: {e!r}"[:300],
+                    error_code="nvml_error",
+                )
+            )
+
+    def close(self) -> None:
+        if self._initialized and pynvml is not None:
+            try:
+                self._caller.call(("nvmlShutdown", -1), pynvml.nvmlShutdown)
+            except Exception:
+                pass  # shutting down; nothing left to report to
+            self._initialized = False
+        self._caller.close()
+
+    # -- the whole library --
+
+    def _read(self) -> NvmlSample:
+        if pynvml is None:
+            return _unavailable("pynvml_missing", NVML_ERROR_CODES["pynvml_missing"])
+        self._timeouts = 0
+        if not self._initialized:
+            try:
+                self._call("nvmlInit", -1, pynvml.nvmlInit)
+            except Exception as e:
+                return _unavailable(_error_code(e), _describe("nvmlInit", e))
+            self._initialized = True
+        nvml = Nvml(available=True)
+        try:
+            count = self._call("nvmlDeviceGetCount", -1, pynvml.nvmlDeviceGetCount)
+        except Exception as e:
+            self._reinit_later(e)
+            return _unavailable(_error_code(e), _describe("nvmlDeviceGetCount", e))
+        nvml.driver_version = _text(self._system("nvmlSystemGetDriverVersion"))
+        nvml.nvml_version = _text(self._system("nvmlSystemGetNVMLVersion"))
+        nvml.cuda_driver_version = self._system("nvmlSystemGetCudaDriverVersion")
+        gpus = [self._read_gpu(index) for index in range(count)]
+        for index in list(self._identity):
+            if index >= count:
+                del self._identity[index]
+        return NvmlSample(nvml, gpus)
+
+    def _system(self, name: str) -> Any:
+        try:
+            return self._call(name, -1, getattr(pynvml, name))
+        except Exception:
+            return None  # a version string is a nicety; the GPUs matter
+
+    def _reinit_later(self, error: Exception) -> None:
+        """After a global failure, start over with nvmlInit on the next read."""
+        if isinstance(error, (CallTimeout, _Skipped)):
+            return  # the library is busy, not broken; do not pile on
+        try:
+            self._call("nvmlShutdown", -1, pynvml.nvmlShutdown)
+        except Exception:
+            pass
+        self._initialized = False
+
+    def _call(self, name: str, gpu: int, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._timeouts >= MAX_TIMEOUTS_PER_READ:
+            raise _Skipped(name)
+        try:
+            return self._caller.call((name, gpu), fn, *args)
+        except CallTimeout as e:
+            if not e.still:
+                self._timeouts += 1
+            raise
+
+    # -- one GPU --
+
+    def _read_gpu(self, index: int) -> Gpu:
+        gpu = Gpu(index=index)
+        st = _GpuRead(index)
+        n = pynvml
+        handle = self._get(st, "nvmlDeviceGetHandleByIndex", n.nvmlDeviceGetHandleByIndex, index)
+        if handle is not None:
+            gpu.uuid = _text(self._get(st, "nvmlDeviceGetUUID", n.nvmlDeviceGetUUID, handle))
+            gpu.name = _text(self._get(st, "nvmlDeviceGetName", n.nvmlDeviceGetName, handle))
+            pci = self._get(st, "nvmlDeviceGetPciInfo_v3", n.nvmlDeviceGetPciInfo, handle)
+            gpu.pci_bus_id = _text(getattr(pci, "busId", None))
+            self._read_values(st, gpu, handle)
+        if gpu.uuid is not None:
+            self._identity[index] = (gpu.uuid, gpu.name, gpu.pci_bus_id)
+        elif st.lost and index in self._identity:
+            gpu.uuid, gpu.name, gpu.pci_bus_id = self._identity[index]
+        if st.lost:
+            gpu.state = GPU_LOST
+            gpu.error = "GPU is lost (fell off the bus); " + "; ".join(st.problems)
+            gpu.error = gpu.error.rstrip("; ")
+        elif st.problems:
+            gpu.state = GPU_ERROR
+            gpu.error = "; ".join(st.problems)
+        else:
+            gpu.state = GPU_OK
+        return gpu
+
+    def _read_values(self, st: _GpuRead, gpu: Gpu, handle: Any) -> None:
+        n = pynvml
+        util = self._get(
+            st, "nvmlDeviceGetUtilizationRates", n.nvmlDeviceGetUtilizationRates, handle
+        )
+        if util is not None:
+            gpu.utilization_pct = float(util.gpu)
+            gpu.memory_utilization_pct = float(util.memory)
+        memory = self._first(
+            st,
+            [
+                ("nvmlDeviceGetMemoryInfo_v2", _memory_v2, (handle,)),
+                ("nvmlDeviceGetMemoryInfo", n.nvmlDeviceGetMemoryInfo, (handle,)),
+            ],
+        )
+        if memory is not None:
+            gpu.memory_total_bytes = int(memory.total)
+            gpu.memory_used_bytes = int(memory.used)
+        temperature = self._get(
+            st, "nvmlDeviceGetTemperature", n.nvmlDeviceGetTemperature, handle, 0
+        )  # 0: NVML_TEMPERATURE_GPU, the die
+        gpu.temperature_c = None if temperature is None else float(temperature)
+        power = self._get(st, "nvmlDeviceGetPowerUsage", n.nvmlDeviceGetPowerUsage, handle)
+        gpu.power_w = None if power is None else power / 1000.0
+        limit = self._first(
+            st,
+            [
+                ("nvmlDeviceGetEnforcedPowerLimit", n.nvmlDeviceGetEnforcedPowerLimit, (handle,)),
+                (
+                    "nvmlDeviceGetPowerManagementLimit",
+                    n.nvmlDeviceGetPowerManagementLimit,
+                    (handle,),
+                ),
+            ],
+        )
+        gpu.power_limit_w = None if limit is None else limit / 1000.0
+        reasons = self._first(
+            st,
+            [
+                ("nvmlDeviceGetCurrentClocksEventReasons", _clock_events, (handle,)),
+                (
+                    "nvmlDeviceGetCurrentClocksThrottleReasons",
+                    _throttle_reasons,
+                    (handle,),
+                ),
+            ],
+        )
+        gpu.throttle_reasons = None if reasons is None else throttle_names(reasons)
+        gpu.processes = self._processes(st, handle)
+
+    def _processes(self, st: _GpuRead, handle: Any) -> List[GpuProcess]:
+        found: Dict[int, GpuProcess] = {}
+        for kind in ("compute", "graphics"):
+            base = f"nvmlDeviceGet{kind.capitalize()}RunningProcesses"
+            listed = self._first(
+                st,
+                [
+                    (base + "_v3", _versioned(base + "_v3"), (handle,)),
+                    (base + "_v2", _versioned(base + "_v2"), (handle,)),
+                    (base, _processes_v1, (base, handle)),
+                ],
+            )
+            for pid, used in listed or []:
+                memory = None if used is None or used == _NOT_AVAILABLE_ULL else int(used)
+                if pid in found:  # listed as both compute and graphics: once, kind says so
+                    entry = found[pid]
+                    entry.kind = "compute+graphics"
+                    if memory is not None:
+                        entry.gpu_memory_bytes = max(entry.gpu_memory_bytes or 0, memory)
+                else:
+                    found[pid] = GpuProcess(pid=int(pid), kind=kind, gpu_memory_bytes=memory)
+        return sorted(found.values(), key=lambda p: p.pid)
+
+    def _get(self, st: _GpuRead, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """One call on GPU st.index: its value, or None with the failure noted in `st`."""
+        if st.stop:
+            return None
+        try:
+            return self._call(name, st.index, fn, *args)
+        except Exception as e:
+            _note(st, name, e)
+            return None
+
+    def _first(
+        self, st: _GpuRead, chain: Sequence[Tuple[str, Callable[..., Any], Tuple[Any, ...]]]
+    ) -> Any:
+        """The value of the newest version in `chain` this driver has; None if it has none."""
+        versions = [link for link in chain if link[0] not in self._missing]
+        for position, (name, fn, args) in enumerate(versions):
+            if st.stop:
+                return None
+            try:
+                return self._call(name, st.index, fn, *args)
+            except Exception as e:
+                code = _nvml_value(e)
+                absent = code == _FUNCTION_NOT_FOUND or isinstance(e, AttributeError)
+                if absent:
+                    self._missing.add(name)  # a missing symbol stays missing
+                older = absent or code in _TRY_OLDER or isinstance(e, TypeError)
+                if older and position < len(versions) - 1:
+                    continue
+                _note(st, name, e)
+                return None
+        return None
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _note(st: _GpuRead, name: str, error: Exception) -> None:
+    """Record what a failed call on one GPU means for it."""
+    if isinstance(error, CallTimeout):
+        st.problems.append(str(error))
+        st.stop = st.stop or not error.still  # a fresh hang: the GPU may be wedged
+    elif isinstance(error, _Skipped):
+        st.problems.append("not read: this sample's NVML calls hung")
+        st.stop = True
+    else:
+        code = _nvml_value(error)
+        if code == _GPU_IS_LOST:
+            st.lost = True
+            st.stop = True
+        elif code not in _ABSENT:
+            st.problems.append(_describe(name, error))
+
+
+def _unavailable(code: str, text: str) -> NvmlSample:
+    return NvmlSample(Nvml(available=False, error=text, error_code=code))
+
+
+def _nvml_value(error: BaseException) -> Optional[int]:
+    if pynvml is not None and isinstance(error, pynvml.NVMLError):
+        return getattr(error, "value", None)
+    return None
+
+
+_CODE_OF_VALUE = {
+    _LIBRARY_NOT_FOUND: "library_not_found",
+    _DRIVER_NOT_LOADED: "driver_not_loaded",
+    _LIB_RM_VERSION_MISMATCH: "driver_library_mismatch",
+    _NO_PERMISSION: "no_permission",
+}
+
+
+def _error_code(error: BaseException) -> str:
+    if isinstance(error, (CallTimeout, _Skipped)):
+        return "timeout"
+    return _CODE_OF_VALUE.get(_nvml_value(error) or 0, "nvml_error")
+
+
+def _describe(function: str, error: BaseException) -> str:
+    """Human text for a failed call, without calling into the library (it may be wedged)."""
+    if isinstance(error, CallTimeout):
+        return str(error)
+    value = _nvml_value(error)
+    if value is None:
+        return f"{function}: {error!r}"[:300]
+    known = getattr(pynvml.NVMLError, "_errcode_to_string", {})
+    text = "{}: {}".format(function, known.get(value, f"NVML error {value}"))
+    code = _CODE_OF_VALUE.get(value)
+    return f"{NVML_ERROR_CODES[code]} ({text})" if code else text
+
+
+def _text(value: Any) -> Optional[str]:
+    """pynvml gives str, or bytes in older releases."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def throttle_names(mask: int) -> List[str]:
+    """The short names of the set bits of an NVML clock-event/throttle mask (idle left out).
+
+    An unnamed bit becomes its hex value, e.g. "0x400", so nothing is hidden.
+    """
+    names = [name for bit, name in THROTTLE_REASONS if mask & bit]
+    known = _IDLE_BIT
+    for bit, _ in THROTTLE_REASONS:
+        known |= bit
+    rest = mask & ~known
+    bit = 1
+    while rest:
+        if rest & bit:
+            names.append(hex(bit))
+            rest &= ~bit
+        bit <<= 1
+    return names
+
+
+def _memory_v2(handle: Any) -> Any:
+    # AttributeError / TypeError: this pynvml predates memory v2, so the v1 call follows.
+    return pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2)
+
+
+def _clock_events(handle: Any) -> int:
+    return pynvml.nvmlDeviceGetCurrentClocksEventReasons(handle)
+
+
+def _throttle_reasons(handle: Any) -> int:
+    return pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)
+
+
+def _versioned(name: str) -> Callable[[Any], List[Tuple[int, Optional[int]]]]:
+    """pynvml's wrapper `name` for a versioned process query, as (pid, used bytes) pairs."""
+
+    def call(handle: Any) -> List[Tuple[int, Optional[int]]]:
+        wrapper = getattr(pynvml, name)  # AttributeError on a pynvml without this version
+        return [(p.pid, p.usedGpuMemory) for p in wrapper(handle)]
+
+    return call
+
+
+class _ProcessInfoV1(ctypes.Structure):
+    # nvmlProcessInfo_v1_t: what the unversioned process queries of old drivers fill.
+    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong)]
+
+
+_INSUFFICIENT_SIZE = 7
+
+
+def _processes_v1(name: str, handle: Any) -> List[Tuple[int, Optional[int]]]:
+    """The v1 process query (drivers before R470 have only this), which pynvml no longer wraps."""
+    function = pynvml._nvmlGetFunctionPointer(name)
+    count = ctypes.c_uint(0)
+    ret = function(handle, ctypes.byref(count), None)
+    if ret == 0:
+        return []
+    for _ in range(3):  # processes may start between the sizing call and this one
+        if ret != _INSUFFICIENT_SIZE:
+            raise pynvml.NVMLError(ret)
+        size = count.value * 2 + 5
+        infos = (_ProcessInfoV1 * size)()
+        count = ctypes.c_uint(size)
+        ret = function(handle, ctypes.byref(count), infos)
+        if ret == 0:
+            return [(infos[i].pid, infos[i].usedGpuMemory) for i in range(count.value)]
+    raise pynvml.NVMLError(ret)

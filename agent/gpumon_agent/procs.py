@@ -1,0 +1,46 @@
+"""Who runs a GPU process: pid -> (user, command line) via psutil.
+
+NVML gives pids only. A pid can vanish between NVML's answer and this lookup, or belong to a
+process this user may not inspect; both read as "?" — never an exception.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import psutil
+
+UNKNOWN = "?"
+# Command lines are shown in a sheet cell: long ones are cut, with "..." saying so.
+MAX_COMMAND_CHARS = 200
+
+
+def describe(pid: int) -> Tuple[str, str]:
+    """(user name, command line) of `pid`; "?" for each part that cannot be read."""
+    try:
+        process = psutil.Process(pid)
+    except (psutil.Error, ValueError, OverflowError):  # gone, or not a valid pid
+        return UNKNOWN, UNKNOWN
+    return _user(process), _command(process)
+
+
+def _user(process: psutil.Process) -> str:
+    try:
+        # psutil falls back to the numeric uid when no passwd entry exists.
+        return process.username() or UNKNOWN
+    except (psutil.Error, OSError):
+        return UNKNOWN
+
+
+def _command(process: psutil.Process) -> str:
+    try:
+        words = process.cmdline()
+        text = " ".join(words) if words else f"[{process.name()}]"  # kernel thread
+    except (psutil.Error, OSError):
+        return UNKNOWN
+    text = " ".join(text.split())  # newlines and tabs in arguments would break a cell
+    if not text or text == "[]":
+        return UNKNOWN
+    if len(text) > MAX_COMMAND_CHARS:
+        text = text[: MAX_COMMAND_CHARS - 3] + "..."
+    return text
