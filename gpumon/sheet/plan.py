@@ -162,7 +162,9 @@ def plan(
 
     setup.columns = dict(out.columns)
     setup.data_rows = (layout.header_row + 1, layout.table_end)
-    setup.new_rows.sort(key=lambda n: n.before_row, reverse=True)
+    # Bottom-up; rows for the same place are inserted last-first, so they end up in poll order.
+    order = {id(n): i for i, n in enumerate(setup.new_rows)}
+    setup.new_rows.sort(key=lambda n: (n.before_row, order[id(n)]), reverse=True)
     if not setup.is_empty():
         out.setup = setup
     return out

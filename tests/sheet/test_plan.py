@@ -117,8 +117,8 @@ def test_server_missing_from_the_sheet_is_warned_or_gets_a_new_block(seed):
     p = plan_for(with_status_columns(seed), [on("newbox", [gpu(0), gpu(1)]), on("cpubox")],
                  add_rows=True)  # fmt: skip
     assert [(n.before_row, n.server, n.gpus, n.name_first) for n in p.setup.new_rows] == [
+        (30, "cpubox", [None], True),  # same place: inserted last-first, so newbox ends on top
         (30, "newbox", [0, 1], True),
-        (30, "cpubox", [None], True),
     ]
 
 
