@@ -119,6 +119,9 @@ def embedded_default() -> Config:
     return Config(
         path=None,
         poll=PollConfig(servers_from_sheet=False),
+        # The workbook starts without server rows: this machine's rows are added on the first
+        # push (and again if it gains a GPU).
+        sheet=SheetConfig(add_rows=True),
         servers={name: ServerEntry(name=name, local=True)},
     )
 
