@@ -66,7 +66,7 @@ def build_report(out: CommandOutput, peer_ip: str | None) -> Report:
         raise PollFailure(
             codes.AGENT_MISSING,
             "agent not installed, and no nvidia-smi for the agentless read either "
-            "— install gpumon-agent (deploy/README)",
+            "— install gpumon-agent on the server",
             "exec",
         )
     host = Host(

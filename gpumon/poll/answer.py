@@ -27,7 +27,7 @@ def interpret(out: CommandOutput, command: str) -> Report:
         raise PollFailure(
             codes.AGENT_MISSING,
             f"agent not installed: `{program}` not found ({trim(out.stderr) or 'exit 127'}) "
-            "— install gpumon-agent (deploy/README) or enable [poll] agentless",
+            "— install gpumon-agent on the server, or enable [poll] agentless",
             "exec",
         )
     if out.exit_status != 0:
