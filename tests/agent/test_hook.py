@@ -122,10 +122,12 @@ with claim(gpus=["{uuid}"]) as c:
 
 RACER = """
 n = sys.argv[1]
+say(ready=n)
+wait_for(sys.argv[2])  # everyone imported: now all claim at once
 try:
     with claim(job="racer " + n, lock_timeout_s=60) as c:
         say(gpus=c.gpu_indices)
-        wait_for(sys.argv[2])
+        wait_for(sys.argv[3])
 except NoFreeGpu as e:
     say(error=str(e))
 """
@@ -136,13 +138,17 @@ def test_racing_claimers_never_share_a_gpu_and_the_rest_fail_clearly(
 ):
     fake = fake_nvml(FakeState.with_gpus(8))
     env = env_for(fake)
-    go = tmp_path / "go"
-    racers = [start(RACER, env, str(n), str(go)) for n in range(24)]
+    go, leave = tmp_path / "go", tmp_path / "leave"
+    racers = [start(RACER, env, str(n), str(go), str(leave)) for n in range(24)]
     try:
+        for p in racers:
+            assert "ready" in p.stdout.readline()
+        go.touch()
         answers = [json.loads(p.stdout.readline() or "{}") for p in racers]
         holding = len(claim_files(claims_dir))
     finally:
         go.touch()
+        leave.touch()
         errs = [p.communicate(timeout=60)[1] for p in racers]
     assert all(p.returncode == 0 for p in racers), errs
     won = [a["gpus"] for a in answers if "gpus" in a]
