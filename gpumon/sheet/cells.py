@@ -176,14 +176,22 @@ def health(result: ServerResult, sheet_gpus: set[int]) -> str:
         else:
             items.append(f"NVML: {report.nvml.error or 'unavailable'}")
     reported = {gpu.index for gpu in report.gpus}
+    # The agent's own warnings (gpumon_agent.health) come first-hand; a GPU state they do not
+    # cover (e.g. an agentless read) is described here. NVML trouble is said once, above.
+    warned = {(w.code, w.gpu_index) for w in report.warnings}
     for gpu in report.gpus:
-        if gpu.state == GPU_LOST:
+        if gpu.state == GPU_LOST and ("gpu_lost", gpu.index) not in warned:
             items.append(f"GPU {gpu.index} lost")
-        elif gpu.state != GPU_OK:
+        elif gpu.state not in (GPU_OK, GPU_LOST) and ("gpu_error", gpu.index) not in warned:
             items.append(f"GPU {gpu.index}: {gpu.error or gpu.state}")
     for warning in report.warnings:
-        prefix = f"GPU {warning.gpu_index}: " if warning.gpu_index is not None else ""
-        items.append(prefix + warning.message)
+        if warning.code == "nvml_unavailable":
+            continue
+        gpu_text = f"GPU {warning.gpu_index}"
+        if warning.gpu_index is not None and gpu_text not in warning.message:
+            items.append(f"{gpu_text}: {warning.message}")
+        else:
+            items.append(warning.message)
     for gpu in report.gpus:
         if gpu.unclaimed_use:
             users = sorted({p.user for p in gpu.processes})

@@ -123,14 +123,18 @@ def test_health_collects_everything_a_reader_should_know():
         gpu(3, state=GPU_ERROR, error="Unknown Error"),
         gpu(4),
     ]  # fmt: skip
-    result = on("sigbsp", gpus, reason_code=AGENT_STALE, reason="agent stale (report 95 s old)")
-    result.report.warnings = [HealthWarning("load_high", "load 31 on 8 CPUs")]
+    result = on("sigbsp", gpus, reason_code=AGENT_STALE, reason="agent stale")
+    result.report.warnings = [
+        HealthWarning("load_high", "load 31 on 8 CPUs"),
+        HealthWarning("gpu_lost", "GPU 2 lost (fell off the bus)", 2),
+        HealthWarning("gpu_temperature_high", "at 91 °C", 4),
+    ]
     result.report.claim_errors = [ClaimFileError("/run/gpumon/claims/x.json", "not JSON")]
     text = health(result, {0, 1, 2, 3, 5})
     assert text == (
-        "agent stale (report 95 s old); GPU 2 lost; GPU 3: Unknown Error; load 31 on 8 CPUs; "
-        "GPU 0 claimed but idle (kws); GPU 1 used without a claim (niv); GPU 4 not in the "
-        "sheet; GPU 5 not found; bad claim file x.json: not JSON"
+        "agent stale; GPU 3: Unknown Error; load 31 on 8 CPUs; GPU 2 lost (fell off the bus); "
+        "GPU 4: at 91 °C; GPU 0 claimed but idle (kws); GPU 1 used without a claim (niv); "
+        "GPU 4 not in the sheet; GPU 5 not found; bad claim file x.json: not JSON"
     )
 
 
@@ -138,6 +142,7 @@ def test_health_of_a_gpu_less_machine_says_no_driver():
     result = on("cpubox")
     result.report.nvml = Nvml(available=False, error="libnvidia-ml.so.1 not found",
                               error_code="library_not_found")  # fmt: skip
+    result.report.warnings = [HealthWarning("nvml_unavailable", "NVML unavailable: long text")]
     assert health(result, set()) == "no NVIDIA driver"
     cells = render(result, SEOUL, set())
     assert cells.absent == {"util": "", "memory": "", "running": "", "job": ""}
