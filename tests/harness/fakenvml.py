@@ -323,3 +323,64 @@ def run_python(code: str, env: Mapping[str, str], timeout: float = 60) -> object
     if done.returncode != 0:
         raise AssertionError(f"subprocess failed (rc {done.returncode}):\n{done.stderr}")
     return json.loads(done.stdout)
+
+
+_CHILD_LOOP = """
+import json, sys, traceback
+namespace = {}
+for line in sys.stdin:
+    namespace.pop("result", None)
+    try:
+        exec(json.loads(line), namespace)
+        reply = {"result": namespace.get("result")}
+    except BaseException:
+        reply = {"error": traceback.format_exc()}
+    sys.stdout.write(json.dumps(reply) + "\\n")
+    sys.stdout.flush()
+"""
+
+
+class Child:
+    """A Python interpreter in a subprocess that runs code sent to it, one block at a time.
+
+    For driving a long-lived object (a Sampler, say) against the fake library while the test
+    changes the library's state in between. `run(code)` executes `code` in the child's one
+    namespace and returns what it assigned to `result` (JSON-serialisable).
+    """
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_LOOP],
+            env=dict(env),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, code: str) -> object:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(code) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            stderr = self.process.stderr.read() if self.process.stderr else ""
+            raise AssertionError(f"the child process died:\n{stderr}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise AssertionError(f"in the child process:\n{reply['error']}")
+        return reply["result"]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
