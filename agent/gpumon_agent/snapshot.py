@@ -9,7 +9,12 @@ Freshness is the file's mtime: the daemon rewrites the file every interval, also
 fails (keeping the last good values, with a note), so the mtime says whether a daemon is alive,
 while ``generated_at`` says how old the values are.
 
-Must stay importable on Python 3.8, and cheap to import (module level: os, sys, time only).
+``main`` is the `gpumon-agent` console script: it answers `report --json` from a fresh snapshot
+before the full CLI is imported (argparse, dataclasses and typing cost more than the rest of the
+command together), and hands everything else to ``gpumon_agent.cli.main``.
+
+Must stay importable on Python 3.8, and cheap to import: module level imports os, sys and time
+only (``TYPE_CHECKING`` is spelled out so that not even typing is loaded).
 """
 
 from __future__ import annotations
@@ -17,12 +22,17 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Optional, Tuple
 
-from gpumon_agent.settings import AgentSettings
-
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import List, Mapping, Optional, Tuple
+
     from gpumon_agent.report import Report
+    from gpumon_agent.settings import AgentSettings
+
+# Mirrors gpumon_agent.settings (imported only off the fast path; a test keeps them equal).
+DEFAULT_STATE_DIR = "/run/gpumon"
+DEFAULT_MAX_AGE_S = 10.0
 
 # A snapshot larger than this is not ours (the Report reader refuses it too).
 _MAX_SNAPSHOT_BYTES = 1024 * 1024
@@ -227,3 +237,66 @@ def _gib(n: Optional[int]) -> str:
 
 def _trim(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# --- the console script's fast path -----------------------------------------------------------
+
+
+class _FastSettings:
+    """The two settings the fast path needs, duck-typed like AgentSettings."""
+
+    def __init__(self, state_dir: str, max_age_s: float) -> None:
+        self.state_dir = state_dir
+        self.max_age_s = max_age_s
+
+    @property
+    def snapshot_path(self) -> str:
+        return os.path.join(self.state_dir, "report.json")
+
+
+def fast_report(argv: List[str], environ: Optional[Mapping[str, str]] = None) -> Optional[int]:
+    """Print a fresh snapshot for `report --json [--state-dir D] [--claims-dir C] [--max-age N]`
+    and return 0; ``None`` for any other command line, a value the full CLI must judge (it
+    explains errors), or no fresh snapshot (the full CLI samples once)."""
+    env = os.environ if environ is None else environ
+    if not argv or argv[0] != "report" or "--json" not in argv:
+        return None
+    state_dir = env.get("GPUMON_STATE_DIR") or DEFAULT_STATE_DIR
+    max_age = env.get("GPUMON_MAX_AGE") or ""
+    rest = [a for a in argv[1:] if a != "--json"]
+    while rest:
+        flag, sep, value = rest.pop(0).partition("=")
+        if flag not in ("--state-dir", "--claims-dir", "--max-age"):
+            return None
+        if not sep:
+            if not rest:
+                return None
+            value = rest.pop(0)
+        if flag == "--state-dir":
+            state_dir = value
+        elif flag == "--max-age":
+            max_age = value
+    try:
+        max_age_s = float(max_age) if max_age else DEFAULT_MAX_AGE_S
+    except ValueError:
+        return None
+    if not max_age_s > 0:
+        return None
+    data, fresh, _why = read_snapshot(_FastSettings(state_dir, max_age_s))
+    if data is None or not fresh:
+        return None
+    out = sys.stdout.buffer
+    out.write(data if data.endswith(b"\n") else data + b"\n")
+    out.flush()
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The `gpumon-agent` command: the fast path, else the full CLI (gpumon_agent.cli)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    code = fast_report(args)
+    if code is not None:
+        return code
+    from gpumon_agent.cli import main as cli_main
+
+    return cli_main(args)

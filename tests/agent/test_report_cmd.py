@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from agent_proc import AGENT, agent_env, imported_modules, report_json
 
+from gpumon_agent import snapshot
 from gpumon_agent.report import (
     SOURCE_DAEMON,
     SOURCE_ONESHOT,
@@ -56,8 +58,74 @@ def test_fresh_snapshot_is_printed_as_is_without_importing_nvml_or_psutil(tmp_pa
     assert done.stdout == written
     modules = imported_modules(done.stderr.decode())
     assert "gpumon_agent.snapshot" in modules  # the probe sees the agent's imports at all
-    for heavy in ("pynvml", "psutil", "gpumon_agent.collect", "gpumon_agent.report", "json"):
-        assert heavy not in modules, f"{heavy} imported on the fast path"
+    heavy = {"pynvml", "psutil", "gpumon_agent.collect", "gpumon_agent.report", "json"}
+    # The console script answers before the full CLI: its argparse/dataclasses/typing cost more
+    # than everything else the command does.
+    heavy |= {"gpumon_agent.cli", "gpumon_agent.settings", "argparse", "dataclasses", "typing"}
+    assert heavy & modules == set(), "imported on the fast path"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", "--json"],
+        ["report", "--json", "--state-dir", "{state}"],
+        ["report", "--state-dir={state}", "--json", "--max-age", "30"],
+        ["report", "--json", "--claims-dir", "/elsewhere", "--max-age=30"],
+    ],
+)
+def test_fast_path_accepts_the_report_command_lines(tmp_path, argv):
+    state = tmp_path / "state"
+    written = fresh_snapshot(state)
+    argv = [a.replace("{state}", str(state)) for a in argv]
+    code = subprocess.run(
+        [sys.executable, "-c", FAST_ONLY, *argv],
+        env={"GPUMON_STATE_DIR": str(state), "PATH": os.environ["PATH"]},
+        capture_output=True,
+    )
+    assert code.returncode == 0, code.stderr.decode()
+    assert code.stdout == written
+
+
+# Runs only the fast path; exits 3 where it would hand over to the full CLI.
+FAST_ONLY = """
+import sys
+from gpumon_agent.snapshot import fast_report
+code = fast_report(sys.argv[1:])
+sys.exit(3 if code is None else code)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv, env",
+    [
+        (["report"], {}),  # the human summary
+        (["report", "--json", "--max-age", "0"], {}),  # the CLI explains the bad value
+        (["report", "--json", "--max-age"], {}),
+        (["report", "--json", "--verbose"], {}),
+        (["report", "--json"], {"GPUMON_MAX_AGE": "soon"}),
+        (["--version"], {}),
+        (["claims", "--json"], {}),
+        (["report", "--json"], {"GPUMON_STATE_DIR": "/nonexistent/gpumon"}),
+    ],
+)
+def test_fast_path_hands_everything_else_to_the_full_cli(tmp_path, argv, env):
+    state = tmp_path / "state"
+    fresh_snapshot(state)
+    done = subprocess.run(
+        [sys.executable, "-c", FAST_ONLY, *argv],
+        env={"GPUMON_STATE_DIR": str(state), "PATH": os.environ["PATH"], **env},
+        capture_output=True,
+    )
+    assert (done.returncode, done.stdout) == (3, b"")
+
+
+def test_fast_path_defaults_mirror_the_agent_settings():
+    defaults = AgentSettings()
+    assert (
+        defaults.state_dir,
+        defaults.max_age_s,
+    ) == (snapshot.DEFAULT_STATE_DIR, snapshot.DEFAULT_MAX_AGE_S)
 
 
 def test_without_a_daemon_report_samples_once_and_says_so(tmp_path, fake_nvml):
