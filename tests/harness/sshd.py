@@ -360,10 +360,20 @@ class Fleet:
     def log(self, index: int) -> str:
         return (self.root / f"sshd{index}.log").read_text(errors="replace")
 
-    def connections_to(self, server: SimServer) -> int:
-        """How many TCP connections this server's sshd accepted on its address."""
-        marker = f" on {server.address} port {self.port}"
-        return sum(1 for line in self.log(server.sshd_index).splitlines() if marker in line)
+    def logins_to(self, server: SimServer) -> int:
+        """How many SSH logins (authenticated connections) this server's sshd accepted."""
+        lines = self.log(server.sshd_index).splitlines()
+        marker = f" on {server.address} port {self.port} "
+        ports = {
+            line.split(" port ", 1)[1].split()[0]
+            for line in lines
+            if line.startswith("Connection from ") and marker in line
+        }
+        return sum(
+            1
+            for line in lines
+            if line.startswith("Accepted publickey") and line.split(" port ")[1].split()[0] in ports
+        )
 
     # --- the central side's view --------------------------------------------------------
 
