@@ -15,7 +15,8 @@ becomes a ``ClaimFileError`` in the Report, never an exception.
 
 A claim is live while the process that made it runs: same pid, same process start time (so a
 reused pid does not revive it), same uid, not a zombie. A dead claim is ignored, and removed by
-whoever may (its owner, or root, i.e. the agent).
+whoever may: its owner, root, or the registry's owner (the agent, which made the directory;
+in a sticky directory its owner may delete any file).
 
 Entry points: ``ClaimRegistry`` (files), ``choose_gpus`` (allocation, pure), ``annotate`` and
 ``IdleTracker`` (per-GPU claim status in a Report), ``print_claims`` (``gpumon-agent claims``).
@@ -38,7 +39,7 @@ import stat
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from gpumon_agent.report import (
     GPU_OK,
@@ -627,10 +628,12 @@ class ClaimRegistry:
         claims: List[ClaimRecord] = []
         errors: List[ClaimFileError] = []
         counted = 0
+        # Who may delete in a sticky directory: the file's owner, the directory's, and root.
+        cleaners = {0, _owner(self.path)}
         for name in names:
             path = os.path.join(self.path, name)
             if name.startswith("."):
-                self._clean_tmp(name, path)
+                self._clean_tmp(name, path, cleaners)
                 continue
             counted += 1
             if counted > MAX_CLAIM_FILES:
@@ -649,28 +652,35 @@ class ClaimRegistry:
                 continue
             verdict = check_owner_process(record)
             if verdict == "stale":
-                self._remove_stale(path, record.uid)
+                self._remove_stale(path, record.uid, cleaners)
             elif verdict is not None:
                 errors.append(ClaimFileError(path, verdict + "; refused"))
             else:
                 claims.append(record)
         return claims, errors
 
-    def _remove_stale(self, path: str, owner_uid: int) -> None:
-        if os.geteuid() in (0, owner_uid):
+    def _remove_stale(self, path: str, owner_uid: int, cleaners: Set[int]) -> None:
+        if os.geteuid() in cleaners | {owner_uid}:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    def _clean_tmp(self, name: str, path: str) -> None:
+    def _clean_tmp(self, name: str, path: str, cleaners: Set[int]) -> None:
         m = _TMP_RE.match(name)
         if m is None:
             return
         uid, pid = int(m.group(1)), int(m.group(2))
-        if os.geteuid() not in (0, uid) or process_start_time(pid) is not None:
+        if os.geteuid() not in cleaners | {uid} or process_start_time(pid) is not None:
             return
         with contextlib.suppress(OSError):
             if os.lstat(path).st_uid == uid:
                 os.unlink(path)
+
+
+def _owner(path: str) -> int:
+    try:
+        return os.stat(path).st_uid
+    except OSError:
+        return 0
 
 
 def _file_kind(mode: int) -> str:

@@ -160,14 +160,18 @@ class Claim:
 
         Values must be JSON-able (numpy/torch scalars are converted; NaN becomes "nan"); the
         whole is capped at 4 KiB (ValueError beyond). One small file write per call: call it
-        per epoch or every few seconds, not per batch. A CPU-only claim ignores it."""
+        per epoch or every few seconds, not per batch. A CPU-only claim ignores it. If the
+        registry cannot be written, this warns (RuntimeWarning) and training goes on."""
         record = self.record
         if record is None or self._registry is None:
             return
         merged = clean_progress(dict(record.progress, **progress))
         record.progress = merged
         record.updated_at = utc_iso()
-        self._registry.rewrite(record)
+        try:
+            self._registry.rewrite(record)
+        except ClaimError as e:
+            warnings.warn(f"gpumon: progress not recorded: {e}", RuntimeWarning, stacklevel=2)
 
     @property
     def active(self) -> bool:
@@ -250,6 +254,9 @@ class Claim:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
             # NVML numbers GPUs in PCI bus order; CUDA's default order is "fastest first".
             os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        if self.record is not None:
+            # Child processes that claim (launcher workers, `gpumon claim` inside) adopt this.
+            os.environ[CLAIM_FILE_ENV] = self.record.path
 
     def _restore_env(self) -> None:
         for key, value in self._saved_env.items():
@@ -355,11 +362,8 @@ def run_claimed(
             job=job or _short(command, 80),
             settings=settings,
             command=command,
-        ) as held:
-            env = dict(os.environ)
-            if held.record is not None:
-                env[CLAIM_FILE_ENV] = held.record.path
-            return _run_child(list(cmd), env, prog)
+        ):
+            return _run_child(list(cmd), dict(os.environ), prog)
     except ClaimError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EX_TEMPFAIL if isinstance(e, (NoFreeGpu, LockTimeout)) else 1

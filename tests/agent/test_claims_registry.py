@@ -80,9 +80,10 @@ def write_raw(reg: ClaimRegistry, name: str, data: bytes, uid: int | None = None
 
 
 def valid_dict(pid: int, uid: int = 0) -> dict:
-    record = new_record("job", "cmd", GPUS[:1])
+    """A well-formed claim by ``pid`` (alive, so it is not stale) in the name of ``uid``."""
+    record = new_record("job", "cmd", GPUS[:1], pid=pid)
     data = record.to_dict()
-    data.update(pid=pid, uid=uid)
+    data["uid"] = uid
     return data
 
 
@@ -239,7 +240,8 @@ def test_bad_claim_files_are_each_reported_and_good_ones_still_count(registry, s
     os.mkfifo(os.path.join(registry.path, name("f6f6f6")))
     os.mkdir(os.path.join(registry.path, name("a7a7a7")))
     write_raw(registry, "notes.txt", b"hello")
-    wrong_pid = valid_dict(pid + 1, me)
+    wrong_pid = valid_dict(pid, me)
+    wrong_pid["pid"] = pid + 1
     write_raw(registry, name("b8b8b8"), json.dumps(wrong_pid).encode())
     big_progress = valid_dict(pid, me)
     big_progress["progress"] = {"log": "x" * 5000}
@@ -439,3 +441,18 @@ def test_claims_listing_shows_live_claims_and_escapes_control_characters(registr
     data = json.loads(capsys.readouterr().out)
     assert [c["job"] for c in data["claims"]] == ["evil\x1b[2Jjob"]
     assert data["errors"][0]["path"].endswith("bad.json")
+
+
+@root_only
+def test_the_registrys_owner_cleans_other_users_stale_claims(shared_registry):
+    # The agent runs as its own (systemd dynamic) user and owns the registry it made.
+    reg = shared_registry
+    os.chown(reg.path, NOBODY, NOBODY)
+    writer = subprocess.Popen(["true"])
+    writer.wait()
+    dead = new_record("dead root job", "cmd", GPUS[:1])
+    dead.pid, dead.pid_started = writer.pid, 0.0
+    reg.create(dead)
+    out = as_user(NOBODY, lambda: [c.job for c in reg.live_claims()[0]])
+    assert out == {"result": []}
+    assert not os.path.exists(dead.path)

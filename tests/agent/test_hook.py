@@ -302,3 +302,43 @@ say(warnings=[str(w.message) for w in caught])
     rc, [out], err = run(code, env_for(fake))
     assert rc == 0, err
     assert "before the first torch.cuda call" in out["warnings"][0]
+
+
+def test_a_claimers_child_that_claims_adopts_the_parents_claim(fake_nvml, env_for, claims_dir):
+    fake = fake_nvml(FakeState.with_gpus(4))
+    code = """
+import subprocess
+child = '''
+import json, os
+from gpumon_agent.hook import claim
+with claim() as d:
+    print(json.dumps({"gpus": d.gpu_indices, "adopted": d.adopted,
+                      "cvd": os.environ["CUDA_VISIBLE_DEVICES"]}))
+'''
+with claim(count=2, job="launcher") as c:
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    say(parent=c.gpu_indices, child=json.loads(out.stdout), err=out.stderr)
+say(env=os.environ.get("GPUMON_CLAIM_FILE"))
+"""
+    rc, (inside, after), err = run(code, env_for(fake))
+    assert rc == 0, err
+    assert inside["child"] == {"gpus": inside["parent"], "adopted": True, "cvd": "0,1"}, inside
+    assert after == {"env": None}
+    assert claim_files(claims_dir) == []
+
+
+def test_progress_that_cannot_be_recorded_warns_and_training_goes_on(fake_nvml, env_for):
+    fake = fake_nvml(FakeState.with_gpus(1))
+    code = """
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    with claim() as c:
+        os.unlink(c.record.path)  # e.g. root cleaned the registry
+        c.update(epoch=1)
+        say(warnings=[str(w.message) for w in caught])
+"""
+    rc, [out], err = run(code, env_for(fake))
+    assert rc == 0, err
+    assert len(out["warnings"]) == 1
+    assert "progress not recorded" in out["warnings"][0] and "is gone" in out["warnings"][0]
