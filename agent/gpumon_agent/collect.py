@@ -61,6 +61,14 @@ class Collector:
                     write_gpu_count(self.count_path, count)
         return report
 
+    @property
+    def hung_nvml_calls(self) -> int:
+        """NVML calls abandoned after their deadline that have not returned yet."""
+        return self.sampler.hung_nvml_calls
+
+    def close(self) -> None:
+        self.sampler.close()
+
 
 def read_gpu_count(path: str) -> Optional[int]:
     try:

@@ -48,6 +48,7 @@ class DaemonState:
         self.sample_errors = 0
         self.samples = 0
         self.sample_seconds = 0.0  # duration of the last sample
+        self.hung_nvml_calls = 0  # NVML calls past their deadline, not returned yet
 
 
 def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
@@ -101,7 +102,10 @@ def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
             settings.snapshot_path,
             settings.claims_path,
         )
-        loop(settings, collector, state, stop)
+        try:
+            loop(settings, collector, state, stop)
+        finally:
+            collector.close()
         remove_snapshot(settings)
         log.info("stopped")
         return 0
@@ -153,6 +157,7 @@ def tick_once(settings: AgentSettings, collector, state: DaemonState, failure) -
         failure.recovered()
     state.samples += 1
     state.sample_seconds = time.monotonic() - began
+    state.hung_nvml_calls = getattr(collector, "hung_nvml_calls", 0)
     state.report = report
     try:
         from gpumon_agent.snapshot import write_snapshot

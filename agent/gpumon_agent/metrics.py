@@ -21,6 +21,7 @@ Metric names (all gauges unless noted; per-GPU ones carry labels ``gpu`` (index)
   ``gpumon_claim_errors`` (unreadable claim files)
 - ``gpumon_report_age_seconds`` (now − generated_at of the values served),
   ``gpumon_last_sample_ok`` (0/1), ``gpumon_sample_duration_seconds``,
+  ``gpumon_nvml_hung_calls`` (NVML calls past their deadline, not returned: a wedged driver),
   ``gpumon_samples_total`` and ``gpumon_sample_errors_total`` (counters),
   ``gpumon_agent_info{version,driver_version}``
 - plus prometheus_client's ``process_*`` metrics of the daemon itself (RSS, CPU seconds, fds).
@@ -149,6 +150,9 @@ def families(state: DaemonState, now: float) -> List[Any]:
     gauge("gpumon_sample_duration_seconds", "How long the latest sample took.").add_metric(
         [], state.sample_seconds
     )
+    gauge(
+        "gpumon_nvml_hung_calls", "NVML calls past their deadline that have not returned."
+    ).add_metric([], float(state.hung_nvml_calls))
     if report is None:
         return out
 

@@ -70,6 +70,7 @@ class Daemon:
         self.state_dir = Path(state_dir)
         self.snapshot = self.state_dir / "report.json"
         self.log_path = self.state_dir.parent / f"{self.state_dir.name}-daemon.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 -- lives as long as the daemon
         self.proc = subprocess.Popen(
             list(argv) if argv is not None else [str(AGENT), "run", *args],

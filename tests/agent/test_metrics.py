@@ -182,6 +182,7 @@ def test_before_the_first_sample_only_the_daemons_own_figures():
         "gpumon_sample_errors_total",
         "gpumon_last_sample_ok",
         "gpumon_sample_duration_seconds",
+        "gpumon_nvml_hung_calls",
     }
 
 
