@@ -197,6 +197,17 @@ class XlsxBackend:
     def close(self) -> None:
         self._workbook = None
 
+    def writable_problem(self) -> str | None:
+        """Why a write would be refused now (for `gpumon check`), or None."""
+        try:
+            self._check_writable()
+        except SheetError as e:
+            return str(e)
+        folder = self.path.parent
+        if not os.access(folder if folder.exists() else Path.cwd(), os.W_OK):
+            return f"{folder}: not writable, so {self.path.name} cannot be saved"
+        return None
+
     # --- reading ---------------------------------------------------------------------------
 
     def _current_stamp(self) -> _Stamp | None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import openpyxl
+from openpyxl.styles import Font, PatternFill
+
 from gpumon.poll.result import ServerResult
 from gpumon.sheet.grid import Grid, Merge
 from gpumon_agent.report import Gpu, GpuProcess, Host, Nvml, Report
@@ -101,3 +104,68 @@ def with_status_columns(grid: Grid) -> Grid:
     """The seed with gpumon's added header cells (as after the first push's Setup)."""
     grid.values[6] += ["GPU util", "GPU memory", "Running", "Job", "Health"]
     return grid
+
+
+def people_edit(path: Path) -> None:
+    """What a lab member does to the workbook by hand."""
+    workbook = openpyxl.load_workbook(path)
+    sheet = workbook.active
+    sheet["C8"] = "Changha"
+    sheet["C8"].font = Font(bold=True, color="FF0000")
+    sheet["D9"] = "=1+1"  # a formula of theirs
+    sheet["E8"] = "Changha's personal computer"
+    sheet["E8"].fill = PatternFill("solid", fgColor="FFFF00")
+    sheet.merge_cells("E8:E9")
+    sheet.column_dimensions["E"].width = 33
+    sheet.row_dimensions[8].height = 30
+    sheet["O8"] = "their own column"
+    other = workbook.create_sheet("Notes")
+    other["A1"] = "meeting on Friday"
+    workbook.save(path)
+
+
+def snapshot(path: Path, owned_cols: set[int]) -> dict:
+    """Every non-gpumon cell's value and style, merges, sizes and other sheets."""
+    workbook = openpyxl.load_workbook(path, rich_text=True)
+    out: dict = {"sheets": workbook.sheetnames}
+    for sheet in workbook.worksheets:
+        for row in sheet.iter_rows():
+            for cell in row:
+                if (
+                    sheet is workbook.worksheets[0]
+                    and cell.column - 1 in owned_cols
+                    and (cell.row > 7)
+                ):
+                    continue
+                if cell.value is None and not cell.has_style:
+                    continue  # an empty cell, there only because the used range grew
+                out[(sheet.title, cell.coordinate)] = (
+                    cell.value, cell.data_type, repr(cell.font), repr(cell.fill),
+                    repr(cell.border), cell.number_format, repr(cell.alignment),
+                )  # fmt: skip
+        out[(sheet.title, "merges")] = sorted(str(r) for r in sheet.merged_cells.ranges)
+        out[(sheet.title, "widths")] = {k: v.width for k, v in sheet.column_dimensions.items()}
+        out[(sheet.title, "heights")] = {k: v.height for k, v in sheet.row_dimensions.items()}
+    return out
+
+
+def seed_workbook(path: Path) -> Path:
+    """The lab's sheet as an .xlsx, as a person would have typed it (GPU indices as numbers)."""
+    grid = seed_grid()
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.title = grid.title
+    for r, line in enumerate(grid.values, 1):
+        for c, text in enumerate(line, 1):
+            if text:
+                sheet.cell(r, c, int(text) if c == 2 and text.isdigit() else text)
+    sheet["A7"].font = Font(bold=True)
+    for merge in grid.merges:
+        sheet.merge_cells(
+            start_row=merge.start_row + 1,
+            end_row=merge.end_row,
+            start_column=merge.start_col + 1,
+            end_column=merge.end_col,
+        )
+    workbook.save(path)
+    return path

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from openpyxl.styles import Font, PatternFill
-from sheetkit import gpu, on
+from sheetkit import gpu, on, people_edit, snapshot
 
 from gpumon.config import Config, ConfigError, SheetConfig
 from gpumon.sheet.grid import CellWrite, NewRows, Setup, SheetError
@@ -87,47 +86,6 @@ def test_control_characters_from_servers_do_not_break_the_save(tmp_path):
     backend.read()
     backend.write([CellWrite(row=7, col=10, value="lww: a\x07b", anchor="box|0")])
     assert openpyxl.load_workbook(path).active["K8"].value == "lww: a?b"
-
-
-def people_edit(path: Path) -> None:
-    """What a lab member does to the workbook by hand."""
-    workbook = openpyxl.load_workbook(path)
-    sheet = workbook.active
-    sheet["C8"] = "Changha"
-    sheet["C8"].font = Font(bold=True, color="FF0000")
-    sheet["D9"] = "=1+1"  # a formula of theirs
-    sheet["E8"] = "Changha's personal computer"
-    sheet["E8"].fill = PatternFill("solid", fgColor="FFFF00")
-    sheet.merge_cells("E8:E9")
-    sheet.column_dimensions["E"].width = 33
-    sheet.row_dimensions[8].height = 30
-    sheet["O8"] = "their own column"
-    other = workbook.create_sheet("Notes")
-    other["A1"] = "meeting on Friday"
-    workbook.save(path)
-
-
-def snapshot(path: Path, owned_cols: set[int]) -> dict:
-    """Every non-gpumon cell's value and style, merges, sizes and other sheets."""
-    workbook = openpyxl.load_workbook(path, rich_text=True)
-    out: dict = {"sheets": workbook.sheetnames}
-    for sheet in workbook.worksheets:
-        for row in sheet.iter_rows():
-            for cell in row:
-                if (
-                    sheet is workbook.worksheets[0]
-                    and cell.column - 1 in owned_cols
-                    and (cell.row > 7)
-                ):
-                    continue
-                out[(sheet.title, cell.coordinate)] = (
-                    cell.value, cell.data_type, repr(cell.font), repr(cell.fill),
-                    repr(cell.border), cell.number_format, repr(cell.alignment),
-                )  # fmt: skip
-        out[(sheet.title, "merges")] = sorted(str(r) for r in sheet.merged_cells.ranges)
-        out[(sheet.title, "widths")] = {k: v.width for k, v in sheet.column_dimensions.items()}
-        out[(sheet.title, "heights")] = {k: v.height for k, v in sheet.row_dimensions.items()}
-    return out
 
 
 def test_rewrite_keeps_every_person_cell_value_and_style(tmp_path):
