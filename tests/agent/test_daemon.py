@@ -14,7 +14,14 @@ import pytest
 from agent_proc import AGENT, Daemon, agent_env, report_json, wait_for
 
 from gpumon_agent.daemon import DaemonState, _FailureLog, loop, tick_once
-from gpumon_agent.report import SOURCE_DAEMON, SOURCE_ONESHOT, Host, Report, utc_iso
+from gpumon_agent.report import (
+    SOURCE_DAEMON,
+    SOURCE_ONESHOT,
+    HealthWarning,
+    Host,
+    Report,
+    utc_iso,
+)
 from gpumon_agent.settings import AgentSettings
 from harness.fakenvml import FakeState
 
@@ -160,6 +167,61 @@ def test_a_claim_shows_on_its_gpu_in_the_daemons_report(tmp_path, fake_nvml):
             claimer.terminate()
             claimer.wait(20)
         assert daemon.stop() == 0
+
+
+def test_a_lost_gpu_is_reported_and_the_daemon_keeps_going(tmp_path, fake_nvml):
+    fake = fake_nvml(FakeState.with_gpus(2))
+    state = tmp_path / "state"
+    env = agent_env(fake.env(), state)
+    with Daemon(env, state, FAST) as daemon:
+        daemon.wait_snapshot()
+        lost = FakeState.with_gpus(2)
+        lost.gpus[1].lost = True
+        fake.write(lost)
+
+        def gpu1_lost() -> Report | None:
+            report = report_json(env)[0]
+            return report if report.gpus[1].state == "lost" else None
+
+        report = wait_for("GPU 1 to be reported lost", gpu1_lost, timeout=20, every=0.2)
+        assert report.source == SOURCE_DAEMON
+        assert report.gpus[0].state == "ok"
+        assert [(w.code, w.gpu_index) for w in gpu_warnings(report)] == [("gpu_lost", 1)]
+
+        fake.write(FakeState.with_gpus(2))  # back on the bus
+
+        def all_ok() -> bool:
+            return [g.state for g in report_json(env)[0].gpus] == ["ok", "ok"]
+
+        wait_for("GPU 1 to come back", all_ok, timeout=20, every=0.2)
+        assert daemon.stop() == 0
+
+
+def gpu_warnings(report: Report) -> list[HealthWarning]:
+    """The GPU warnings (host ones depend on the machine running the tests)."""
+    return [w for w in report.warnings if w.code.startswith("gpu_")]
+
+
+def test_the_gpu_count_is_remembered_across_restarts(tmp_path, fake_nvml):
+    fake = fake_nvml(FakeState.with_gpus(2))
+    state = tmp_path / "state"
+    env = agent_env(fake.env(), state)
+    with Daemon(env, state, FAST) as daemon:
+        daemon.wait_snapshot()
+        assert daemon.stop() == 0
+    assert (state / "gpu-count").read_text() == "2\n"
+
+    fake.write(FakeState.with_gpus(1))  # a GPU fell off while the agent was down
+    oneshot, _ = report_json(env)
+    assert oneshot.source == SOURCE_ONESHOT
+    assert [w.code for w in gpu_warnings(oneshot)] == ["gpu_count_dropped"]
+    with Daemon(env, state, FAST) as daemon:
+        report = daemon.wait_snapshot()
+        assert [(w.code, w.message) for w in gpu_warnings(report)] == [
+            ("gpu_count_dropped", "1 GPUs, had 2")
+        ]
+        assert daemon.stop() == 0
+    assert (state / "gpu-count").read_text() == "2\n"  # still expecting two
 
 
 # --- in-process: what a real NVML cannot be made to do on cue -----------------------------------
