@@ -54,6 +54,13 @@ NOTE = (
 
 def build_report(out: CommandOutput, peer_ip: str | None) -> Report:
     """The Report the script's output describes; PollFailure when there is no nvidia-smi."""
+    if out.exit_status == 127:  # the script never ran: sshd ran the key's forced command again
+        raise PollFailure(
+            codes.AGENT_MISSING,
+            f"agent not installed ({trim(out.stderr) or 'exit 127'}); the agentless read needs a "
+            "key without a forced command (deploy/ssh/README.md)",
+            "exec",
+        )
     if out.too_large or out.exit_status != 0:
         raise PollFailure(
             codes.AGENT_FAILED,
