@@ -1,0 +1,198 @@
+"""`gpumon check`: is everything in place? Config, credentials, the sheet and its layout, SSH to
+every server — one line each, what is wrong and how to fix it. Exit 1 if anything is wrong.
+
+It reads the sheet and polls the fleet like a push, but writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from gpumon.config import OWNED_COLUMNS, Config, ConfigError
+from gpumon.poll import result as codes
+from gpumon.poll.result import ServerResult
+from gpumon.push import poll_names
+from gpumon.sheet.grid import Grid, SheetError, a1, column_letter
+from gpumon.sheet.layout import Block, Layout, LayoutError, read_layout
+
+OK, INFO, FAIL = "ok  ", "    ", "FAIL"
+
+# reason code → how to fix it ({name}: the server, {dest}: what was dialled)
+FIXES = {
+    codes.REFUSED: "nothing listens for SSH at {dest}: start sshd there, or fix host/port in "
+    "[servers.{name}] or ~/.ssh/config",
+    codes.UNREACHABLE: "cannot reach {dest}: check the address in [servers.{name}] or "
+    "~/.ssh/config, and the network between here and there",
+    codes.TIMEOUT: "is {name} up? (raise the [poll] timeouts only if it is merely slow)",
+    codes.AUTH_FAILED: "add the central key to ~/.ssh/authorized_keys of the login user on "
+    "{name}, with the forced command (deploy/ssh/authorized_keys.example)",
+    codes.HOST_KEY_UNKNOWN: "record its host key: gpumon trust {name}",
+    codes.HOST_KEY_CHANGED: "if {name} was reinstalled, record the new key (gpumon trust {name}); "
+    "otherwise find out who answers at {dest}",
+    codes.AGENT_MISSING: "install gpumon-agent on {name} (docs/setup.md, 'The agent')",
+    codes.AGENT_FAILED: "run `gpumon-agent report` on {name} to see why it fails",
+    codes.BAD_OUTPUT: "the forced command on {name} must be `gpumon-agent report --json` "
+    "(deploy/ssh/authorized_keys.example)",
+    codes.AGENT_STALE: "the agent daemon is not sampling: systemctl restart gpumon-agent on {name}",
+    "agentless": "install gpumon-agent on {name} for users, claims and health",
+    "config_error": "fix [servers.{name}] in the config",
+}
+
+
+@dataclass
+class Checklist:
+    out: TextIO
+    failures: list[str] = field(default_factory=list)
+
+    def ok(self, text: str) -> None:
+        print(f"{OK} {text}", file=self.out)
+
+    def info(self, text: str) -> None:
+        print(f"{INFO} {text}", file=self.out)
+
+    def fail(self, text: str) -> None:
+        self.failures.append(text)
+        print(f"{FAIL} {text}", file=self.out)
+
+
+def check(config: Config, out: TextIO | None = None) -> int:
+    from gpumon.push import open_poller
+    from gpumon.sheet.backends import close_backend, open_backend
+
+    checks = Checklist(out or sys.stdout)
+    checks.ok(f"config: {config.origin}")
+    _check_state_dir(config, checks)
+    layout: Layout | None = None
+    try:
+        backend = open_backend(config)
+    except (ConfigError, SheetError) as e:
+        checks.fail(f"sheet: {e}")
+        backend = None
+    if backend is not None:
+        try:
+            layout = _check_sheet(config, backend, checks)
+        finally:
+            close_backend(backend)
+    names = poll_names(config, layout.servers() if layout else [])
+    if not names:
+        checks.fail("servers: none to poll (add [servers.NAME] tables, or names in the sheet)")
+    else:
+        try:
+            poller = open_poller(config)
+        except ConfigError as e:
+            checks.fail(f"ssh: {e}")
+        else:
+            try:
+                results = poller.sweep(names)
+            finally:
+                poller.close()
+            for result in results:
+                _check_server(result, checks)
+            if layout is not None:
+                _check_placement(config, layout, results, checks)
+    if checks.failures:
+        print(f"{len(checks.failures)} problem(s) found.", file=checks.out)
+        return 1
+    print("all good.", file=checks.out)
+    return 0
+
+
+def _check_state_dir(config: Config, checks: Checklist) -> None:
+    folder = config.state_path("")
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if os.access(probe, os.W_OK | os.X_OK):
+        checks.ok(f"state directory: {folder} (push lock, last-seen times)")
+    else:
+        checks.fail(f"state directory: {folder} is not writable — set state_dir in {config.origin}")
+
+
+def _check_sheet(config: Config, backend, checks: Checklist) -> Layout | None:
+    try:
+        grid = backend.read()
+    except (SheetError, ConfigError) as e:
+        checks.fail(f"sheet: {e}")
+        return None
+    checks.ok(f"sheet: read worksheet '{grid.title}' ({len(grid.values)} rows, {_zone(grid)})")
+    problem = getattr(backend, "writable_problem", lambda: None)()
+    if problem:
+        checks.fail(f"sheet: {problem}")
+    try:
+        layout = read_layout(grid, config.sheet.columns)
+    except LayoutError as e:
+        checks.fail(f"layout: {e}")
+        return None
+    header = ", ".join(
+        f"{grid.cell(layout.header_row, col)} ({column_letter(col)})"
+        for _, col in sorted(layout.columns.items(), key=lambda kv: kv[1])
+    )
+    checks.ok(f"header: row {layout.header_row + 1}: {header}")
+    missing = [config.sheet.columns[key][0] for key in OWNED_COLUMNS if key not in layout.columns]
+    if missing:
+        checks.info(f"the first push adds these columns right of the table: {', '.join(missing)}")
+    managed = [b for b in layout.blocks if b.managed]
+    checks.ok(f"blocks: {len(managed)} servers")
+    for block in managed:
+        checks.info(f"  {block.server}: {_rows(block)}")
+    for warning in layout.warnings:
+        checks.fail(f"layout: {warning}")
+    return layout
+
+
+def _check_server(result: ServerResult, checks: Checklist) -> None:
+    fix = FIXES.get(result.reason_code or "", "")
+    dest = result.destination
+    if result.on and result.reason_code is None:
+        report = result.report
+        gpus = len(report.gpus) if report else 0
+        version = f"agent {report.agent_version}, " if report and report.agent_version else ""
+        checks.ok(f"{result.name}: ON via {dest} ({version}{gpus} GPUs, "
+                  f"{result.elapsed_s * 1000:.0f} ms)")  # fmt: skip
+        return
+    state = "ON but" if result.on else "OFF:"
+    reason = result.reason or result.reason_code or "unknown"
+    hint = " — " + fix.format(name=result.name, dest=dest) if fix else ""
+    checks.fail(f"{result.name}: {state} {reason}{hint}")
+
+
+def _check_placement(
+    config: Config, layout: Layout, results: list[ServerResult], checks: Checklist
+) -> None:
+    for result in results:
+        block = layout.block(result.name)
+        if block is None:
+            if layout.listed(result.name):
+                continue  # ambiguous: the layout line above says where
+            fix = "" if config.sheet.add_rows else " (or push with --add-rows)"
+            checks.fail(
+                f"{result.name}: no rows in the sheet — add a row with its name in the Server "
+                f"column{fix}"
+            )
+            continue
+        if result.report is None or "gpu" not in layout.columns:
+            continue
+        no_row = sorted({g.index for g in result.report.gpus} - set(block.gpu_rows))
+        if no_row:
+            column = column_letter(layout.columns["gpu"])
+            checks.fail(
+                f"{result.name}: GPUs {', '.join(map(str, no_row))} have no row (rows with a blank "
+                f"Server cell and the index in column {column}, below {a1(block.name_row, 0)}; "
+                "or push with --add-rows)"
+            )
+
+
+def _rows(block: Block) -> str:
+    rows = f"row {block.name_row + 1}" if block.end - block.name_row == 1 else (
+        f"rows {block.name_row + 1}-{block.end}"
+    )  # fmt: skip
+    if block.gpu_rows:
+        return f"{rows}, GPUs {', '.join(str(i) for i in sorted(block.gpu_rows))}"
+    return f"{rows}, no GPU index" + (" (GPU-less?)" if block.plain_row else "")
+
+
+def _zone(grid: Grid) -> str:
+    return f"time zone {grid.time_zone}" if grid.time_zone else "local time"

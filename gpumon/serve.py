@@ -1,0 +1,165 @@
+"""`gpumon serve`: push every ``[serve] interval_s`` until SIGTERM/SIGINT (a systemd service).
+
+Unlike cron pushes, serve keeps the Poller (its SSH connections: an exec on an open connection
+costs a few ms, a new connection tens) and the sheet backend open across pushes. APScheduler 3's
+BlockingScheduler runs one interval job: the first push at once, at most one at a time, missed
+runs coalesced into one. Each push takes the same lock as `gpumon push`, so a manual push and the
+service never write at once. Logs go to stderr (journald), one line per push.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+
+from gpumon.config import Config, ConfigError
+from gpumon.push import LockHeld, push_lock, push_once
+from gpumon.sheet.grid import SheetError
+from gpumon.sheet.layout import LayoutError
+
+log = logging.getLogger("gpumon.serve")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_SHEET = 3
+
+
+class Service:
+    """The pushes of one serve run, with the poller and backend kept open between them."""
+
+    def __init__(self, config: Config, backend, poller) -> None:
+        self.config, self.backend, self.poller = config, backend, poller
+        self.pushes = 0
+        self.failures = 0
+        self._running = threading.Lock()  # held while a push runs: shutdown waits for it
+
+    def push(self) -> None:
+        with self._running:
+            self._push()
+
+    def _push(self) -> None:
+        self.pushes += 1
+        started = time.monotonic()
+        try:
+            with push_lock(self.config):
+                outcome = push_once(
+                    self.config, self.backend, self.poller, add_rows=self.config.sheet.add_rows
+                )
+        except LockHeld as e:
+            log.warning("push skipped: %s", e)
+            return
+        except (SheetError, LayoutError, ConfigError) as e:
+            self.failures += 1
+            log.error("push failed after %.2f s: %s", time.monotonic() - started, e)
+            return
+        except Exception:  # keep serving: the next push may well succeed
+            self.failures += 1
+            log.exception("push failed after %.2f s", time.monotonic() - started)
+            return
+        for warning in outcome.warnings:
+            log.warning("%s", warning)
+        skipped = list(outcome.stats.skipped)
+        if outcome.setup_stats is not None:
+            skipped += outcome.setup_stats.skipped
+        for reason in skipped:
+            log.warning("not written: %s", reason)
+        for line in outcome.setup_lines:
+            log.info("set-up: %s", line)
+        log.info("push: %s", outcome.summary())
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait for a running push to finish (True), or give up after timeout_s."""
+        if self._running.acquire(timeout=timeout_s):
+            self._running.release()
+            return True
+        return False
+
+
+def serve(config: Config) -> int:
+    from apscheduler.schedulers import SchedulerNotRunningError
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    from gpumon.push import open_poller
+    from gpumon.sheet.backends import close_backend, open_backend
+
+    _log_to_stderr()
+    try:
+        backend = open_backend(config)
+    except ConfigError as e:
+        log.error("%s", e)
+        return EXIT_CONFIG
+    except SheetError as e:
+        log.error("%s", e)
+        return EXIT_SHEET
+    try:
+        poller = open_poller(config)
+    except ConfigError as e:
+        close_backend(backend)
+        log.error("%s", e)
+        return EXIT_CONFIG
+    service = Service(config, backend, poller)
+    scheduler = BlockingScheduler(timezone=dt.timezone.utc)
+    interval = config.serve.interval_s
+    scheduler.add_job(
+        service.push,
+        "interval",
+        seconds=interval,
+        id="push",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=max(1, int(interval)),
+        next_run_time=dt.datetime.now(dt.timezone.utc),  # the first push at once
+    )
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            log.info("%s: stopping after the push in progress", signal.Signals(signum).name)
+            try:
+                scheduler.shutdown(wait=False)  # returns at once; start() below then returns
+            except SchedulerNotRunningError:
+                pass  # not started yet: start() is skipped
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    log.info("serving %s every %g s (config: %s)", _target(config), interval, config.origin)
+    try:
+        if not stopping.is_set():
+            scheduler.start()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        # A push still running finishes within its own deadlines (sweep + sheet timeouts).
+        limit = config.poll.sweep_timeout_s + config.sheet.timeout_s + config.sheet.retry_budget_s
+        if not service.wait_idle(limit):
+            log.warning("a push was still running after %.0f s; stopping anyway", limit)
+        poller.close()
+        close_backend(backend)
+    log.info("stopped after %d pushes (%d failed)", service.pushes, service.failures)
+    return EXIT_OK
+
+
+def _target(config: Config) -> str:
+    if config.sheet.backend == "xlsx":
+        from gpumon.sheet.xlsx import resolve_path
+
+        return str(resolve_path(config))
+    return config.sheet.url or "the sheet"
+
+
+def _log_to_stderr() -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_gpumon", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("gpumon: %(levelname)s %(message)s"))
+        handler._gpumon = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    # APScheduler logs every job run at INFO: keep serve's one line per push.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
