@@ -147,6 +147,7 @@ class Poller:
             reason=reason,
             stage=stage,
             elapsed_s=time.monotonic() - started,
+            address=attempt.address,
         )
 
     # --- one server (in a worker thread) -------------------------------------------------
@@ -187,7 +188,7 @@ class Poller:
                 if conn is None:
                     conn = self.opener.open(dest, attempt)
                 attempt.hold(conn.close)
-                result.address = conn.peer_ip
+                result.address = attempt.address = conn.peer_ip
                 try:
                     out = conn.run(dest.command, attempt, poll.command_timeout_s, MAX_REPORT_BYTES)
                     break

@@ -54,6 +54,7 @@ class Attempt:
     def __init__(self, name: str) -> None:
         self.name = name
         self.label = name  # the destination, once resolved
+        self.address: str | None = None  # the IP dialled, once connected
         self.stage = "queued"
         self.stage_s = 0.0
         self.deadline = float("inf")

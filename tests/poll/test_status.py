@@ -1,0 +1,134 @@
+"""`gpumon status`: the fleet as a table (colour only on a terminal) or as JSON."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gpumon.cli import main
+from gpumon.status import status
+from gpumon_agent.report import ClaimInfo, HealthWarning
+from harness.sshd import Fleet, canned_report
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture(scope="module")
+def fleet(isolated_home: Path) -> Iterator[Fleet]:
+    fleet = Fleet()
+    busy = fleet.add("hcbbsp")
+    report = canned_report("hcbbsp", busy.address)
+    report.gpus[0].claims = [
+        ClaimInfo(job="kws", user="lww", pid=1000, started_at="2019-03-14T06:00:00Z")
+    ]
+    report.gpus[1].unclaimed_use = True
+    report.warnings = [HealthWarning(code="load_high", message="load 31 on 8 CPUs")]
+    busy.report = report
+    fleet.add("ganbsp")
+    fleet.start()
+    yield fleet
+    fleet.close()
+
+
+def test_the_table_has_a_row_per_gpu_with_users_jobs_and_health(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert status(fleet.config(tmp_path), out=out, err=err) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == [
+        "SERVER", "STATE", "IP", "GPU", "UTIL", "MEMORY", "RUNNING", "JOB", "HEALTH"
+    ]  # fmt: skip
+    assert len(lines) == 1 + 2 + 2  # header, two GPUs on each server
+    first = lines[1]
+    assert first.startswith("hcbbsp")
+    for text in ("ON", "192.0.2.2", "niv: python train.py", "kws (lww)", "load 31 on 8 CPUs"):
+        assert text in first
+    assert lines[2].split()[0] == "1"  # the second GPU's row: no server name repeated
+    assert "used without a claim" in lines[2]
+    assert "\033[" not in out.getvalue()  # piped: plain
+    assert err.getvalue() == ""  # no progress line off a terminal
+
+
+def test_an_off_server_shows_its_reason_and_when_it_was_last_seen(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    config = fleet.config(tmp_path)
+    status(config, out=io.StringIO(), err=io.StringIO())  # seen ON once
+    fleet.stop()
+    try:
+        out = io.StringIO()
+        assert status(config, out=out, err=io.StringIO()) == 1
+    finally:
+        fleet.start()
+    row = next(line for line in out.getvalue().splitlines() if line.startswith("ganbsp"))
+    assert "OFF connection refused" in row
+    assert "127.0.0.3" in row
+    assert "last seen 20" in row and "s ago)" in row
+
+
+def test_colour_on_a_terminal_unless_no_color(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = fleet.config(tmp_path)
+    out, err = Tty(), Tty()
+    status(config, out=out, err=err)
+    assert "\033[32mON\033[0m" in out.getvalue()
+    assert "polling" in err.getvalue()  # progress on a terminal's stderr
+    assert err.getvalue().endswith("\r\033[K")  # and wiped before the table
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = Tty()
+    status(config, out=plain, err=io.StringIO())
+    assert "\033[" not in plain.getvalue()
+
+
+def test_json_for_scripts(fleet: Fleet, tmp_path: Path) -> None:
+    out = io.StringIO()
+    assert status(fleet.config(tmp_path), as_json=True, out=out, err=io.StringIO()) == 0
+    data = json.loads(out.getvalue())
+    servers = data["servers"]
+    assert [s["name"] for s in servers] == ["hcbbsp", "ganbsp"]
+    assert servers[0]["on"] is True
+    assert servers[0]["report"]["gpus"][0]["claims"][0]["job"] == "kws"
+    assert servers[0]["address"] == "127.0.0.2"
+
+
+def test_names_hook_polls_what_the_caller_gives(fleet: Fleet, tmp_path: Path) -> None:
+    out = io.StringIO()
+    status(fleet.config(tmp_path), as_json=True, names=["ganbsp"], out=out, err=io.StringIO())
+    assert [s["name"] for s in json.loads(out.getvalue())["servers"]] == ["ganbsp"]
+
+
+def test_nothing_to_poll_says_so(fleet: Fleet, tmp_path: Path) -> None:
+    config = fleet.config(tmp_path)
+    config.servers.clear()
+    err = io.StringIO()
+    assert status(config, out=io.StringIO(), err=err) == 2
+    assert "no servers" in err.getvalue()
+
+
+def test_gpumon_status_json_command_line(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(fleet.known_hosts_text())
+    config = tmp_path / "gpumon.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}/state"\n[poll]\nknown_hosts = "{known}"\n'
+        f'user = "{fleet.user.pw_name}"\nidentity_files = ["{fleet.client_key}"]\n'
+        f'ssh_config = "{tmp_path}/none"\nservers_from_sheet = false\n'
+        + "".join(
+            f'[servers.{s.name}]\nhost = "{s.address}"\nport = {fleet.port}\n'
+            for s in fleet.servers
+        )
+    )
+    assert main(["--config", str(config), "status", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [s["on"] for s in data["servers"]] == [True, True]
