@@ -28,7 +28,7 @@ import sys
 import threading
 import warnings
 from types import FrameType
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
 
 from gpumon_agent.claims import (
     DEFAULT_LOCK_TIMEOUT_S,
@@ -212,6 +212,8 @@ class Claim:
         path = os.environ.get(CLAIM_FILE_ENV)
         if not path or self._registry is None:
             return False
+        if os.path.realpath(os.path.dirname(path)) != os.path.realpath(self._registry.path):
+            return False  # another registry's claim: not one the agent here sees
         try:
             record = self._registry.read(path)
         except InvalidClaimFile:
@@ -353,8 +355,13 @@ def run_claimed(
 
     Returns the command's exit status, 128 + N when a signal N killed it; 127 / 126 when it
     cannot be started; EX_TEMPFAIL (75) when the GPUs are taken or the lock is busy; 1 for
-    any other claim error (the message is on stderr)."""
+    any other claim error (the message is on stderr); 128 + N when signal N came before the
+    command started."""
     command = shlex.join(cmd)
+    # Blocked from the start, so that every thread made from here on (NVML's workers) blocks
+    # them too and they wait for sigtimedwait below instead of running a handler somewhere.
+    waited = set(_RELAYED) | {signal.SIGCHLD}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     try:
         with claim(
             gpus=gpus,
@@ -363,50 +370,50 @@ def run_claimed(
             settings=settings,
             command=command,
         ):
-            return _run_child(list(cmd), dict(os.environ), prog)
+            early = signal.sigpending() & set(_RELAYED)
+            if early:  # told to stop while claiming: do not start the command at all
+                return 128 + min(early)
+            return _run_child(list(cmd), dict(os.environ), prog, waited, old_mask)
     except ClaimError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EX_TEMPFAIL if isinstance(e, (NoFreeGpu, LockTimeout)) else 1
-    except KeyboardInterrupt:
-        return 128 + signal.SIGINT
-
-
-def _run_child(cmd: List[str], env: Dict[str, str], prog: str) -> int:
-    """Run the command and wait, relaying signals sent to us with kill(2). Signals the kernel
-    generates (the terminal's ^C, hangup) reach the whole foreground process group, the
-    command included, so relaying those would deliver them twice."""
-    waited = set(_RELAYED) | {signal.SIGCHLD}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-
-    def child_mask() -> None:  # the command starts with the signal mask we had
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-
-    try:
-        try:
-            proc = subprocess.Popen(cmd, env=env, preexec_fn=child_mask)
-        except FileNotFoundError:
-            print(f"{prog}: {cmd[0]}: command not found", file=sys.stderr)
-            return 127
-        except OSError as e:
-            print(f"{prog}: cannot run {cmd[0]}: {e.strerror}", file=sys.stderr)
-            return 126
-        while True:
-            info = signal.sigtimedwait(waited, 0.5)
-            rc = proc.poll()
-            if rc is not None:
-                break
-            if info is None or info.si_signo == signal.SIGCHLD:
-                continue
-            if info.si_code > 0:  # SI_KERNEL and friends: not from kill(2)
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, info.si_signo)
     finally:
         # Whatever is still pending was meant for the command, which has ended.
         pending = signal.sigpending() & waited
         while pending and signal.sigtimedwait(pending, 0) is not None:
             pending = signal.sigpending() & waited
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _run_child(
+    cmd: List[str], env: Dict[str, str], prog: str, waited: Set[int], old_mask: Set[int]
+) -> int:
+    """Run the command and wait, relaying signals sent to us with kill(2). Signals the kernel
+    generates (the terminal's ^C, hangup) reach the whole foreground process group, the
+    command included, so relaying those would deliver them twice. ``waited`` is blocked."""
+
+    def child_mask() -> None:  # the command starts with the signal mask we were given
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    try:
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=child_mask)
+    except FileNotFoundError:
+        print(f"{prog}: {cmd[0]}: command not found", file=sys.stderr)
+        return 127
+    except OSError as e:
+        print(f"{prog}: cannot run {cmd[0]}: {e.strerror}", file=sys.stderr)
+        return 126
+    while True:
+        info = signal.sigtimedwait(waited, 0.5)
+        rc = proc.poll()
+        if rc is not None:
+            break
+        if info is None or info.si_signo == signal.SIGCHLD:
+            continue
+        if info.si_code > 0:  # SI_KERNEL and friends: not from kill(2)
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, info.si_signo)
     return 128 - rc if rc < 0 else rc
 
 

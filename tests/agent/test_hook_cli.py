@@ -221,3 +221,45 @@ def test_claims_lists_what_is_held(env, claims_dir):
     data = json.loads(out)
     assert [(c["job"], c["pid"]) for c in data["claims"]] == [("listed", proc.pid)]
     assert data["errors"] == []
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def blocks(pid: int, signum: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk:"))
+    return bool(mask & (1 << (signum - 1)))
+
+
+def test_sigterm_while_waiting_for_the_lock_never_starts_the_command(env, claims_dir, tmp_path):
+    from gpumon_agent.claims import ClaimRegistry
+
+    ClaimRegistry(str(claims_dir)).ensure()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(claims_dir / ".lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    started = tmp_path / "started"
+    proc = gpumon_claim(env, "--", "touch", str(started))
+    try:
+        deadline = time.monotonic() + 30
+        while not blocks(proc.pid, signal.SIGTERM):  # gpumon is up, now waiting for the lock
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        holder.communicate("\n", timeout=30)  # let go of the lock
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert not started.exists()
+    assert claim_files(claims_dir) == []
