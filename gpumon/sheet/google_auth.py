@@ -1,0 +1,75 @@
+"""The service-account key and the authorized HTTP session the Google backend talks through.
+
+Scope: ``https://www.googleapis.com/auth/spreadsheets`` only (gspread's defaults add Drive, which
+gpumon never needs: it opens the sheet by key). A bad key file is a ``ConfigError`` that names
+the file and says how to make a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import requests
+from google.auth.transport.requests import AuthorizedSession, Request
+from google.oauth2 import service_account
+
+from gpumon.config import ConfigError
+
+SCOPES = ("https://www.googleapis.com/auth/spreadsheets",)
+
+HOW_TO_GET_A_KEY = (
+    "create one in the Google Cloud console (IAM & Admin → Service accounts → your account → "
+    "Keys → Add key → JSON), save it there (chmod 600), enable the Google Sheets API for its "
+    "project, and share the sheet with the account's e-mail address as Editor"
+)
+
+
+def load_credentials(path: str, origin: str) -> service_account.Credentials:
+    """Read a service-account JSON key; every problem names the file and the fix."""
+    file = Path(os.path.expanduser(path))
+    where = f"{file} ([sheet] credentials in {origin})"
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file — {HOW_TO_GET_A_KEY}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: is a directory, not a JSON key file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ConfigError(f"{where}: cannot read it ({reason})") from None
+    try:
+        info = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"{where}: not a JSON key file ({e}) — {HOW_TO_GET_A_KEY}") from None
+    if not isinstance(info, dict):
+        raise ConfigError(f"{where}: not a service-account key (a JSON object was expected)")
+    kind = info.get("type")
+    if kind != "service_account":
+        what = f"a '{kind}' credentials file" if kind else "not a service-account key"
+        if "installed" in info or "web" in info:
+            what = "an OAuth client ID file, not a service-account key"
+        raise ConfigError(
+            f"{where}: {what} — gpumon needs a service-account key; {HOW_TO_GET_A_KEY}"
+        )
+    try:
+        return service_account.Credentials.from_service_account_info(info, scopes=list(SCOPES))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"{where}: not a usable service-account key ({e}) — download a new JSON key"
+        ) from None
+
+
+def authorized_session(
+    credentials: service_account.Credentials, session: requests.Session | None = None
+) -> AuthorizedSession:
+    """An AuthorizedSession sending through ``session``'s adapters (tests mount one there).
+
+    A 401 makes google-auth fetch a new token and retry once, no more.
+    """
+    base = session if session is not None else requests.Session()
+    authed = AuthorizedSession(credentials, max_refresh_attempts=1, auth_request=Request(base))
+    for prefix, adapter in base.adapters.items():
+        authed.mount(prefix, adapter)
+    return authed
