@@ -290,3 +290,36 @@ def test_summary_names_processes_claims_warnings_and_notes():
     assert "      claimed by alice for 'kws ch32' (pid 4242)" in lines
     assert "  warning GPU 0: 91 C (gpu_hot)" in lines
     assert lines[-1] == "  note: sample failed at 2024-01-01T00:00:00Z (X: y)"
+
+
+# --- docs/report-schema.md stays true to the code ----------------------------------------------
+
+SCHEMA_DOC = Path(__file__).resolve().parents[2] / "docs" / "report-schema.md"
+
+
+def test_schema_doc_names_every_field_and_code():
+    import dataclasses
+
+    from gpumon_agent import report as schema
+    from gpumon_agent.health import HEALTH_CODES
+    from gpumon_agent.nvml import NVML_ERROR_CODES, THROTTLE_REASONS
+
+    doc = SCHEMA_DOC.read_text()
+    records = [
+        schema.Report,
+        schema.Host,
+        schema.Address,
+        schema.LoggedInUser,
+        schema.Nvml,
+        schema.Gpu,
+        schema.GpuProcess,
+        schema.ClaimInfo,
+        schema.HealthWarning,
+        schema.ClaimFileError,
+    ]
+    fields = {f.name for record in records for f in dataclasses.fields(record)}
+    codes = set(HEALTH_CODES) | set(NVML_ERROR_CODES) | {name for _, name in THROTTLE_REASONS}
+    missing = sorted(name for name in fields | codes if f"`{name}`" not in doc)
+    assert missing == []
+    example = doc.split("## Example", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    assert Report.from_json(example).version == 1  # the example is a valid Report
