@@ -390,7 +390,7 @@ class ClaimRegistry:
                 f"{stat.S_IMODE(st.st_mode):o}, owner uid {st.st_uid}): it should be mode 1777 "
                 "like /tmp — restart the gpumon agent, or set GPUMON_CLAIMS_DIR"
             )
-        # Made now, by whoever comes first (ideally the agent, as root): see _open_lock.
+        # Made now, by whoever comes first (ideally the agent, at start): see _open_lock.
         os.close(self._open_lock())
 
     def _create_dir(self) -> None:
