@@ -133,7 +133,11 @@ def sample_once(settings: AgentSettings, note: str, stale: Optional[bytes] = Non
             previous = Report.from_json(stale)
         except ReportError:
             pass
-    report = Collector(settings, oneshot=True, previous=previous).collect()
+    collector = Collector(settings, oneshot=True, previous=previous)
+    try:
+        report = collector.collect()
+    finally:
+        collector.close()  # the poller calls this in a long-lived process: release NVML
     report.source = SOURCE_ONESHOT
     report.notes.insert(0, note)
     return report

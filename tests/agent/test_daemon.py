@@ -197,6 +197,36 @@ def test_a_lost_gpu_is_reported_and_the_daemon_keeps_going(tmp_path, fake_nvml):
         assert daemon.stop() == 0
 
 
+def test_a_hung_nvml_call_does_not_stall_the_snapshot(tmp_path, fake_nvml):
+    """NVML can block for minutes on a wedged GPU; the daemon's snapshot must stay fresh."""
+    fake = fake_nvml(FakeState.with_gpus(2))
+    state = tmp_path / "state"
+    env = agent_env(fake.env(), state)
+    with Daemon(env, state, FAST) as daemon:
+        daemon.wait_snapshot()
+        wedged = FakeState.with_gpus(2)
+        wedged.gpus[0].hang = ["nvmlDeviceGetUtilizationRates"]
+        fake.write(wedged)
+        try:
+
+            def gpu0_failing() -> Report | None:
+                report = report_json(env, "--max-age", "8")[0]
+                return report if report.gpus[0].state != "ok" else None
+
+            report = wait_for("GPU 0's hung call to show", gpu0_failing, timeout=30, every=0.3)
+            assert report.source == SOURCE_DAEMON  # still fresh: the daemon kept writing
+            assert report.gpus[0].utilization_pct is None
+            assert report.gpus[1].state == "ok" and report.gpus[1].utilization_pct == 0.0
+        finally:
+            fake.write(FakeState.with_gpus(2))  # let the hung call return
+
+        def recovered() -> bool:
+            return [g.state for g in report_json(env)[0].gpus] == ["ok", "ok"]
+
+        wait_for("GPU 0 to answer again", recovered, timeout=30, every=0.3)
+        assert daemon.stop() == 0
+
+
 def gpu_warnings(report: Report) -> list[HealthWarning]:
     """The GPU warnings (host ones depend on the machine running the tests)."""
     return [w for w in report.warnings if w.code.startswith("gpu_")]
