@@ -171,6 +171,7 @@ class Poller:
             result.reason_code = codes.AGENT_FAILED
             result.reason = f"gpumon bug while polling: {type(e).__name__}: {e}"
             result.stage = attempt.stage
+        result.address = result.address or attempt.address
         result.elapsed_s = time.monotonic() - started
         return result
 

@@ -28,6 +28,11 @@ from gpumon.poll.hostkeys import CHANGED, REVOKED, TRUSTED, KnownHosts
 from gpumon.poll.inventory import Destination, parse_jump
 
 log = logging.getLogger(__name__)
+# paramiko's own log lines (and tracebacks, e.g. when the sweep closes a hung transport on
+# purpose) go here, quiet unless someone lowers this level: every failure is already in the
+# ServerResult's reason.
+SSH_LOG = "gpumon.poll.ssh"
+logging.getLogger(SSH_LOG).setLevel(logging.CRITICAL)
 
 # Keys tried when neither the config nor ~/.ssh/config names one (OpenSSH's defaults).
 DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
@@ -306,7 +311,7 @@ class Opener:
 
     def open(self, dest: Destination, attempt: Attempt) -> Connection:
         via = self._via(dest, attempt) if dest.proxy_jump else None
-        return self._open(dest, attempt, via)
+        return self._open(dest, attempt, via, final=True)
 
     def close(self) -> None:
         with self._lock:
@@ -348,10 +353,14 @@ class Opener:
             base.port = port
         return base
 
-    def _open(self, dest: Destination, attempt: Attempt, via: Connection | None) -> Connection:
+    def _open(
+        self, dest: Destination, attempt: Attempt, via: Connection | None, final: bool = False
+    ) -> Connection:
         poll = self.poll
         sock, peer_ip = _connect(dest, attempt, poll.connect_timeout_s, via)
-        transport = paramiko.Transport(sock)
+        if final:  # not a jump host's: that address is not the server's
+            attempt.address = peer_ip
+        transport = _transport(sock)
         try:
             attempt.hold(transport.close)
         except PollFailure:
@@ -367,6 +376,12 @@ class Opener:
             attempt.release(transport.close)
             if not ok:
                 _quietly(transport.close)
+
+
+def _transport(sock: socket.socket | paramiko.Channel) -> paramiko.Transport:
+    transport = paramiko.Transport(sock)
+    transport.set_log_channel(SSH_LOG)
+    return transport
 
 
 def _connect(
@@ -560,7 +575,7 @@ def fetch_host_key(dest: Destination, poll: PollConfig, known_hosts: KnownHosts)
     try:
         via = opener._via(dest, attempt) if dest.proxy_jump else None
         sock, _ = _connect(dest, attempt, poll.connect_timeout_s, via)
-        transport = paramiko.Transport(sock)
+        transport = _transport(sock)
         try:
             return _negotiate(transport, dest, attempt, poll.handshake_timeout_s, known_hosts)
         finally:
