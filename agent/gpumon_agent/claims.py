@@ -559,8 +559,15 @@ class ClaimRegistry:
 
     # -- reading everyone's claims --------------------------------------------------------
 
-    def read(self, path: str) -> ClaimRecord:
-        """One claim file, checked (raises InvalidClaimFile with the reason)."""
+    def read(self, path: str, trusted: Optional[Set[int]] = None) -> ClaimRecord:
+        """One claim file, checked (raises InvalidClaimFile with the reason).
+
+        The file's owner must be the uid its name and content give — or one of ``trusted``
+        (default: root and the registry's owner, who may replace any file here anyway). That
+        covers systemd, which chowns a service's RuntimeDirectory to the service's user,
+        recursively, when a DynamicUser= uid changes."""
+        if trusted is None:
+            trusted = {0, _owner(self.path)}
         name = os.path.basename(path)
         m = _NAME_RE.match(name)
         if m is None:
@@ -579,7 +586,7 @@ class ClaimRegistry:
             if not stat.S_ISREG(st.st_mode):
                 raise InvalidClaimFile(f"not a regular file ({_file_kind(st.st_mode)}); refused")
             name_uid, name_pid = int(m.group(1)), int(m.group(2))
-            if st.st_uid != name_uid:
+            if st.st_uid != name_uid and st.st_uid not in trusted:
                 raise InvalidClaimFile(
                     f"owned by uid {st.st_uid} but named for uid {name_uid}; refused"
                 )
@@ -605,7 +612,11 @@ class ClaimRegistry:
         except (UnicodeDecodeError, ValueError) as e:
             raise InvalidClaimFile(f"not JSON ({e})") from None
         record = ClaimRecord.from_dict(data, path)
-        if record.uid != st.st_uid:
+        if record.uid != name_uid:
+            raise InvalidClaimFile(
+                f"records uid {record.uid} but is named for uid {name_uid}; refused"
+            )
+        if record.uid != st.st_uid and st.st_uid not in trusted:
             raise InvalidClaimFile(
                 f"records uid {record.uid} but the file is owned by uid {st.st_uid}; refused"
             )
@@ -629,6 +640,7 @@ class ClaimRegistry:
         errors: List[ClaimFileError] = []
         counted = 0
         # Who may delete in a sticky directory: the file's owner, the directory's, and root.
+        # The last two may replace any file here, so files they own are trusted as named.
         cleaners = {0, _owner(self.path)}
         for name in names:
             path = os.path.join(self.path, name)
@@ -646,7 +658,7 @@ class ClaimRegistry:
                 )
                 break
             try:
-                record = self.read(path)
+                record = self.read(path, cleaners)
             except InvalidClaimFile as e:
                 errors.append(ClaimFileError(path, str(e)))
                 continue

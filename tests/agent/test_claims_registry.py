@@ -291,7 +291,7 @@ def test_a_file_claiming_someone_elses_uid_is_refused(registry, sleeper):
     assert live == []
     by_path = {e.path: e.error for e in errors}
     assert "owned by uid 65534 but named for uid 0" in by_path[forged]
-    assert "records uid 0 but the file is owned by uid 65534" in by_path[inner]
+    assert "records uid 0 but is named for uid 65534" in by_path[inner]
     assert "runs as uid 0, not the claim's uid 65534" in by_path[hijack]
 
 
@@ -456,3 +456,24 @@ def test_the_registrys_owner_cleans_other_users_stale_claims(shared_registry):
     out = as_user(NOBODY, lambda: [c.job for c in reg.live_claims()[0]])
     assert out == {"result": []}
     assert not os.path.exists(dead.path)
+
+
+@root_only
+def test_claims_chowned_to_the_registry_owner_still_count(shared_registry, sleeper):
+    # systemd chowns a service's RuntimeDirectory recursively to the service's user when a
+    # DynamicUser= uid changes: claim files then belong to the agent, not to their makers.
+    reg = shared_registry
+    agent_uid = 4321
+    os.chown(reg.path, agent_uid, agent_uid)
+    proc = sleeper()
+    chowned = new_record("root's job", "cmd", GPUS[:1], pid=proc.pid)
+    reg.create(chowned)
+    os.chown(chowned.path, agent_uid, agent_uid)
+    stranger = write_raw(
+        reg, f"u0-p{proc.pid}-dddddd.json", json.dumps(valid_dict(proc.pid, 0)).encode(), NOBODY
+    )
+    live, errors = reg.live_claims()
+    assert [c.path for c in live] == [chowned.path]
+    assert [(e.path, e.error) for e in errors] == [
+        (stranger, "owned by uid 65534 but named for uid 0; refused")
+    ]
