@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import pytest
 
 from gpumon_agent.claims import ClaimRegistry
 from harness.fakenvml import FakeProcess, FakeState, make_gpu
+
+ME = pwd.getpwuid(os.geteuid()).pw_name
 
 # A trainer: claims, reports as JSON lines, waits for a file to appear before leaving.
 PRELUDE = """
@@ -98,7 +101,7 @@ say(cvd=os.environ.get("CUDA_VISIBLE_DEVICES"), order=os.environ.get("CUDA_DEVIC
     assert inside["handlers"] == [True, True]
     record = inside["file"]
     assert record["job"] == "kws ch32 do0.75"
-    assert record["uid"] == os.geteuid() and record["user"] == "root"
+    assert record["uid"] == os.geteuid() and record["user"] == ME
     assert record["hostname"] == os.uname().nodename
     assert "python" in record["command"]
     assert record["progress"] == {"epoch": 3, "loss": "nan", "val_acc": 0.93}
@@ -155,7 +158,7 @@ def test_racing_claimers_never_share_a_gpu_and_the_rest_fail_clearly(
     lost = [a["error"] for a in answers if "error" in a]
     assert sorted(g for gpus in won for g in gpus) == list(range(8))  # each GPU exactly once
     assert len(lost) == 16
-    assert all("need 1 free GPU, 0 of 8 free" in e and "claimed by root" in e for e in lost)
+    assert all("need 1 free GPU, 0 of 8 free" in e and f"claimed by {ME}" in e for e in lost)
     assert holding == 8
     assert claim_files(claims_dir) == []
 
@@ -274,7 +277,7 @@ except NoFreeGpu as e:
 """
     rc, [out], err = run(code, env_for(fake))
     assert rc == 0, err
-    assert "GPU 0: 1 unclaimed process (root)" in out["error"]
+    assert f"GPU 0: 1 unclaimed process ({ME})" in out["error"]
 
 
 def test_claims_registry_is_made_by_the_first_claimer_when_missing(fake_nvml, env_for, claims_dir):
