@@ -15,6 +15,7 @@ import pytest
 from sheetkit import seed_workbook
 
 from gpumon.cli import build_parser
+from gpumon.config import parse
 from harness.sshd import Fleet, canned_report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,3 +159,17 @@ port = {fleet.port}
     assert done.returncode == 0, done.stderr
     assert "1 ON, 0 OFF" in done.stdout
     assert openpyxl.load_workbook(tmp_path / "sheet.xlsx").active["G8"].value == "ON"
+
+
+def test_setup_guide_config_example_is_valid():
+    guide = (REPO / "docs" / "setup.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", guide, re.S)
+    assert len(blocks) == 1
+    text = "\n".join(
+        line[3:] if line.startswith("   ") else line for line in blocks[0].splitlines()
+    )
+    config = parse(text, "docs/setup.md")
+    assert config.sheet.backend == "google" and config.poll.user == "gpumon-poll"
+    assert config.servers["grubsp"].port == 2222
+    serve = settings("gpumon-serve.service")
+    assert config.state_dir == serve["WorkingDirectory"][0]  # the units' state directory
