@@ -5,8 +5,9 @@
   not caught up in a burst.
 - A sample that raises never stops the daemon: it is logged (once per distinct error, then every
   few minutes), and the last good Report is rewritten with a note saying the values are old.
-- SIGTERM / SIGINT stop it after the current tick; on a clean stop the snapshot is removed, so
-  `report` knows at once that no daemon runs (it samples itself and says so).
+- SIGTERM / SIGINT stop it after the current tick. The snapshot stays (complete: every write is
+  a rename), goes stale after GPUMON_MAX_AGE, and then `report` samples itself and says so. A
+  restarted daemon reads it back to know since when each GPU has been idle.
 - An flock on ``<state_dir>/agent.lock`` keeps a second daemon from fighting over the snapshot.
 - Logs go to stderr (journald under systemd, which stamps the time itself).
 
@@ -94,7 +95,7 @@ def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
 
         from gpumon_agent.collect import Collector
 
-        collector = Collector(settings)
+        collector = Collector(settings, previous=previous_report(settings))
         log.info(
             "gpumon-agent %s: sampling every %g s into %s (claims in %s)",
             __version__,
@@ -106,7 +107,6 @@ def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
             loop(settings, collector, state, stop)
         finally:
             collector.close()
-        remove_snapshot(settings)
         log.info("stopped")
         return 0
     finally:
@@ -259,13 +259,18 @@ def take_lock(settings: AgentSettings) -> IO[str]:
     return f
 
 
-def remove_snapshot(settings: AgentSettings) -> None:
+def previous_report(settings: AgentSettings) -> Optional[Report]:
+    """The snapshot a previous daemon left, if it is a readable Report (else None)."""
+    from gpumon_agent.report import ReportError
+    from gpumon_agent.snapshot import read_snapshot
+
+    data, _fresh, _why = read_snapshot(settings)
+    if data is None:
+        return None
     try:
-        os.unlink(settings.snapshot_path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        log.warning("could not remove %s: %s", settings.snapshot_path, e)
+        return Report.from_json(data)
+    except ReportError:
+        return None
 
 
 def _setup_logging() -> None:

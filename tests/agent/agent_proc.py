@@ -72,6 +72,7 @@ class Daemon:
         self.log_path = self.state_dir.parent / f"{self.state_dir.name}-daemon.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 -- lives as long as the daemon
+        self.started = time.time()
         self.proc = subprocess.Popen(
             list(argv) if argv is not None else [str(AGENT), "run", *args],
             env=dict(env),
@@ -88,11 +89,13 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
             try:
+                if self.snapshot.stat().st_mtime < self.started - 1:
+                    return None  # an earlier daemon's
                 return Report.from_json(self.snapshot.read_bytes())
             except FileNotFoundError:
                 return None
 
-        return wait_for(f"a snapshot in {self.snapshot}", probe, timeout)
+        return wait_for(f"a snapshot from this daemon in {self.snapshot}", probe, timeout)
 
     def metrics_port(self, timeout: float = 30.0) -> int:
         pattern = re.compile(r"serving Prometheus metrics on http://[^ ]*:(\d+)/metrics")

@@ -76,11 +76,17 @@ def test_sigterm_stops_cleanly_and_leaves_no_partial_file(tmp_path, fake_nvml):
         log = daemon.log()
 
     assert "got SIGTERM: stopping" in log
-    assert "stopped" in log.splitlines()[-1]
-    leftovers = [n for n in os.listdir(state) if n.endswith(".tmp") or n == "report.json"]
-    assert leftovers == []
-    report, _ = report_json(env)
-    assert report.notes[0] == "no agent daemon running: sampled once"
+    assert log.splitlines()[-1].endswith("INFO stopped")
+    assert [n for n in os.listdir(state) if n.endswith(".tmp")] == []
+    last = Report.from_json((state / "report.json").read_bytes())  # whole, never half-written
+    assert last.source == SOURCE_DAEMON
+
+    def stale_note() -> str | None:
+        report = report_json(env, "--max-age", "0.5")[0]
+        return report.notes[0] if report.source == SOURCE_ONESHOT else None
+
+    note = wait_for("the stopped daemon's snapshot to go stale", stale_note, timeout=20)
+    assert re.fullmatch(r"snapshot \d+ s old \(daemon stopped\?\): sampled once", note)
 
 
 def test_sigint_stops_it_too(tmp_path, fake_nvml):
@@ -242,11 +248,20 @@ def test_the_gpu_count_is_remembered_across_restarts(tmp_path, fake_nvml):
     assert (state / "gpu-count").read_text() == "2\n"
 
     fake.write(FakeState.with_gpus(1))  # a GPU fell off while the agent was down
-    oneshot, _ = report_json(env)
-    assert oneshot.source == SOURCE_ONESHOT
-    assert [w.code for w in gpu_warnings(oneshot)] == ["gpu_count_dropped"]
+
+    def oneshot() -> Report | None:
+        report = report_json(env, "--max-age", "0.5")[0]
+        return report if report.source == SOURCE_ONESHOT else None
+
+    report = wait_for("a one-shot report", oneshot, timeout=20)
+    assert [w.code for w in gpu_warnings(report)] == ["gpu_count_dropped"]
     with Daemon(env, state, FAST) as daemon:
-        report = daemon.wait_snapshot()
+
+        def restarted() -> Report | None:
+            report = daemon.wait_snapshot()
+            return report if len(report.gpus) == 1 else None
+
+        report = wait_for("the restarted daemon's snapshot", restarted, timeout=20)
         assert [(w.code, w.message) for w in gpu_warnings(report)] == [
             ("gpu_count_dropped", "1 GPUs, had 2")
         ]
