@@ -54,6 +54,7 @@ FAILING = (
 # Per-server sshd differences (Match LocalAddress).
 FORCED = "forced"  # the deploy/ssh line: only the report
 PLAIN = "plain"  # the same key without a forced command (agentless needs this)
+JUMP = "jump"  # a ProxyJump gateway's line (deploy/ssh/README.md): forwarding to the fleet only
 NONE = "none"  # the key is not authorized at all
 
 
@@ -274,6 +275,12 @@ class Fleet:
             self.port = free_port([s.address for s in self.servers])
         for server in self.servers:
             self._write_host(server)
+        permits = ",".join(f'permitopen="{s.address}:{self.port}"' for s in self.servers)
+        self._write(
+            self.root / "authorized_keys.jump",
+            f'restrict,port-forwarding,{permits},command="/bin/false" {self.client_public}\n',
+            0o644,
+        )
         self.host_keys: list[str] = []
         for index in range(self.sshd_count):
             key = self.root / "keys" / f"host{index}"

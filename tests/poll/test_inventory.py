@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from gpumon.config import Config, ConfigError, PollConfig, ServerEntry
+from gpumon.poll import result as codes
 from gpumon.poll.inventory import parse_jump, resolve
 from gpumon.poll.poller import Poller
-from harness.sshd import PLAIN, Fleet
+from harness.sshd import JUMP, Fleet
 
 
 def config_with(tmp_path: Path, ssh_config: str, **servers: ServerEntry) -> Config:
@@ -87,7 +88,7 @@ def test_a_proxy_jump_port_must_be_a_port() -> None:
 def fleet() -> Iterator[Fleet]:
     fleet = Fleet()
     fleet.add("target")
-    fleet.add("gateway", keys=PLAIN)  # a jump host lets the key forward (no forced command)
+    fleet.add("gateway", keys=JUMP)  # deploy/ssh/README.md's gateway line: forwarding only
     fleet.add("other")
     fleet.start()
     yield fleet
@@ -127,3 +128,20 @@ def test_polling_through_a_proxy_jump_host(fleet: Fleet, tmp_path: Path) -> None
     # Both servers went through one kept connection to the gateway.
     assert fleet.logins_to(gateway) == before + 1
     assert fleet.logins_to(target) == 1 and fleet.logins_to(other) == 1
+
+
+def test_the_gateway_line_forwards_only_to_the_fleet(fleet: Fleet, tmp_path: Path) -> None:
+    config = fleet.config(tmp_path)
+    gateway = fleet.server("gateway")
+    config.servers["elsewhere"] = ServerEntry(
+        name="elsewhere",
+        host="127.0.0.250",
+        port=fleet.port,
+        proxy_jump=f"{gateway.address}:{fleet.port}",
+    )
+    with Poller(config) as poller:
+        result = poller.sweep(["elsewhere"])[0]
+    assert not result.on
+    assert result.reason_code == codes.UNREACHABLE
+    assert result.stage == "connect"
+    assert f"jump host {gateway.address}:{fleet.port} could not reach 127.0.0.250" in result.reason
