@@ -58,7 +58,12 @@ Handler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
 
 
 class GpusUnavailable(ClaimError):
-    """NVML cannot be read (no driver, CPU-only machine) or there are no GPUs."""
+    """NVML cannot be read (no driver, CPU-only machine) or there are no GPUs. ``reason`` is
+    the bare cause; the message adds what a Python caller can do."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason} — to run on the CPU instead, use claim(..., required=False)")
 
 
 def sample_gpus(settings: AgentSettings) -> List[Gpu]:
@@ -75,13 +80,10 @@ def sample_gpus(settings: AgentSettings) -> List[Gpu]:
     if not sample.nvml.available:
         raise GpusUnavailable(
             f"cannot read the GPUs through NVML ({sample.nvml.error or 'no NVIDIA driver'}); "
-            "claiming GPUs needs the NVIDIA driver — to run on the CPU instead, use "
-            "claim(..., required=False)"
+            "claiming GPUs needs the NVIDIA driver"
         )
     if not sample.gpus:
-        raise GpusUnavailable(
-            "NVML finds no GPU on this server — to run on the CPU, use claim(..., required=False)"
-        )
+        raise GpusUnavailable("NVML finds no GPU on this server")
     _name_process_users(sample.gpus)
     return sample.gpus
 
@@ -374,6 +376,11 @@ def run_claimed(
             if early:  # told to stop while claiming: do not start the command at all
                 return 128 + min(early)
             return _run_child(list(cmd), dict(os.environ), prog, waited, old_mask)
+    except GpusUnavailable as e:
+        print(
+            f"{prog}: {e.reason} (to use the CPU, run the command without {prog})", file=sys.stderr
+        )
+        return 1
     except ClaimError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EX_TEMPFAIL if isinstance(e, (NoFreeGpu, LockTimeout)) else 1

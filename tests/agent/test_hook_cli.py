@@ -263,3 +263,14 @@ def test_sigterm_while_waiting_for_the_lock_never_starts_the_command(env, claims
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert not started.exists()
     assert claim_files(claims_dir) == []
+
+
+def test_without_nvml_gpumon_claim_exits_1_and_runs_nothing(no_nvml_env, claims_dir, tmp_path):
+    env = dict(no_nvml_env, GPUMON_CLAIMS_DIR=str(claims_dir))
+    started = tmp_path / "started"
+    proc = gpumon_claim(env, "--", "touch", str(started))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "gpumon claim: cannot read the GPUs through NVML" in err
+    assert "run the command without gpumon claim" in err and "required=False" not in err
+    assert not started.exists()
