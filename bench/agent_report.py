@@ -86,7 +86,7 @@ def realistic_report(gpus: int = 8) -> Report:
 
 def time_command(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
-    done = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    done = subprocess.run(argv, env=env, capture_output=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{argv} failed: {done.stderr.decode()}")
