@@ -167,22 +167,30 @@ def _check_placement(
         if block is None:
             if layout.listed(result.name):
                 continue  # ambiguous: the layout line above says where
-            fix = "" if config.sheet.add_rows else " (or push with --add-rows)"
-            checks.fail(
-                f"{result.name}: no rows in the sheet — add a row with its name in the Server "
-                f"column{fix}"
-            )
+            if config.sheet.add_rows:
+                checks.info(f"{result.name}: no rows yet; the next push adds them (add_rows)")
+            else:
+                checks.fail(
+                    f"{result.name}: no rows in the sheet — add a row with its name in the "
+                    "Server column (or push with --add-rows)"
+                )
             continue
         if result.report is None or "gpu" not in layout.columns:
             continue
         no_row = sorted({g.index for g in result.report.gpus} - set(block.gpu_rows))
-        if no_row:
+        if no_row and config.sheet.add_rows:
+            checks.info(f"{result.name}: GPUs {_indices(no_row)} get rows on the next push")
+        elif no_row:
             column = column_letter(layout.columns["gpu"])
             checks.fail(
-                f"{result.name}: GPUs {', '.join(map(str, no_row))} have no row (rows with a blank "
+                f"{result.name}: GPUs {_indices(no_row)} have no row (rows with a blank "
                 f"Server cell and the index in column {column}, below {a1(block.name_row, 0)}; "
                 "or push with --add-rows)"
             )
+
+
+def _indices(indices: list[int]) -> str:
+    return ", ".join(str(i) for i in indices)
 
 
 def _rows(block: Block) -> str:

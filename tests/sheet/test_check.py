@@ -21,7 +21,9 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def config_for(tmp_path: Path, servers: str, poll: str = "servers_from_sheet = false") -> object:
+def config_for(
+    tmp_path: Path, servers: str, poll: str = "servers_from_sheet = false", add_rows: bool = True
+):
     return parse(
         f"""
 state_dir = "{tmp_path / "state"}"
@@ -29,7 +31,7 @@ state_dir = "{tmp_path / "state"}"
 {poll}
 [sheet]
 path = "sheet.xlsx"
-add_rows = true
+add_rows = {str(add_rows).lower()}
 {servers}
 """,
         str(tmp_path / "gpumon.toml"),
@@ -75,7 +77,7 @@ def test_problems_are_named_with_their_fix_and_exit_1(home):
     servers = "\n".join(
         f'[servers.{name}]\nhost = "127.0.0.1"\nport = {port}' for name in [*SEED_SERVERS, "newbox"]
     )
-    config = config_for(home, servers, poll="servers_from_sheet = true")
+    config = config_for(home, servers, poll="servers_from_sheet = true", add_rows=False)
     code, out = run_check(config)
     assert code == 1
     assert "the first push adds these columns right of the table: GPU util, GPU memory" in out
@@ -84,6 +86,12 @@ def test_problems_are_named_with_their_fix_and_exit_1(home):
     assert "nothing listens for SSH at " in out and f":{port}" in out
     assert "FAIL newbox: no rows in the sheet" in out
     assert out.splitlines()[-1].endswith("problem(s) found.")
+
+
+def test_missing_rows_are_only_news_when_push_adds_them(home):
+    code, out = run_check(config_for(home, "[servers.box]\nlocal = true"))
+    assert "box: no rows yet; the next push adds them (add_rows)" in out
+    assert code == 0, out
 
 
 def test_unreadable_sheet_is_a_failure_not_a_crash(home):
