@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         from gpumon_agent.cli import main as agent_main
 
         sub = AGENT_COMMANDS[argv[0]]
-        return agent_main(([sub] if sub else []) + argv[1:], prog="gpumon " + argv[0])
+        # `gpumon claim` is the agent's `claim` subcommand: its usage reads "gpumon claim".
+        prog = "gpumon" if sub else "gpumon agent"
+        return agent_main(([sub] if sub else []) + argv[1:], prog=prog)
 
     args = build_parser().parse_args(argv)
     from gpumon.config import ConfigError, load
