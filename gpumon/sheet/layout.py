@@ -69,19 +69,24 @@ class Layout:
     blocks: list[Block]  # in sheet order, the ambiguous ones too (managed=False)
     table_end: int  # the row after the last block: where a new server's block would go
     warnings: list[str] = field(default_factory=list)
+    _by_key: dict[str, Block] | None = field(default=None, repr=False, compare=False)
 
     def block(self, server: str) -> Block | None:
         """The managed block of this server (None if not in the sheet or ambiguous)."""
-        key = server_key(server)
-        for block in self.blocks:
-            if block.managed and server_key(block.server) == key:
-                return block
-        return None
+        block = self._index().get(server_key(server))
+        return block if block is not None and block.managed else None
 
     def listed(self, server: str) -> bool:
         """In the sheet at all (even if ambiguous)."""
-        key = server_key(server)
-        return any(server_key(b.server) == key for b in self.blocks)
+        return server_key(server) in self._index()
+
+    def _index(self) -> dict[str, Block]:
+        # Built on first use; blocks are not added after read_layout.
+        if self._by_key is None:
+            self._by_key = {}
+            for block in self.blocks:
+                self._by_key.setdefault(server_key(block.server), block)
+        return self._by_key
 
     def servers(self) -> list[str]:
         """The managed servers, in sheet order."""
