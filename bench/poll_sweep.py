@@ -198,8 +198,8 @@ def main() -> int:
     print(
         f"\nratios: gpumon steady is {p50(a_steady) / p50(steady):.1f}x faster than the "
         f"gpustat-web way steady, {p50(naive) / p50(steady):.0f}x faster than naive serial;\n"
-        f"        gpumon cold is {p50(a_cold) / p50(cold):.1f}x the gpustat-web way cold, "
-        f"{p50(naive) / p50(cold):.1f}x faster than naive serial."
+        f"        gpumon cold is {p50(a_cold) / p50(cold):.1f}x faster than the gpustat-web way "
+        f"cold, {p50(naive) / p50(cold):.1f}x faster than naive serial."
     )
     print(
         f"spread: gpumon steady min/max {min(steady):.3f}/{max(steady):.3f} s, "
