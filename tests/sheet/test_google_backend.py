@@ -113,7 +113,8 @@ def test_an_unknown_worksheet_is_a_config_error_naming_the_ones_there(google: Go
          "1q4JKDHPubUlub8XbGVShh9ZTCfkOyZnIX0Vlb41j2xM", 0),
         ("https://docs.google.com/spreadsheets/d/1E34abcdefghijklmnopqrst/edit?usp=sharing&gid=42",
          "1E34abcdefghijklmnopqrst", 42),
-        ("1q4JKDHPubUlub8XbGVShh9ZTCfkOyZnIX0Vlb41j2xM", "1q4JKDHPubUlub8XbGVShh9ZTCfkOyZnIX0Vlb41j2xM", None),
+        ("1q4JKDHPubUlub8XbGVShh9ZTCfkOyZnIX0Vlb41j2xM",
+         "1q4JKDHPubUlub8XbGVShh9ZTCfkOyZnIX0Vlb41j2xM", None),
     ],
 )  # fmt: skip
 def test_sheet_urls_and_bare_keys_are_understood(url: str, key: str, gid: int | None) -> None:
@@ -364,7 +365,7 @@ def test_a_slow_answer_times_out_and_is_retried_then_given_up(google: GoogleEnv)
     backend = google.backend(timeout_s=0.3, retry_budget_s=1.0)
     google.server.delay(1.0, times=None, method=GET)
     started = time.monotonic()
-    with pytest.raises(GoogleSheetError, match="no answer within 0.3 s") as e:
+    with pytest.raises(GoogleSheetError, match=r"no answer within 0\.3 s") as e:
         backend.read()
     assert e.value.kind == "timeout" and time.monotonic() - started < 1.6
     google.server.clear_faults()
@@ -394,7 +395,7 @@ def test_a_sheet_not_shared_names_the_account_to_share_it_with(google: GoogleEnv
 
 def test_an_unknown_key_says_so(google: GoogleEnv) -> None:
     google.config.sheet.url = "1NoSuchSheetAnywhere000000000000000000"
-    with pytest.raises(GoogleSheetError, match="no spreadsheet with key 1NoSuchSheetAnywhere0+ "):
+    with pytest.raises(GoogleSheetError, match=r"no spreadsheet with key 1NoSuchSheetAnywhere0+ "):
         google.backend().read()
 
 
