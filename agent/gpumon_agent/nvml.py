@@ -16,12 +16,12 @@ Older drivers lack newer functions, so reads fall back: processes v3 -> v2 -> v1
 clock event reasons -> throttle reasons, enforced power limit -> management limit. A symbol found
 missing is not tried again.
 
-Every call runs on a worker thread with a deadline (``call_timeout_s``), because a wedged GPU or
-driver can block an NVML call for minutes. A call that overruns is abandoned: its thread is left
-to finish, its value is unknown, and until it returns the same call (function, GPU) is not issued
-again, so hung threads never pile up (``max_hung_calls`` bounds them in all). After a timeout the
-rest of that GPU is skipped for this read, and after ``MAX_TIMEOUTS_PER_READ`` timeouts the rest
-of the read is, so one read blocks for at most that many deadlines.
+NVML calls run on a worker thread with a deadline per call (``call_timeout_s``), because a
+wedged GPU or driver can block a call for minutes. A call that overruns is abandoned: its thread
+is left to finish, its value is unknown, the rest of that GPU is skipped for this read, and until
+it returns the same call (function, GPU) is not issued again, so hung threads never pile up
+(``max_hung_calls`` bounds them in all). After ``MAX_TIMEOUTS_PER_READ`` timeouts the rest of
+the read is skipped, so one read blocks for at most that many deadlines.
 
 Field meanings (see gpumon_agent.report): ``utilization_pct`` is NVML's GPU busy percentage,
 ``memory_utilization_pct`` its memory-controller busy percentage (not used/total);
@@ -33,6 +33,7 @@ the names in ``THROTTLE_REASONS`` (idle is not a throttle, so the idle bit is le
 from __future__ import annotations
 
 import ctypes
+import functools
 import queue
 import threading
 import time
@@ -112,32 +113,63 @@ class CallTimeout(Exception):
         super().__init__(text)
 
 
-class _Skipped(Exception):
-    """Not called: this read already spent its time on hung calls."""
+class _Cancelled(BaseException):
+    """The reader gave up on this job: the worker stops at once, touching nothing more.
+
+    A BaseException so that no ``except Exception`` in the job's code can swallow it.
+    """
 
 
 # --- calls with a deadline -------------------------------------------------------------------
+#
+# NVML calls are batched in jobs (the library-wide part, then one job per GPU) so that a read
+# costs one thread hand-off per GPU, not one per call. The deadline is still per call: the job
+# records which call is in flight and since when, and the reader gives up on the job when that
+# call overruns. Everything a job writes is done by then, and its worker writes nothing more.
 
 
 class _Job:
-    __slots__ = ("args", "done", "error", "fn", "result")
-
-    def __init__(self, fn: Callable[..., Any], args: Sequence[Any]) -> None:
-        self.fn = fn
-        self.args = args
+    def __init__(self, caller: _Caller, gpu: int, body: Callable[[_Job], Any]) -> None:
+        self.caller = caller
+        self.gpu = gpu
+        self.body = body
         self.done = threading.Event()
         self.result: Any = None
         self.error: Optional[BaseException] = None
+        # Guarded by caller.lock:
+        self.in_call: Optional[str] = None
+        self.call_started = 0.0
+        self.cancelled = False
+        self.hung_key: Optional[Tuple[str, int]] = None
+
+    def call(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """One NVML call of this job, on the worker thread. `name`: the NVML function's."""
+        caller = self.caller
+        key = (name, self.gpu)
+        with caller.lock:
+            if self.cancelled:
+                raise _Cancelled()
+            since = caller.hung.get(key)
+            if since is not None:  # the same call is still stuck: do not add a second
+                raise CallTimeout(name, time.monotonic() - since, still=True)
+            self.in_call = name
+            self.call_started = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            with caller.lock:
+                self.in_call = None
+                cancelled = self.cancelled
+            if cancelled:
+                raise _Cancelled()  # the result is no longer wanted
 
 
 class _Worker:
-    """A thread that runs one job at a time; abandoned (and then exits) if a job overruns."""
+    """A thread that runs jobs one at a time; abandoned (and then exits) if a job overruns."""
 
     def __init__(self, caller: _Caller) -> None:
         self._caller = caller
         self._jobs: queue.Queue = queue.Queue()
-        self.abandoned = False
-        self.key: Optional[Tuple[str, int]] = None
         self.thread = threading.Thread(target=self._run, name="gpumon-nvml", daemon=True)
         self.thread.start()
 
@@ -150,18 +182,20 @@ class _Worker:
             if job is None:
                 return
             try:
-                job.result = job.fn(*job.args)
-            except BaseException as e:  # handed to the caller, who decides
+                job.result = job.body(job)
+            except _Cancelled:
+                pass
+            except BaseException as e:  # handed to the reader, who decides
                 job.error = e
             with self._caller.lock:
                 job.done.set()
-                if self.abandoned:
-                    self._caller.hung.pop(self.key, None)
+                if job.cancelled:  # the hung call returned at last; this thread retires
+                    self._caller.hung.pop(job.hung_key, None)
                     return
 
 
 class _Caller:
-    """Runs calls on a worker thread and waits at most `timeout_s` for each."""
+    """Runs jobs on a worker thread; gives up on a job when one of its calls overruns."""
 
     def __init__(self, timeout_s: float, max_hung: int) -> None:
         self.timeout_s = timeout_s
@@ -171,29 +205,45 @@ class _Caller:
         self.hung: Dict[Tuple[str, int], float] = {}
         self._worker: Optional[_Worker] = None
 
-    def call(self, key: Tuple[str, int], fn: Callable[..., Any], *args: Any) -> Any:
+    def run(self, gpu: int, body: Callable[[_Job], Any]) -> Any:
+        """body(job)'s result. Raises CallTimeout if a call overran (body's writes so far stay)."""
         with self.lock:
-            if key in self.hung:
-                raise CallTimeout(key[0], time.monotonic() - self.hung[key], still=True)
             if len(self.hung) >= self.max_hung:
-                raise CallTimeout(key[0], 0.0, still=True)
+                oldest = min(self.hung.values())
+                raise CallTimeout(
+                    f"{len(self.hung)} NVML calls (not calling NVML until they return); the oldest",
+                    time.monotonic() - oldest,
+                    still=True,
+                )
             if self._worker is None:
                 self._worker = _Worker(self)
             worker = self._worker
-        job = _Job(fn, args)
-        started = time.monotonic()
+        job = _Job(self, gpu, body)
         worker.submit(job)
-        if not job.done.wait(self.timeout_s):
+        while not job.done.wait(self._patience(job)):
             with self.lock:
-                if not job.done.is_set():
-                    worker.abandoned = True
-                    worker.key = key
-                    self.hung[key] = started
-                    self._worker = None
-                    raise CallTimeout(key[0], self.timeout_s)
+                if job.done.is_set():
+                    break
+                if job.in_call is None:
+                    continue
+                overrun = time.monotonic() - job.call_started
+                if overrun < self.timeout_s:
+                    continue
+                job.cancelled = True
+                job.hung_key = (job.in_call, gpu)
+                self.hung[job.hung_key] = job.call_started
+                self._worker = None  # the next job gets a fresh thread
+                raise CallTimeout(job.in_call, self.timeout_s)
         if job.error is not None:
             raise job.error
         return job.result
+
+    def _patience(self, job: _Job) -> float:
+        """How long to wait before looking at the job's progress again."""
+        with self.lock:
+            if job.in_call is None:
+                return min(self.timeout_s, 0.05)  # between calls: look again soon
+            return max(0.001, job.call_started + self.timeout_s - time.monotonic())
 
     def hung_count(self) -> int:
         with self.lock:
@@ -216,18 +266,17 @@ class _GpuRead:
         self.index = index
         self.problems: List[str] = []
         self.lost = False
-        self.stop = False  # a timeout or loss: skip the rest of this GPU
+        self.stop = False  # lost: skip the rest of this GPU
 
 
 class NvmlReader:
-    """Reads NVML; keeps the library initialised between reads. Thread-compatible, not -safe."""
+    """Reads NVML; keeps the library initialised between reads. Not for concurrent reads."""
 
     def __init__(self, call_timeout_s: float = 2.0, max_hung_calls: int = MAX_HUNG_CALLS) -> None:
         self._caller = _Caller(call_timeout_s, max_hung_calls)
         self._initialized = False
         self._missing: set = set()  # NVML functions this library lacks
         self._identity: Dict[int, Tuple[Optional[str], Optional[str], Optional[str]]] = {}
-        self._timeouts = 0
 
     @property
     def hung_calls(self) -> int:
@@ -238,18 +287,12 @@ class NvmlReader:
         try:
             return self._read()
         except Exception as e:  # a bug here must not cost the host's report
-            return NvmlSample(
-                Nvml(
-                    available=False,
-                    error=f"reading NVML failed: {e!r}"[:300],
-                    error_code="nvml_error",
-                )
-            )
+            return _unavailable("nvml_error", f"reading NVML failed: {e!r}"[:300])
 
     def close(self) -> None:
         if self._initialized and pynvml is not None:
             try:
-                self._caller.call(("nvmlShutdown", -1), pynvml.nvmlShutdown)
+                self._caller.run(-1, lambda job: job.call("nvmlShutdown", pynvml.nvmlShutdown))
             except Exception:
                 pass  # shutting down; nothing left to report to
             self._initialized = False
@@ -260,91 +303,100 @@ class NvmlReader:
     def _read(self) -> NvmlSample:
         if pynvml is None:
             return _unavailable("pynvml_missing", NVML_ERROR_CODES["pynvml_missing"])
-        self._timeouts = 0
+        try:
+            library: NvmlSample = self._caller.run(-1, self._read_library)
+        except CallTimeout as e:
+            return _unavailable("timeout", str(e))
+        if not library.nvml.available:
+            return library
+        timeouts = 0
+        for gpu in library.gpus:
+            st = _GpuRead(gpu.index)
+            if timeouts >= MAX_TIMEOUTS_PER_READ:
+                st.problems.append("not read: this read's NVML calls hung")
+            else:
+                try:
+                    self._caller.run(gpu.index, functools.partial(self._read_gpu, st=st, gpu=gpu))
+                except CallTimeout as e:
+                    st.problems.append(str(e))
+                    timeouts += not e.still
+            self._finish(st, gpu)
+        for index in list(self._identity):
+            if index >= len(library.gpus):
+                del self._identity[index]
+        return library
+
+    def _read_library(self, job: _Job) -> NvmlSample:
+        """nvmlInit when needed, the versions, and a Gpu per index (filled in by GPU jobs)."""
         if not self._initialized:
             try:
-                self._call("nvmlInit", -1, pynvml.nvmlInit)
+                job.call("nvmlInit", pynvml.nvmlInit)
             except Exception as e:
                 return _unavailable(_error_code(e), _describe("nvmlInit", e))
             self._initialized = True
-        nvml = Nvml(available=True)
         try:
-            count = self._call("nvmlDeviceGetCount", -1, pynvml.nvmlDeviceGetCount)
+            count = job.call("nvmlDeviceGetCount", pynvml.nvmlDeviceGetCount)
         except Exception as e:
-            self._reinit_later(e)
+            if not isinstance(e, CallTimeout):  # broken, not busy: start over next time
+                self._initialized = False
+                try:
+                    job.call("nvmlShutdown", pynvml.nvmlShutdown)
+                except Exception:
+                    pass
             return _unavailable(_error_code(e), _describe("nvmlDeviceGetCount", e))
-        nvml.driver_version = _text(self._system("nvmlSystemGetDriverVersion"))
-        nvml.nvml_version = _text(self._system("nvmlSystemGetNVMLVersion"))
-        nvml.cuda_driver_version = self._system("nvmlSystemGetCudaDriverVersion")
-        gpus = [self._read_gpu(index) for index in range(count)]
-        for index in list(self._identity):
-            if index >= count:
-                del self._identity[index]
-        return NvmlSample(nvml, gpus)
+        nvml = Nvml(available=True)
+        nvml.driver_version = _text(self._system(job, "nvmlSystemGetDriverVersion"))
+        nvml.nvml_version = _text(self._system(job, "nvmlSystemGetNVMLVersion"))
+        nvml.cuda_driver_version = self._system(job, "nvmlSystemGetCudaDriverVersion")
+        return NvmlSample(nvml, [Gpu(index=i) for i in range(count)])
 
-    def _system(self, name: str) -> Any:
+    @staticmethod
+    def _system(job: _Job, name: str) -> Any:
         try:
-            return self._call(name, -1, getattr(pynvml, name))
+            return job.call(name, getattr(pynvml, name))
         except Exception:
             return None  # a version string is a nicety; the GPUs matter
 
-    def _reinit_later(self, error: Exception) -> None:
-        """After a global failure, start over with nvmlInit on the next read."""
-        if isinstance(error, (CallTimeout, _Skipped)):
-            return  # the library is busy, not broken; do not pile on
-        try:
-            self._call("nvmlShutdown", -1, pynvml.nvmlShutdown)
-        except Exception:
-            pass
-        self._initialized = False
-
-    def _call(self, name: str, gpu: int, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._timeouts >= MAX_TIMEOUTS_PER_READ:
-            raise _Skipped(name)
-        try:
-            return self._caller.call((name, gpu), fn, *args)
-        except CallTimeout as e:
-            if not e.still:
-                self._timeouts += 1
-            raise
-
     # -- one GPU --
 
-    def _read_gpu(self, index: int) -> Gpu:
-        gpu = Gpu(index=index)
-        st = _GpuRead(index)
+    def _read_gpu(self, job: _Job, st: _GpuRead, gpu: Gpu) -> None:
         n = pynvml
-        handle = self._get(st, "nvmlDeviceGetHandleByIndex", n.nvmlDeviceGetHandleByIndex, index)
-        if handle is not None:
-            gpu.uuid = _text(self._get(st, "nvmlDeviceGetUUID", n.nvmlDeviceGetUUID, handle))
-            gpu.name = _text(self._get(st, "nvmlDeviceGetName", n.nvmlDeviceGetName, handle))
-            pci = self._get(st, "nvmlDeviceGetPciInfo_v3", n.nvmlDeviceGetPciInfo, handle)
-            gpu.pci_bus_id = _text(getattr(pci, "busId", None))
-            self._read_values(st, gpu, handle)
+        handle = self._get(
+            job, st, "nvmlDeviceGetHandleByIndex", n.nvmlDeviceGetHandleByIndex, gpu.index
+        )
+        if handle is None:
+            return
+        gpu.uuid = _text(self._get(job, st, "nvmlDeviceGetUUID", n.nvmlDeviceGetUUID, handle))
+        gpu.name = _text(self._get(job, st, "nvmlDeviceGetName", n.nvmlDeviceGetName, handle))
+        pci = self._get(job, st, "nvmlDeviceGetPciInfo_v3", n.nvmlDeviceGetPciInfo, handle)
+        gpu.pci_bus_id = _text(getattr(pci, "busId", None))
+        self._read_values(job, st, gpu, handle)
+
+    def _finish(self, st: _GpuRead, gpu: Gpu) -> None:
+        """The GPU's state and error from what its read met; a lost GPU's remembered identity."""
         if gpu.uuid is not None:
-            self._identity[index] = (gpu.uuid, gpu.name, gpu.pci_bus_id)
-        elif st.lost and index in self._identity:
-            gpu.uuid, gpu.name, gpu.pci_bus_id = self._identity[index]
+            self._identity[gpu.index] = (gpu.uuid, gpu.name, gpu.pci_bus_id)
+        elif st.lost and gpu.index in self._identity:
+            gpu.uuid, gpu.name, gpu.pci_bus_id = self._identity[gpu.index]
         if st.lost:
             gpu.state = GPU_LOST
-            gpu.error = "GPU is lost (fell off the bus); " + "; ".join(st.problems)
-            gpu.error = gpu.error.rstrip("; ")
+            gpu.error = "; ".join(["GPU is lost (fell off the bus)", *st.problems])
         elif st.problems:
             gpu.state = GPU_ERROR
             gpu.error = "; ".join(st.problems)
         else:
             gpu.state = GPU_OK
-        return gpu
 
-    def _read_values(self, st: _GpuRead, gpu: Gpu, handle: Any) -> None:
+    def _read_values(self, job: _Job, st: _GpuRead, gpu: Gpu, handle: Any) -> None:
         n = pynvml
         util = self._get(
-            st, "nvmlDeviceGetUtilizationRates", n.nvmlDeviceGetUtilizationRates, handle
+            job, st, "nvmlDeviceGetUtilizationRates", n.nvmlDeviceGetUtilizationRates, handle
         )
         if util is not None:
             gpu.utilization_pct = float(util.gpu)
             gpu.memory_utilization_pct = float(util.memory)
         memory = self._first(
+            job,
             st,
             [
                 ("nvmlDeviceGetMemoryInfo_v2", _memory_v2, (handle,)),
@@ -355,12 +407,13 @@ class NvmlReader:
             gpu.memory_total_bytes = int(memory.total)
             gpu.memory_used_bytes = int(memory.used)
         temperature = self._get(
-            st, "nvmlDeviceGetTemperature", n.nvmlDeviceGetTemperature, handle, 0
+            job, st, "nvmlDeviceGetTemperature", n.nvmlDeviceGetTemperature, handle, 0
         )  # 0: NVML_TEMPERATURE_GPU, the die
         gpu.temperature_c = None if temperature is None else float(temperature)
-        power = self._get(st, "nvmlDeviceGetPowerUsage", n.nvmlDeviceGetPowerUsage, handle)
+        power = self._get(job, st, "nvmlDeviceGetPowerUsage", n.nvmlDeviceGetPowerUsage, handle)
         gpu.power_w = None if power is None else power / 1000.0
         limit = self._first(
+            job,
             st,
             [
                 ("nvmlDeviceGetEnforcedPowerLimit", n.nvmlDeviceGetEnforcedPowerLimit, (handle,)),
@@ -373,6 +426,7 @@ class NvmlReader:
         )
         gpu.power_limit_w = None if limit is None else limit / 1000.0
         reasons = self._first(
+            job,
             st,
             [
                 ("nvmlDeviceGetCurrentClocksEventReasons", _clock_events, (handle,)),
@@ -384,13 +438,14 @@ class NvmlReader:
             ],
         )
         gpu.throttle_reasons = None if reasons is None else throttle_names(reasons)
-        gpu.processes = self._processes(st, handle)
+        gpu.processes = self._processes(job, st, handle)
 
-    def _processes(self, st: _GpuRead, handle: Any) -> List[GpuProcess]:
+    def _processes(self, job: _Job, st: _GpuRead, handle: Any) -> List[GpuProcess]:
         found: Dict[int, GpuProcess] = {}
         for kind in ("compute", "graphics"):
             base = f"nvmlDeviceGet{kind.capitalize()}RunningProcesses"
             listed = self._first(
+                job,
                 st,
                 [
                     (base + "_v3", _versioned(base + "_v3"), (handle,)),
@@ -409,18 +464,21 @@ class NvmlReader:
                     found[pid] = GpuProcess(pid=int(pid), kind=kind, gpu_memory_bytes=memory)
         return sorted(found.values(), key=lambda p: p.pid)
 
-    def _get(self, st: _GpuRead, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def _get(self, job: _Job, st: _GpuRead, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         """One call on GPU st.index: its value, or None with the failure noted in `st`."""
         if st.stop:
             return None
         try:
-            return self._call(name, st.index, fn, *args)
+            return job.call(name, fn, *args)
         except Exception as e:
             _note(st, name, e)
             return None
 
     def _first(
-        self, st: _GpuRead, chain: Sequence[Tuple[str, Callable[..., Any], Tuple[Any, ...]]]
+        self,
+        job: _Job,
+        st: _GpuRead,
+        chain: Sequence[Tuple[str, Callable[..., Any], Tuple[Any, ...]]],
     ) -> Any:
         """The value of the newest version in `chain` this driver has; None if it has none."""
         versions = [link for link in chain if link[0] not in self._missing]
@@ -428,7 +486,7 @@ class NvmlReader:
             if st.stop:
                 return None
             try:
-                return self._call(name, st.index, fn, *args)
+                return job.call(name, fn, *args)
             except Exception as e:
                 code = _nvml_value(e)
                 absent = code == _FUNCTION_NOT_FOUND or isinstance(e, AttributeError)
@@ -447,12 +505,8 @@ class NvmlReader:
 
 def _note(st: _GpuRead, name: str, error: Exception) -> None:
     """Record what a failed call on one GPU means for it."""
-    if isinstance(error, CallTimeout):
+    if isinstance(error, CallTimeout):  # still stuck from an earlier read: only this value
         st.problems.append(str(error))
-        st.stop = st.stop or not error.still  # a fresh hang: the GPU may be wedged
-    elif isinstance(error, _Skipped):
-        st.problems.append("not read: this sample's NVML calls hung")
-        st.stop = True
     else:
         code = _nvml_value(error)
         if code == _GPU_IS_LOST:
@@ -481,7 +535,7 @@ _CODE_OF_VALUE = {
 
 
 def _error_code(error: BaseException) -> str:
-    if isinstance(error, (CallTimeout, _Skipped)):
+    if isinstance(error, CallTimeout):
         return "timeout"
     return _CODE_OF_VALUE.get(_nvml_value(error) or 0, "nvml_error")
 
