@@ -76,7 +76,6 @@ MAX_TIMEOUTS_PER_READ = 2
 MAX_HUNG_CALLS = 16
 
 # NVML return codes (nvml.h; a stable ABI) this module tells apart.
-_UNINITIALIZED = 1
 _NOT_SUPPORTED = 3
 _NO_PERMISSION = 4
 _DRIVER_NOT_LOADED = 9
