@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -159,6 +160,7 @@ def main() -> int:
     args = parser.parse_args()
 
     home = tempfile.mkdtemp(prefix="bench-home-")
+    work = Path(tempfile.mkdtemp(prefix="bench-poll-"))
     os.environ["HOME"] = home  # no personal ~/.ssh, no ssh-agent: the same for every method
     os.environ.pop("SSH_AUTH_SOCK", None)
     fleet = Fleet()
@@ -168,7 +170,6 @@ def main() -> int:
         server.report.generated_at = "2019-03-14T06:26:45Z"  # staleness is not timed here
     try:
         fleet.start()
-        work = Path(tempfile.mkdtemp(prefix="bench-poll-"))
         config = fleet.config(work, stale_after_s=1e9, concurrency=64, sweep_timeout_s=30.0)
         known_hosts = Path(config.poll.known_hosts or "")
         names = list(config.servers)
@@ -183,6 +184,8 @@ def main() -> int:
         naive = naive_sweeps(fleet, known_hosts, args.naive_runs)
     finally:
         fleet.close()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
 
     rows = [
         ("gpumon steady (kept connections)", p50(steady), TARGET_STEADY_S),
@@ -193,7 +196,8 @@ def main() -> int:
     ]
     print(f"\n{'sweep of ' + str(len(names)) + ' servers, p50':40} {'s':>7}  target")
     for label, value, target in rows:
-        mark = "" if target is None else f"<= {target:g} s " + ("ok" if value <= target else "MISSED")
+        verdict = "" if target is None else ("ok" if value <= target else "MISSED")
+        mark = "" if target is None else f"<= {target:g} s {verdict}"
         print(f"{label:40} {value:7.3f}  {mark}")
     print(
         f"\nratios: gpumon steady is {p50(a_steady) / p50(steady):.1f}x faster than the "

@@ -16,6 +16,7 @@ created it); otherwise the current user, with sshd running unprivileged.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pwd
 import random
@@ -67,6 +68,7 @@ class SimServer:
     keys: str = FORCED
     agent_on_path: bool = True
     nvidia_smi: bool = False  # a fake nvidia-smi on PATH (for the agentless read)
+    sshd_options: tuple[str, ...] = ()  # more sshd_config lines for this address only
     sshd_index: int = 0
 
 
@@ -299,6 +301,7 @@ class Fleet:
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         self._procs[index] = proc
@@ -467,6 +470,7 @@ class Fleet:
                     [f"{root}/smi-bin"] if server.nvidia_smi else []
                 )
                 overrides.append(f"SetEnv PATH={':'.join([*dirs, '/usr/bin', '/bin'])}")
+            overrides += server.sshd_options
             if overrides:
                 lines.append(f"Match LocalAddress {server.address}")
                 lines += ["    " + o for o in overrides]
@@ -479,6 +483,13 @@ class Fleet:
     def _write(path: Path, text: str, mode: int = 0o600) -> None:
         path.write_text(text)
         os.chmod(path, mode)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, however it dies, so a
+    killed pytest leaves no sshd behind (Linux prctl PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)
 
 
 def _descendants(pid: int) -> list[int]:
