@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 import time
-from typing import IO, Callable, Optional
+from typing import IO, Callable, Optional, Protocol
 
 from gpumon_agent import __version__
 from gpumon_agent.report import Host, Nvml, Report, utc_iso
@@ -38,13 +38,17 @@ LOCK_FILE = "agent.lock"
 _REPEAT_LOG_S = 300.0
 
 
+class Collects(Protocol):
+    """What the loop needs of gpumon_agent.collect.Collector."""
+
+    def collect(self) -> Report: ...
+
+
 class DaemonState:
     """What the daemon shares with the /metrics thread: replaced whole, read without a lock."""
 
     def __init__(self) -> None:
         self.report: Optional[Report] = None  # the latest written (may carry a failure note)
-        self.last_ok_monotonic: Optional[float] = None
-        self.last_ok_time: Optional[float] = None  # time.time() of the last good sample
         self.sample_ok = False
         self.sample_errors = 0
         self.samples = 0
@@ -112,12 +116,13 @@ def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
     finally:
         if server is not None:
             server.shutdown()
+            server.server_close()
         lock.close()
 
 
 def loop(
     settings: AgentSettings,
-    collector,
+    collector: Collects,
     state: DaemonState,
     stop: threading.Event,
     clock: Callable[[], float] = time.monotonic,
@@ -141,7 +146,9 @@ def loop(
         wait(due - now)
 
 
-def tick_once(settings: AgentSettings, collector, state: DaemonState, failure) -> None:
+def tick_once(
+    settings: AgentSettings, collector: Collects, state: DaemonState, failure: _FailureLog
+) -> None:
     began = time.monotonic()
     try:
         report = collector.collect()
@@ -152,8 +159,6 @@ def tick_once(settings: AgentSettings, collector, state: DaemonState, failure) -
         report = _failed_report(state.report, e)
     else:
         state.sample_ok = True
-        state.last_ok_monotonic = began
-        state.last_ok_time = time.time()
         failure.recovered()
     state.samples += 1
     state.sample_seconds = time.monotonic() - began
