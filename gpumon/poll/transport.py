@@ -148,7 +148,8 @@ class KeyRing:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._files: dict[str, paramiko.PKey | str] = {}  # path → key, or why unusable
+        # (path, mtime, size) → the key, or why it is unusable
+        self._files: dict[tuple[str, int, int], paramiko.PKey | str] = {}
 
     def candidates(self, dest: Destination) -> tuple[list[tuple[str, paramiko.PKey]], list[str]]:
         """(label, key) pairs in the order tried, and notes on keys that could not be used."""
@@ -180,9 +181,16 @@ class KeyRing:
             return []
 
     def _load(self, path: str, required: bool) -> paramiko.PKey | str:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return f"identity file {path} does not exist" if required else ""
+        except OSError as e:
+            return f"identity file {path} is unreadable ({e.strerror})"
+        stamp = (path, st.st_mtime_ns, st.st_size)  # a replaced key file is read again
         with self._lock:
-            if path in self._files:
-                return self._files[path]
+            if stamp in self._files:
+                return self._files[stamp]
             try:
                 loaded: paramiko.PKey | str = paramiko.PKey.from_path(path)
             except FileNotFoundError:
@@ -194,7 +202,7 @@ class KeyRing:
                 )
             except (OSError, ValueError, paramiko.SSHException) as e:
                 loaded = f"identity file {path} is unusable ({type(e).__name__}: {e})"
-            self._files[path] = loaded
+            self._files[stamp] = loaded
             return loaded
 
 
