@@ -136,7 +136,10 @@ def _server_health(result: ServerResult) -> list[str]:
         issues.append("no agent: read through nvidia-smi")
     if not report.nvml.available:
         issues.append(f"NVML: {report.nvml.error or 'unavailable'}")
-    issues += [w.message for w in report.warnings if w.gpu_index is None]
+    # NVML trouble is said once, above (the agent also words it as a warning).
+    issues += [
+        w.message for w in report.warnings if w.gpu_index is None and w.code != "nvml_unavailable"
+    ]
     return issues
 
 
