@@ -46,7 +46,8 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
     part: a temporary file in the same directory, fsync, then rename over the old one."""
     directory = os.path.dirname(path) or "."
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, mode)
     try:
         try:
             os.fchmod(fd, mode)  # the umask may have narrowed it; readers are other users
