@@ -83,11 +83,11 @@ class Evaluation:
 
 
 def evaluate(checkpoint: str | Path, data: str | Path | Dataset, split: str = "test") -> Evaluation:
+    model, spec = model_from_checkpoint(load_checkpoint(checkpoint))
     dataset = data if isinstance(data, Dataset) else load_dataset(data, splits=[split])
     part = dataset[split]
     if len(part) == 0:
         raise ValueError(f"{dataset.root}: the {split} split has no clips")
-    model, spec = model_from_checkpoint(load_checkpoint(checkpoint))
     # Evaluation needs no GPU claim; it uses a GPU only if one is visible already.
     device = pick_device(None)
     torch.manual_seed(0)
