@@ -269,6 +269,7 @@ class Spreadsheet:
         self.sheets: list[Sheet] = []
         self.metadata: dict[int, Metadata] = {}
         self.row_metadata_follows_sort = False
+        self._where: dict[int, tuple[Sheet, int]] | None = None
         self._random = random.Random(zlib.crc32(spreadsheet_id.encode()))
 
     # -- lookup ---------------------------------------------------------------------------------
@@ -351,12 +352,20 @@ class Spreadsheet:
             return None, None
         if meta.kind == "SHEET":
             return self.sheet_by_id(meta.sheet_id or 0), None
-        for sheet in self.sheets:
-            lines = [r.meta for r in sheet.rows] if meta.kind == "ROW" else sheet.col_meta
-            for index, ids in enumerate(lines):
-                if meta.id in ids:
-                    return sheet, index
-        raise AssertionError(f"metadata {meta.id} lost its location")
+        if self._where is None:  # one pass over every row and column, kept until rows move
+            self._where = {}
+            for sheet in self.sheets:
+                for lines in ([r.meta for r in sheet.rows], sheet.col_meta):
+                    for index, ids in enumerate(lines):
+                        for meta_id in ids:
+                            self._where[meta_id] = (sheet, index)
+        if meta.id not in self._where:
+            raise AssertionError(f"metadata {meta.id} lost its location")
+        return self._where[meta.id]
+
+    def moved(self) -> None:
+        """Rows, columns or metadata changed place: forget where metadata was."""
+        self._where = None
 
     def metadata_json(self, meta: Metadata) -> dict[str, Any]:
         sheet, index = self.metadata_location(meta)
@@ -421,9 +430,11 @@ class Spreadsheet:
         else:
             raise bad("Invalid requests[0].createDeveloperMetadata: A location is required.")
         self.metadata[meta_id] = meta
+        self.moved()
         return self.metadata_json(meta)
 
     def delete_metadata(self, meta: Metadata) -> None:
+        self.moved()
         del self.metadata[meta.id]
         for sheet in self.sheets:
             for ids in [r.meta for r in sheet.rows] + sheet.col_meta:
@@ -433,7 +444,11 @@ class Spreadsheet:
     def lookup(self, spec: dict[str, Any]) -> list[Metadata]:
         """DeveloperMetadataLookup → the metadata it selects."""
         found = []
-        for meta in self.metadata.values():
+        candidates = self.metadata.values()
+        if "metadataId" in spec:  # ids are unique: no need to look further
+            one = self.metadata.get(int(spec["metadataId"]))
+            candidates = [one] if one is not None else []
+        for meta in candidates:
             if "metadataId" in spec and int(spec["metadataId"]) != meta.id:
                 continue
             if "metadataKey" in spec and spec["metadataKey"] != meta.key:
@@ -605,11 +620,11 @@ class Spreadsheet:
         fmt = cell.get("userEnteredFormat")
         if user is not None:
             effective = effective_value(user)
-            out["userEnteredValue"] = copy.deepcopy(user)
+            out["userEnteredValue"] = dict(user)
             out["effectiveValue"] = effective
             out["formattedValue"] = formatted(effective, (fmt or {}).get("numberFormat"))
         if fmt:
-            out["userEnteredFormat"] = copy.deepcopy(fmt)
+            out["userEnteredFormat"] = fmt
         if user is not None or fmt:
             out["effectiveFormat"] = _deep_merge(self.props["defaultFormat"], fmt or {})
         if "note" in cell:
@@ -620,9 +635,10 @@ class Spreadsheet:
         sheet = bounds.sheet
         row_data = []
         for r in range(bounds.start_row, bounds.end_row):
-            values = [
-                self.cell_data(sheet.cell(r, c)) for c in range(bounds.start_col, bounds.end_col)
-            ]
+            cells = sheet.rows[r].cells
+            used = [c for c in cells if bounds.start_col <= c < bounds.end_col]
+            end = max(used) + 1 if used else bounds.start_col
+            values = [self.cell_data(cells.get(c)) for c in range(bounds.start_col, end)]
             while values and not values[-1]:
                 values.pop()
             row_data.append({"values": values} if values else {})
@@ -697,6 +713,7 @@ class Spreadsheet:
     def batch_update(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Apply every request or none (Google's batchUpdate is atomic)."""
         saved = copy.deepcopy((self.props, self.sheets, self.metadata))
+        self.moved()
         try:
             replies = []
             for i, request in enumerate(requests):
@@ -717,6 +734,8 @@ class Spreadsheet:
         except Exception:
             self.props, self.sheets, self.metadata = saved
             raise
+        finally:
+            self.moved()
 
     def _req_addSheet(self, body: dict[str, Any]) -> dict[str, Any]:
         props = body.get("properties", {})
@@ -728,6 +747,7 @@ class Spreadsheet:
         return {"addSheet": {"properties": sheet.properties()}}
 
     def _req_deleteSheet(self, body: dict[str, Any]) -> None:
+        self.moved()
         sheet = self.sheet_by_id(body.get("sheetId", 0))
         if len(self.sheets) == 1:
             raise bad(
@@ -799,6 +819,7 @@ class Spreadsheet:
         self._delete(sheet, "ROWS" if rows else "COLUMNS", start, end)
 
     def _req_moveDimension(self, body: dict[str, Any]) -> None:
+        self.moved()
         src = body.get("source", {})
         sheet = self.sheet_by_id(src.get("sheetId", 0))
         rows = src.get("dimension") == "ROWS"
@@ -836,6 +857,7 @@ class Spreadsheet:
                 row.cells = {new_of[c]: v for c, v in row.cells.items()}
 
     def _req_sortRange(self, body: dict[str, Any]) -> None:
+        self.moved()
         b = self.grid_bounds(body.get("range", {}))
         sheet = b.sheet
         for m in sheet.merges:
@@ -1052,6 +1074,7 @@ class Spreadsheet:
     def _insert(
         self, sheet: Sheet, dimension: str | None, start: int, end: int, inherit_before: bool
     ) -> None:
+        self.moved()
         n = end - start
         rows = dimension == "ROWS"
         if not rows and sheet.col_count + n > MAX_COLUMNS:
@@ -1082,6 +1105,7 @@ class Spreadsheet:
                 _shift_grid_range(gr, rows, lambda s, e: _after_insert(s, e, start, n))
 
     def _delete(self, sheet: Sheet, dimension: str, start: int, end: int) -> None:
+        self.moved()
         rows = dimension == "ROWS"
         gone = (
             [i for r in sheet.rows[start:end] for i in r.meta]
@@ -1159,12 +1183,15 @@ def _grid_range(sheet_id: int, m: list[int]) -> dict[str, int]:
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
+    """base with over's fields on top; shares unchanged parts (answers are only serialised)."""
+    if not over:
+        return base
+    out = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _deep_merge(out[key], value)
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = value
     return out
 
 

@@ -94,6 +94,7 @@ class Logged:
     method_id: str | None
     status: int = 0
     account: str | None = None
+    seconds: float = 0.0  # time the server spent on it (delays included)
 
     @property
     def cells(self) -> int:
@@ -128,6 +129,7 @@ class SheetsServer:
         self.log: list[Logged] = []
         self.invalid: list[str] = []  # requests Google would refuse as malformed
         self.lock = threading.RLock()
+        self._local = threading.local()
         self.discovery = discovery()
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._http.daemon_threads = True
@@ -251,6 +253,16 @@ class SheetsServer:
     def handle(
         self, verb: str, target: str, headers: dict[str, str], raw: bytes
     ) -> tuple[int, dict[str, str], bytes]:
+        started = time.perf_counter()
+        self._local.entry = None
+        reply = self._handle(verb, target, headers, raw)
+        if self._local.entry is not None:  # the server's own share of a client's latency
+            self._local.entry.seconds = time.perf_counter() - started
+        return reply
+
+    def _handle(
+        self, verb: str, target: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
         parts = urlsplit(target)
         path = parts.path
         query = parse_qs(parts.query, keep_blank_values=True)
@@ -270,6 +282,7 @@ class SheetsServer:
         except Invalid as e:
             return self._invalid(verb, path, query, body, None, str(e), e.status)
         entry = Logged(verb, path, query, body, call.method.id)
+        self._local.entry = entry
         with self.lock:
             self.log.append(entry)
             fault = next((f for f in self.faults if f.matches(call.method.id, verb)), None)
@@ -295,7 +308,11 @@ class SheetsServer:
                 if (book.id, account) not in self.shares:
                     raise ApiError(403, _FAULT_TEXT[403][1])
                 answer = _METHODS[call.method.id](self, book, call)
+                fields = query.get("fields")
+                if fields:
+                    answer = apply_mask(answer, parse_mask(fields[0]))
                 self._check_response(call, answer)
+                reply = _json(200, answer)  # serialised now: the hooks below change the model
                 for hook in [h for h in self.hooks if h.method == call.method.id]:
                     if hook.times is not None:
                         hook.times -= 1
@@ -308,10 +325,7 @@ class SheetsServer:
                     self.invalid.append(f"{verb} {unquote(path)}: {e.message}")
                 return _json(e.code, e.body())
         entry.status = 200
-        fields = query.get("fields")
-        if fields:
-            answer = apply_mask(answer, parse_mask(fields[0]))
-        return _json(200, answer)
+        return reply
 
     def _invalid(
         self,
@@ -709,6 +723,7 @@ def _snapshot(book: Spreadsheet) -> Any:
 
 def _restore(book: Spreadsheet, snapshot: Any) -> None:
     book.props, book.sheets, book.metadata = snapshot
+    book.moved()
 
 
 # --- acting as a person -----------------------------------------------------------------------
