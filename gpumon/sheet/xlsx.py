@@ -9,8 +9,9 @@
 - Only gpumon's cells change: the workbook is loaded (rich text kept), gpumon's cells set, and
   saved to a temporary file that replaces the workbook atomically. People's values, merges,
   styles and other sheets come back as openpyxl read them. A workbook holding what openpyxl
-  cannot carry through a save (drawings — charts, images, shapes — or macros) is never
-  rewritten: gpumon says so and stops.
+  cannot carry through a save (drawings — charts, images, shapes —, macros, or anything
+  openpyxl warns it will drop, such as extension data validations) is never rewritten: gpumon
+  says so and stops.
 - A workbook open in LibreOffice or Excel (their lock file sits beside it) is not written:
   the person's next save would silently undo gpumon's, or theirs would be lost.
 - Rows cannot move under gpumon unless someone saves the file between gpumon's read and write;
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import warnings
 import zipfile
 from copy import copy
 from dataclasses import dataclass
@@ -226,7 +228,9 @@ class XlsxBackend:
         try:
             with zipfile.ZipFile(self.path) as archive:
                 names = archive.namelist()
-            workbook = load_workbook(self.path, rich_text=True)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                workbook = load_workbook(self.path, rich_text=True)
         except (zipfile.BadZipFile, InvalidFileException, KeyError, ValueError, TypeError) as e:
             raise SheetError(
                 f"{self.path}: not a readable .xlsx workbook ({type(e).__name__}: {e}). gpumon "
@@ -239,6 +243,15 @@ class XlsxBackend:
         for prefix, what in _UNSAFE_PARTS:
             if any(name.startswith(prefix) for name in names):
                 self._unsafe = what
+        # openpyxl says what it reads but would not write back ("... will be removed",
+        # "... is being dropped"): saving would lose a person's work.
+        dropped = [
+            str(w.message)
+            for w in caught
+            if any(word in str(w.message) for word in ("removed", "dropped", "discarded"))
+        ]
+        if dropped:
+            self._unsafe = f"parts openpyxl cannot keep ({'; '.join(dropped[:3])})"
         self._workbook, self._stamp = workbook, stamp
 
     def _sheet(self) -> Any:

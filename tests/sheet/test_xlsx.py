@@ -148,6 +148,30 @@ def test_workbook_with_a_chart_is_never_rewritten(tmp_path):
     assert path.read_bytes() == original
 
 
+def test_workbook_with_parts_openpyxl_would_drop_is_never_rewritten(tmp_path):
+    path = made(tmp_path)
+    # Excel's extended data validation (a drop-down fed from another sheet) lives in an extLst,
+    # which openpyxl reads past and would not write back.
+    with zipfile.ZipFile(path) as archive:
+        parts = {name: archive.read(name) for name in archive.namelist()}
+    sheet_xml = parts["xl/worksheets/sheet1.xml"].decode()
+    ext = (
+        '<extLst><ext uri="{CCE6A557-97BC-4b89-ADB6-D9C93CAAB3DF}" '
+        'xmlns:x14="http://schemas.microsoft.com/office/spreadsheetml/2009/9/main">'
+        "<x14:dataValidations/></ext></extLst>"
+    )
+    parts["xl/worksheets/sheet1.xml"] = sheet_xml.replace("</worksheet>", ext + "</worksheet>")
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in parts.items():
+            archive.writestr(name, data)
+    original = path.read_bytes()
+    backend = XlsxBackend(path)
+    backend.read()
+    with pytest.raises(SheetError, match=r"Data Validation extension is not supported"):
+        backend.write([CellWrite(row=7, col=6, value="OFF", anchor="box|")])
+    assert path.read_bytes() == original
+
+
 def test_failed_save_leaves_the_workbook_and_no_temporary_file(tmp_path, monkeypatch):
     path = made(tmp_path)
     original = path.read_bytes()
