@@ -32,16 +32,19 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "sheet"))
 
 import gspread  # noqa: E402
-from google.auth.transport.requests import AuthorizedSession, Request  # noqa: E402
-from google.oauth2.service_account import Credentials  # noqa: E402
 from sheetkit import gpu, off, on  # noqa: E402
 
 from gpumon.config import Config, SheetConfig  # noqa: E402
 from gpumon.push import push_once  # noqa: E402
 from gpumon.sheet.google import open_backend  # noqa: E402
-from harness.sheets_client import ACCOUNT, google_session, write_service_account_key  # noqa: E402
+from harness.sheets_client import (  # noqa: E402
+    ACCOUNT,
+    authorized,
+    google_session,
+    write_service_account_key,
+)
 from harness.sheets_model import Spreadsheet  # noqa: E402
-from harness.sheets_server import SCOPE, SheetsServer  # noqa: E402
+from harness.sheets_server import SheetsServer  # noqa: E402
 from harness.sheets_values import user_entered_input  # noqa: E402
 
 WRITE_QUOTA_PER_MIN = 60
@@ -120,14 +123,10 @@ def bench(servers: int, runs: int, folder: Path) -> dict[str, float]:
             changes = outcome.changes
 
         # The baseline: the last steady push's changes, one update_cell each, on the copy.
-        credentials = Credentials.from_service_account_file(str(key_file), scopes=[SCOPE])
-        base = google_session(server)
-        session = AuthorizedSession(credentials, auth_request=Request(base))
-        for prefix, adapter in base.adapters.items():
-            session.mount(prefix, adapter)
+        session = authorized(server, key_file)
         server.clear_log()
         started = time.perf_counter()
-        worksheet = gspread.Client(auth=credentials, session=session).open_by_key(theirs.id)
+        worksheet = gspread.Client(auth=session.credentials, session=session).open_by_key(theirs.id)
         worksheet = worksheet.worksheet("Sheet1")
         for change in changes:
             cell = gspread.utils.a1_to_rowcol(change.cell)

@@ -128,7 +128,6 @@ class _Read:
 
     sheet_id: int
     title: str
-    rows: int
     cols: int
     values: list[list[str]]
     anchors: dict[str, list[_Anchor]] = field(default_factory=dict)  # value → where it sits
@@ -180,7 +179,6 @@ class GoogleBackend:
         read = _Read(
             sheet_id=props.get("sheetId", 0),
             title=props.get("title", ""),
-            rows=grid_props.get("rowCount", 0),
             cols=grid_props.get("columnCount", 0),
             values=[],
         )
@@ -378,7 +376,7 @@ class GoogleBackend:
             }
             if kind == "status":
                 for text, color in (("ON", GREEN), ("OFF", RED)):
-                    out.append(_text_rule(span, text, color))
+                    out.append(_color_rule(span, "TEXT_EQ", text, color))
             elif kind == "util":
                 # Utilisation is text ("37%"): bands by formula, since a gradient needs numbers.
                 cell = a1(start, col)
@@ -388,7 +386,7 @@ class GoogleBackend:
                     (f"=AND({number}>=30,{number}<80)", AMBER),
                     (f"=AND({number}>=0,{number}<30)", GREEN),
                 ):
-                    out.append(_formula_rule(span, formula, color))
+                    out.append(_color_rule(span, "CUSTOM_FORMULA", formula, color))
             elif kind == "time":
                 out.append(
                     {
@@ -705,21 +703,11 @@ def _anchor_request(sheet_id: int, row: int, value: str) -> dict[str, Any]:
     }
 
 
-def _text_rule(span: dict[str, int], text: str, color: dict[str, float]) -> dict[str, Any]:
-    condition = {"type": "TEXT_EQ", "values": [{"userEnteredValue": text}]}
-    return {
-        "addConditionalFormatRule": {
-            "rule": {
-                "ranges": [span],
-                "booleanRule": {"condition": condition, "format": {"backgroundColor": color}},
-            },
-            "index": 0,
-        }
-    }
-
-
-def _formula_rule(span: dict[str, int], formula: str, color: dict[str, float]) -> dict[str, Any]:
-    condition = {"type": "CUSTOM_FORMULA", "values": [{"userEnteredValue": formula}]}
+def _color_rule(
+    span: dict[str, int], kind: str, value: str, color: dict[str, float]
+) -> dict[str, Any]:
+    """Conditional background: ``kind`` "TEXT_EQ" (value = the text) or "CUSTOM_FORMULA"."""
+    condition = {"type": kind, "values": [{"userEnteredValue": value}]}
     return {
         "addConditionalFormatRule": {
             "rule": {

@@ -19,8 +19,10 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from google.auth.transport.requests import AuthorizedSession
 from requests.adapters import HTTPAdapter
 
+from gpumon.sheet.google_auth import authorized_session, load_credentials
 from harness.sheets_server import SheetsServer
 
 ACCOUNT = "gpumon-writer@lab-gpumon.iam.gserviceaccount.com"
@@ -91,6 +93,12 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def authorized(server: SheetsServer, key_file: Path) -> AuthorizedSession:
+    """A session authorized as gpumon's is (its key, the spreadsheets scope), for raw calls."""
+    credentials = load_credentials(str(key_file), "test")
+    return authorized_session(credentials, google_session(server))
 
 
 def google_session(server: SheetsServer) -> requests.Session:

@@ -544,90 +544,59 @@ def _values_update(server: SheetsServer, book: Spreadsheet, call: Call) -> dict[
 
 def _values_batch_update(server: SheetsServer, book: Spreadsheet, call: Call) -> dict[str, Any]:
     body = call.body or {}
-    option = body.get("valueInputOption") or "INPUT_VALUE_OPTION_UNSPECIFIED"
-    responses = []
-    touched: dict[str, set[Any]] = {"rows": set(), "cols": set(), "sheets": set()}
-    total = 0
-    snapshot = _snapshot(book)
-    try:
-        for item in body.get("data") or []:
-            bounds, exact = _write_range(book, item.get("range", ""))
-            written, cells, rows, cols = book.write_values(
-                bounds,
-                item.get("values") or [],
-                item.get("majorDimension") or "ROWS",
-                option,
-                exact,
-            )
-            response = _update_response(book, written, cells, rows, cols)
-            if body.get("includeValuesInResponse"):
-                response["updatedData"] = book.read_values(written)
-            responses.append(response)
-            total += cells
-            touched["rows"] |= {(bounds.sheet.id, r) for r in rows}
-            touched["cols"] |= {(bounds.sheet.id, c) for c in cols}
-            if cells:
-                touched["sheets"].add(bounds.sheet.id)
-    except ApiError:
-        _restore(book, snapshot)
-        raise
-    out: dict[str, Any] = {"spreadsheetId": book.id}
-    if total:
-        out.update(
-            totalUpdatedRows=len(touched["rows"]),
-            totalUpdatedColumns=len(touched["cols"]),
-            totalUpdatedCells=total,
-            totalUpdatedSheets=len(touched["sheets"]),
-        )
-    if responses:
-        out["responses"] = responses
-    return out
+    targets = []
+    for item in body.get("data") or []:
+        bounds, exact = _write_range(book, item.get("range", ""))
+        targets.append((item, bounds, exact, None))
+    return _write_batch(book, body, targets)
 
 
 def _values_batch_update_by_data_filter(
     server: SheetsServer, book: Spreadsheet, call: Call
 ) -> dict[str, Any]:
     body = call.body or {}
+    targets = []
+    for item in body.get("data") or []:
+        data_filter = item.get("dataFilter") or {}
+        # Every range the filter selects gets the values; a filter that selects nothing
+        # (its row was deleted) writes nothing and gets no response entry.
+        for bounds in book.data_filter_bounds(data_filter):
+            targets.append((item, bounds, True, data_filter))
+    return _write_batch(book, body, targets)
+
+
+def _write_batch(
+    book: Spreadsheet,
+    body: dict[str, Any],
+    targets: list[tuple[dict[str, Any], Bounds, bool, dict[str, Any] | None]],
+) -> dict[str, Any]:
+    """values.batchUpdate(ByDataFilter): every (values, where) or none of them."""
     option = body.get("valueInputOption") or "INPUT_VALUE_OPTION_UNSPECIFIED"
+    render = body.get("responseValueRenderOption") or "FORMATTED_VALUE"
+    dates = body.get("responseDateTimeRenderOption") or "SERIAL_NUMBER"
     responses = []
     touched: dict[str, set[Any]] = {"rows": set(), "cols": set(), "sheets": set()}
     total = 0
     snapshot = _snapshot(book)
     try:
-        for item in body.get("data") or []:
-            data_filter = item.get("dataFilter") or {}
-            # Every range the filter selects gets the values; a filter that selects nothing
-            # (its row was deleted) writes nothing and gets no response entry.
-            for bounds in book.data_filter_bounds(data_filter):
-                written, cells, rows, cols = book.write_values(
-                    bounds,
-                    item.get("values") or [],
-                    item.get("majorDimension") or "ROWS",
-                    option,
-                    True,
-                )
-                response: dict[str, Any] = {}
-                if cells:
-                    response.update(
-                        updatedRange=written.a1(),
-                        updatedRows=len(rows),
-                        updatedColumns=len(cols),
-                        updatedCells=cells,
-                    )
+        for item, bounds, exact, data_filter in targets:
+            values, major = item.get("values") or [], item.get("majorDimension") or "ROWS"
+            written, cells, rows, cols = book.write_values(bounds, values, major, option, exact)
+            response = _update_response(book, written, cells, rows, cols)
+            if data_filter is not None:  # UpdateValuesByDataFilterResponse: no spreadsheetId
+                del response["spreadsheetId"]
+                if not cells:
+                    del response["updatedRange"]
                 response["dataFilter"] = data_filter
-                if body.get("includeValuesInResponse"):
-                    response["updatedData"] = book.read_values(
-                        bounds,
-                        "ROWS",
-                        body.get("responseValueRenderOption") or "FORMATTED_VALUE",
-                        body.get("responseDateTimeRenderOption") or "SERIAL_NUMBER",
-                    )
-                responses.append(response)
-                total += cells
-                touched["rows"] |= {(bounds.sheet.id, r) for r in rows}
-                touched["cols"] |= {(bounds.sheet.id, c) for c in cols}
-                if cells:
-                    touched["sheets"].add(bounds.sheet.id)
+            if body.get("includeValuesInResponse"):
+                shown = bounds if data_filter is not None else written
+                response["updatedData"] = book.read_values(shown, "ROWS", render, dates)
+            responses.append(response)
+            total += cells
+            touched["rows"] |= {(bounds.sheet.id, r) for r in rows}
+            touched["cols"] |= {(bounds.sheet.id, c) for c in cols}
+            if cells:
+                touched["sheets"].add(bounds.sheet.id)
     except ApiError:
         _restore(book, snapshot)
         raise

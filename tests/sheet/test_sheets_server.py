@@ -15,7 +15,7 @@ from google.auth.transport.requests import AuthorizedSession, Request
 from google.oauth2.service_account import Credentials
 
 from harness import sheets_server as srv
-from harness.sheets_client import ACCOUNT, google_session
+from harness.sheets_client import ACCOUNT, authorized, google_session
 from harness.sheets_fixtures import GoogleEnv, google_fixture, sheets_server_fixture  # noqa: F401
 from harness.sheets_server import SCOPE, Person
 
@@ -26,12 +26,7 @@ GET = "sheets.spreadsheets.get"
 @pytest.fixture
 def api(google: GoogleEnv) -> AuthorizedSession:
     """A session authorized the way gpumon is (service account, spreadsheets scope)."""
-    credentials = Credentials.from_service_account_file(str(google.key_file), scopes=[SCOPE])
-    base = google.session()
-    session = AuthorizedSession(credentials, auth_request=Request(base))
-    for prefix, adapter in base.adapters.items():
-        session.mount(prefix, adapter)
-    return session
+    return authorized(google.server, google.key_file)
 
 
 def url(google: GoogleEnv, tail: str = "") -> str:

@@ -26,13 +26,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from google.auth.transport.requests import AuthorizedSession, Request
-from google.oauth2.service_account import Credentials
 
-from harness.sheets_client import ACCOUNT, google_session, write_service_account_key
+from harness.sheets_client import ACCOUNT, authorized, write_service_account_key
 from harness.sheets_fixtures import sheets_server_fixture  # noqa: F401
 from harness.sheets_model import Spreadsheet
-from harness.sheets_server import SCOPE, SheetsServer
+from harness.sheets_server import SheetsServer
 
 CASSETTES = Path("/work/shared/fixtures/gspread-cassettes")
 NAMES = sorted(p.name for p in CASSETTES.glob("*.json"))
@@ -100,11 +98,7 @@ def test_answers_match_googles_recorded_answers(
 ) -> None:
     cassette = json.loads((CASSETTES / name).read_text(encoding="utf-8"))
     key = write_service_account_key(sheets_server, tmp_path / "sa.json")
-    credentials = Credentials.from_service_account_file(str(key), scopes=[SCOPE])
-    base = google_session(sheets_server)
-    session = AuthorizedSession(credentials, auth_request=Request(base))
-    for prefix, adapter in base.adapters.items():
-        session.mount(prefix, adapter)
+    session = authorized(sheets_server, key)
 
     compared = 0
     problems: list[str] = []
