@@ -94,14 +94,20 @@ class PushOutcome:
 
 
 def poll_names(config: Config, servers_in_sheet: Sequence[str]) -> list[str]:
-    """The sheet's servers (with [poll] servers_from_sheet), then the config's, once each."""
+    """The sheet's servers (with [poll] servers_from_sheet), then the config's, once each.
+
+    A sheet name that a [servers.NAME] table names in another case is polled under the config's
+    spelling, so the poller finds that table (host names are case-insensitive).
+    """
+    configured = {server_key(name): name for name in config.servers}
     names: list[str] = []
     seen: set[str] = set()
     candidates = list(servers_in_sheet) if config.poll.servers_from_sheet else []
     for name in [*candidates, *config.servers]:
-        if server_key(name) not in seen:
-            seen.add(server_key(name))
-            names.append(name)
+        key = server_key(name)
+        if key not in seen:
+            seen.add(key)
+            names.append(configured.get(key, name))
     return names
 
 
