@@ -282,18 +282,19 @@ def test_a_hanging_gpu_call_costs_one_deadline_then_nothing(fake_nvml, child_rea
         gpus=[make_gpu(0), make_gpu(1, hang=["nvmlDeviceGetPowerUsage"]), make_gpu(2)]
     )
     fake = fake_nvml(state)
-    child = child_reader(fake, timeout=0.5)
+    child = child_reader(fake, timeout=0.8)
 
     first = child.run("result = read()")
     later = [child.run("result = read()") for _ in range(5)]
 
-    assert 0.5 <= first["seconds"] < 3
+    assert 0.8 <= first["seconds"] < 3
+    assert fake.calls().count(("nvmlDeviceGetPowerUsage", 1)) == 1  # never issued again
     assert first["gpus"][1]["state"] == "error"
-    assert "nvmlDeviceGetPowerUsage did not return within 0.5 s" in first["gpus"][1]["error"]
+    assert "nvmlDeviceGetPowerUsage did not return within 0.8 s" in first["gpus"][1]["error"]
     assert first["gpus"][1]["utilization_pct"] == 0.0  # read before the hang
     assert [first["gpus"][i]["state"] for i in (0, 2)] == ["ok", "ok"]
     for sample in later:
-        assert sample["seconds"] < 0.4  # the hung call is not issued again
+        assert sample["seconds"] < 0.8  # no deadline waited for
         assert sample["hung"] == 1
         assert sample["threads"] <= first["threads"]
         assert "nvmlDeviceGetPowerUsage has not returned" in sample["gpus"][1]["error"]
@@ -315,7 +316,7 @@ def test_a_hanging_driver_makes_nvml_unavailable_quickly(fake_nvml, child_reader
     state = FakeState.with_gpus(4)
     state.hang = ["nvmlDeviceGetCount_v2"]
     fake = fake_nvml(state)
-    child = child_reader(fake, timeout=0.3)
+    child = child_reader(fake, timeout=0.6)
 
     first = child.run("result = read()")
     second = child.run("result = read()")
@@ -324,9 +325,10 @@ def test_a_hanging_driver_makes_nvml_unavailable_quickly(fake_nvml, child_reader
         assert sample["nvml"]["available"] is False
         assert sample["nvml"]["error_code"] == "timeout"
         assert sample["gpus"] == []
-    assert "did not return within 0.3 s" in first["nvml"]["error"]
+    assert "did not return within 0.6 s" in first["nvml"]["error"]
     assert "has not returned" in second["nvml"]["error"]
-    assert second["seconds"] < 0.2
+    assert second["seconds"] < 0.6
+    assert fake.calls().count(("nvmlDeviceGetCount_v2", -1)) == 1
     assert second["hung"] == 1
 
 

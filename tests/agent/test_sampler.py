@@ -125,14 +125,14 @@ def test_a_process_that_exits_between_samples_becomes_unknown(fake_nvml, child_s
 def test_the_mean_covers_the_window_only(fake_nvml, child_sampler):
     state = FakeState.with_gpus(1)
     fake = fake_nvml(state)
-    child = child_sampler(fake.env(), interval=0.1, window=1.0)
+    child = child_sampler(fake.env(), interval=0.1, window=1.5)
 
     means = []
     for utilization in (10, 20, 30, 60):
         state.gpus[0].utilization_gpu = utilization
         fake.write(state)
         means.append(child.run("result = sample()")["gpus"][0]["utilization_mean_pct"])
-    time.sleep(1.1)
+    time.sleep(1.6)
     state.gpus[0].utilization_gpu = 90
     fake.write(state)
     after_window = child.run("result = sample()")["gpus"][0]
