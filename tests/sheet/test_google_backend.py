@@ -5,6 +5,7 @@ Backend level: read, write, setup, errors. The push scenarios are in test_google
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -436,6 +437,4 @@ def test_a_missing_or_bad_key_file_is_a_config_error_naming_it(
 
 
 def _b64(text: str) -> bytes:
-    import base64
-
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
