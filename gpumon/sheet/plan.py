@@ -136,7 +136,8 @@ def plan(
         if block is None:
             _unplaced(layout, result, out, setup, add_rows)
             continue
-        cells = render(result, tz, set(block.gpu_rows))
+        # GPUs listed twice have rows (which the layout warned about): not "missing".
+        cells = render(result, tz, set(block.gpu_rows) | block.ambiguous_gpus)
         for column in SERVER_COLUMNS:
             value = cells.server.get(column)
             if value is not None:
@@ -149,7 +150,7 @@ def plan(
         elif block.plain_row:
             for column in GPU_COLUMNS:  # a server without GPU rows: these cells say nothing
                 targets.gpu_cell(block, block.name_row, column, cells.absent[column])
-        missing = sorted(i for i in cells.gpus if i not in block.gpu_rows)
+        missing = sorted(set(cells.gpus) - set(block.gpu_rows) - block.ambiguous_gpus)
         if add_rows and missing:
             setup.new_rows.append(
                 NewRows(

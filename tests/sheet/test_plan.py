@@ -194,3 +194,12 @@ def test_a_server_polled_twice_is_planned_once(seed):
     p = plan_for(seed, [on("hcpbsp", [gpu(0)]), off("hcpbsp")])
     assert "OFF" not in cells(p).values()
     assert [c.cell for c in p.changes].count("M8") == 1
+
+
+def test_gpu_listed_twice_is_neither_missing_nor_added(seed):
+    seed.values[24][1] = "1"  # sigbsp: GPUs 0, 1, 1, 3 — GPU 1 twice, GPU 2 without a row
+    p = plan_for(with_status_columns(seed), [on("sigbsp", [gpu(i) for i in range(4)])],
+                 add_rows=True)  # fmt: skip
+    assert [(n.server, n.gpus) for n in p.setup.new_rows] == [("sigbsp", [2])]
+    assert cells(p)["M23"] == "GPU 2 not in the sheet"
+    assert not {"I24", "I25"} & set(cells(p))
