@@ -235,6 +235,7 @@ def _num(value: float) -> int | float:
 
 
 def column_letters(col: int) -> str:
+    # Not gpumon.sheet.grid.column_letter on purpose: the fake must not share the client's bugs.
     letters = ""
     col += 1
     while col:

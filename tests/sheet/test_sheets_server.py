@@ -299,6 +299,25 @@ def test_by_data_filter_writes_follow_the_metadata_and_skip_nulls(google: Google
     assert answer["totalUpdatedCells"] == 1
 
 
+def test_metadata_search_and_reads_by_data_filter_find_the_anchored_row(
+    google: GoogleEnv, api
+) -> None:
+    meta = anchor(google, 12, "lstmbbsp|0")
+    Person(google.book).insert_rows(0)
+    lookup = {
+        "developerMetadataLookup": {"metadataKey": "gpumon.row", "metadataValue": "lstmbbsp|0"}
+    }
+    found = api.post(
+        url(google, "/developerMetadata:search"), json={"dataFilters": [lookup]}, timeout=5
+    )
+    [match] = found.json()["matchedDeveloperMetadata"]
+    assert match["developerMetadata"]["metadataId"] == meta
+    assert match["developerMetadata"]["location"]["dimensionRange"]["startIndex"] == 13
+    body = {"dataFilters": [lookup], "valueRenderOption": "FORMATTED_VALUE"}
+    got = api.post(url(google, "/values:batchGetByDataFilter"), json=body, timeout=5).json()
+    assert got["valueRanges"][0]["valueRange"]["values"][0][:3] == ["lstmbbsp", "0", "khc"]
+
+
 # --- faults ------------------------------------------------------------------------------------
 
 
