@@ -79,7 +79,6 @@ OLD_DRIVER_MISSING = (
     "nvmlDeviceGetGraphicsRunningProcesses_v2",
     "nvmlDeviceGetMemoryInfo_v2",
     "nvmlDeviceGetCurrentClocksEventReasons",
-    "nvmlSystemGetCudaDriverVersion_v2",
 )
 
 GiB = 1 << 30
@@ -242,18 +241,6 @@ class FakeNvml:
         else:
             env.pop("FAKE_NVML_LOG", None)
         return env
-
-    def apply(self) -> None:
-        """Point this process's environment at the fake (for code that runs in-process).
-
-        The dynamic loader reads LD_LIBRARY_PATH at process start, so in-process loading goes
-        through the absolute path instead: preload the library under its soname, and pynvml's
-        CDLL("libnvidia-ml.so.1") then finds the already-loaded copy.
-        """
-        import ctypes
-
-        os.environ.update(self.env())
-        ctypes.CDLL(str(self.lib_dir / LIBRARY_NAME), mode=ctypes.RTLD_GLOBAL)
 
     def calls(self) -> list[tuple[str, int]]:
         """(function, gpu index or -1) for every call made so far, in order."""
