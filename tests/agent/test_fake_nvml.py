@@ -242,3 +242,16 @@ def test_the_library_is_rebuilt_only_when_its_inputs_change():
     assert build() == first
     assert (first / "libnvidia-ml.so.1").stat().st_mtime_ns == built_at
     assert build(omit=["nvmlDeviceGetMemoryInfo_v2"]) != first
+
+
+def test_a_broken_state_file_fails_loudly(fake_nvml):
+    fake = fake_nvml(FakeState.with_gpus(1))
+    fake.state_path.write_text('{"gpus": [ {"uuid": "GPU-1"} ')  # cut short
+
+    done = subprocess.run(
+        [sys.executable, "-c", READ_ALL], env=fake.env(), capture_output=True, text=True
+    )
+
+    assert json.loads(done.stdout) == "NVMLError_Unknown"
+    assert str(fake.state_path) in done.stderr
+    assert "fake_nvml" in done.stderr
