@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from gpumon import __version__
+
+if TYPE_CHECKING:
+    import argparse
 
 # Delegated verbatim to the agent's own CLI (kept first: `gpumon agent report --json` is hot).
 AGENT_COMMANDS = {"agent": None, "claim": "claim"}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="gpumon",
         description="Keep the 'Server and GPU usage' sheet live from every server's gpumon agent.",
@@ -52,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in AGENT_COMMANDS:
+        from gpumon_agent.snapshot import fast_report
+
+        # `gpumon agent report --json` with a fresh snapshot: no argparse, no pynvml.
+        if argv[0] == "agent" and (code := fast_report(argv[1:])) is not None:
+            return code
         from gpumon_agent.cli import main as agent_main
 
         sub = AGENT_COMMANDS[argv[0]]
