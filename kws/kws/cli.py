@@ -89,18 +89,21 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, (SynthError, TrainError)):
             print(f"kws {args.command}: {e}", file=sys.stderr)
             return 2
-        if _is_claim_error(e):
+        status = _claim_error_status(e)
+        if status:
             print(f"kws {args.command}: cannot claim a GPU: {e}", file=sys.stderr)
-            return 75  # EX_TEMPFAIL, as `gpumon claim` says for busy GPUs
+            return status
         raise
 
 
-def _is_claim_error(e: Exception) -> bool:
-    try:
-        from gpumon_agent.claims import ClaimError
-    except ImportError:
-        return False
-    return isinstance(e, ClaimError)
+def _claim_error_status(e: Exception) -> int:
+    """As `gpumon claim`: 75 (EX_TEMPFAIL) when GPUs are busy or the lock is, 1 for other
+    claim errors, 0 when ``e`` is not a claim error."""
+    from gpumon_agent.claims import ClaimError, LockTimeout, NoFreeGpu
+
+    if isinstance(e, (NoFreeGpu, LockTimeout)):
+        return 75
+    return 1 if isinstance(e, ClaimError) else 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

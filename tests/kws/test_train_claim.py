@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.fakenvml import FakeNvml, FakeState, env_without_nvml
+from harness.fakenvml import FakeNvml, FakeProcess, FakeState, env_without_nvml
 
 BIN = Path(sys.executable).parent
 MODEL = ["--model", "ch8", "--depth", "6", "--bn", "--lr", "0.003", "--batch-size", "16"]
@@ -175,3 +175,14 @@ def test_without_nvml_it_trains_on_the_cpu_with_no_claim(synth_set, tmp_path):
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["claimed_gpus"] == [] and metrics["device"] == "cpu"
     assert not os.path.exists(tmp_path / "cl") or claim_files(env) == []
+
+
+def test_no_free_gpu_exits_75_with_the_hooks_message(tmp_path, synth_set):
+    busy = FakeState.with_gpus(1)
+    busy.gpus[0].compute_processes = [FakeProcess(pid=os.getpid())]
+    env = FakeNvml(tmp_path / "nvml", busy).env(log=False)
+    env.update(GPUMON_STATE_DIR=str(tmp_path / "state"), GPUMON_CLAIMS_DIR=str(tmp_path / "cl"))
+    rc, err = start(env, synth_set, tmp_path / "out", 1).finish()
+    assert rc == 75, err
+    assert "kws train: cannot claim a GPU:" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "last.pt").exists()
