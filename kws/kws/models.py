@@ -177,9 +177,15 @@ class ModelSpec:
     """What a checkpoint needs to rebuild its network."""
 
     model: str
-    depth: int | None = None
+    depth: int | None = None  # None: the model's own depth (ch32: 8 … ch128: 9)
     dropout: float = 0.0
     bn: bool = False
+
+    def __post_init__(self) -> None:
+        # "--depth 8" on ch32 is ch32 itself: one name and one spec for one network.
+        match = re.fullmatch(r"ch(\d+)", self.model)
+        if match and self.depth == DEFAULT_DEPTH.get(int(match.group(1)), 8):
+            object.__setattr__(self, "depth", None)
 
     def arch(self) -> Arch:
         return get_arch(self.model, self.depth)

@@ -106,6 +106,8 @@ def pick_device(visible: str | None) -> torch.device:
 def make_deterministic(seed: int, device: torch.device) -> None:
     torch.manual_seed(seed)
     if device.type == "cuda":
+        # cuBLAS is deterministic only with a fixed workspace; read when its handle is made.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -80,4 +80,6 @@ def test_spec_label_and_round_trip():
     spec = ModelSpec("ch128", dropout=0.25, bn=True)
     assert spec.label() == "ch128 do0.25+bn"
     assert ModelSpec("ch32", depth=5).label() == "ch32 d5"
+    assert ModelSpec("ch32", depth=8) == ModelSpec("ch32")  # its own depth, said or not
+    assert ModelSpec("ch128", depth=9).label() == "ch128"
     assert ModelSpec.from_dict(spec.to_dict()) == spec

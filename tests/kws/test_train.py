@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,3 +72,20 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, dataset, synth_s
         train(config(tmp_path, synth_set, 2, spec=other, resume=tmp_path / "last.pt"), dataset)
     with pytest.raises(TrainError, match="no such checkpoint"):
         train(config(tmp_path, synth_set, 2, resume=tmp_path / "nope.pt"), dataset)
+
+
+def test_skipped_files_are_named_in_one_warning_and_training_goes_on(tmp_path, capsys):
+    from kws.labels import CLASSES
+    from kws.synth import write_wav
+
+    rng = np.random.default_rng(0)
+    for word in CLASSES:
+        (tmp_path / "data" / word).mkdir(parents=True)
+        for speaker in ("aaaa0001", "bbbb0002"):
+            samples = (rng.standard_normal(16000) * 1000).astype(np.int16)
+            write_wav(tmp_path / "data" / word / f"{speaker}_nohash_0.wav", samples)
+    (tmp_path / "data" / "cat" / "cccc0003_nohash_0.wav").write_bytes(b"not a wav")
+    metrics = train(config(tmp_path / "out", tmp_path / "data", 1))
+    err = capsys.readouterr().err
+    assert "skipped 1 unusable file(s):" in err and "cat/cccc0003_nohash_0.wav" in err
+    assert metrics["finished"] and metrics["data"]["skipped"] == 1
