@@ -6,13 +6,26 @@ import os
 import pwd
 import subprocess
 import sys
+import time
+
+import psutil
 
 from gpumon_agent.procs import MAX_COMMAND_CHARS, describe
 
 
+def started(argv: list[str], **kwargs) -> subprocess.Popen:
+    """A child that has really exec'd `argv` (before exec, /proc shows the forking parent)."""
+    child = subprocess.Popen(argv, **kwargs)
+    deadline = time.monotonic() + 10
+    while psutil.Process(child.pid).cmdline() != argv:
+        assert time.monotonic() < deadline, "child never exec'd"
+        time.sleep(0.005)
+    return child
+
+
 def test_a_process_of_another_user_shows_its_user_and_command():
     # Running as another user needs root, as in CI.
-    child = subprocess.Popen(["sleep", "30"], user="nobody")
+    child = started(["sleep", "30"], user="nobody")
     try:
         assert describe(child.pid) == ("nobody", "sleep 30")
     finally:
@@ -31,7 +44,7 @@ def test_a_vanished_or_impossible_pid_is_unknown():
 
 def test_a_long_or_multiline_command_is_one_cut_line():
     code = "import time; time.sleep(30)"
-    child = subprocess.Popen([sys.executable, "-c", code, "two\nlines", "x" * 300])
+    child = started([sys.executable, "-c", code, "two\nlines", "x" * 300])
     try:
         user, command = describe(child.pid)
     finally:
