@@ -17,7 +17,7 @@ from typing import TextIO
 
 from gpumon.config import Config
 from gpumon.poll import result as codes
-from gpumon.poll.result import ServerResult
+from gpumon.poll.result import ServerResult, human_duration
 from gpumon.sheet.cells import format_job, format_memory, format_running, format_util
 from gpumon.table import Cell, format_table, is_terminal, use_color
 from gpumon_agent.report import GPU_OK, Gpu, parse_utc_iso, utc_iso
@@ -163,13 +163,7 @@ def _ago(iso: str) -> str:
         return iso
     seconds = max(0.0, time.time() - moment.timestamp())
     local = moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-    if seconds < 120:
-        return f"{local} ({seconds:.0f} s ago)"
-    if seconds < 7200:
-        return f"{local} ({seconds / 60:.0f} min ago)"
-    if seconds < 172800:
-        return f"{local} ({seconds / 3600:.0f} h ago)"
-    return f"{local} ({seconds / 86400:.0f} days ago)"
+    return f"{local} ({human_duration(seconds)} ago)"
 
 
 class Progress:

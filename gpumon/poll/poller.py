@@ -23,7 +23,7 @@ from gpumon.poll.answer import interpret
 from gpumon.poll.hostkeys import KnownHosts, known_hosts_files
 from gpumon.poll.inventory import Destination, SshConfigFile, resolve
 from gpumon.poll.lastseen import LastSeen
-from gpumon.poll.result import ServerResult
+from gpumon.poll.result import ServerResult, human_duration
 from gpumon.poll.transport import Attempt, Connection, ConnectionLost, Opener, PollFailure
 from gpumon_agent.report import MAX_REPORT_BYTES, Report, parse_utc_iso, utc_iso
 
@@ -266,7 +266,7 @@ class Poller:
         if age > stale_after:
             result.reason_code = codes.AGENT_STALE
             result.reason = (
-                f"agent stale: its report is {_duration(age)} old (limit {stale_after:g} s) "
+                f"agent stale: its report is {human_duration(age)} old (limit {stale_after:g} s) "
                 "— agent daemon stuck, or the server's clock is off"
             )
 
@@ -275,13 +275,3 @@ class Poller:
         self.last_seen.update(seen)
         for name, r in results.items():
             r.last_seen_on = r.polled_at if r.on else self.last_seen.get(name)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.0f} h"
-    return f"{seconds / 86400:.0f} days"

@@ -37,3 +37,14 @@ class ServerResult:
     notes: list[str] = field(default_factory=list)
     address: str | None = None  # the IP actually dialled (None via ProxyJump to a name)
     reused: bool = False  # polled over a connection kept open from an earlier sweep
+
+
+def human_duration(seconds: float) -> str:
+    """A rough age for people: "45 s", "12 min", "5 h", "3 days"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
