@@ -89,13 +89,12 @@ def sample_gpus(settings: AgentSettings) -> List[Gpu]:
 
 
 def _name_process_users(gpus: List[Gpu]) -> None:
-    """Fill GpuProcess.user, for the message that says who uses a GPU (best effort)."""
-    import psutil
+    """Fill GpuProcess.user and .command, for the message that says who uses a GPU."""
+    from gpumon_agent.procs import describe
 
     for gpu in gpus:
         for proc in gpu.processes:
-            with contextlib.suppress(psutil.Error):
-                proc.user = psutil.Process(proc.pid).username()
+            proc.user, proc.command = describe(proc.pid)
 
 
 class Claim:
