@@ -3,8 +3,6 @@ sandbox does not break the agent where that can be checked without systemd runni
 
 from __future__ import annotations
 
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,23 +11,12 @@ from agent_proc import AGENT, Daemon, agent_env
 
 from gpumon_agent.report import Report
 from harness.fakenvml import FakeState
+from harness.systemd_units import SYSTEMD_ANALYZE, exposure, under_mdwe, unit_settings, verify
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "systemd" / "gpumon-agent.service"
 # Measured with systemd 252 (Debian 12): 1.5 "OK". Raising it needs a reason in the unit.
 MAX_EXPOSURE = 1.5
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-
-
-def unit_settings() -> dict[str, list[str]]:
-    settings: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", "[")):
-            continue
-        key, _, value = line.partition("=")
-        settings.setdefault(key, []).append(value)
-    return settings
 
 
 def local_copy(tmp_path: Path) -> Path:
@@ -46,29 +33,20 @@ def test_systemd_analyze_is_installed():
 
 
 def test_unit_verifies_cleanly(tmp_path):
-    done = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", str(local_copy(tmp_path))], capture_output=True, text=True
-    )
+    done = verify(local_copy(tmp_path))
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == ""
 
 
 def test_exposure_score_stays_at_the_measured_level(tmp_path):
-    done = subprocess.run(
-        [SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(local_copy(tmp_path))],
-        capture_output=True,
-        text=True,
-    )
-    m = re.search(r"Overall exposure level for gpumon-agent\.service: (\d+\.\d+)", done.stdout)
-    assert m, done.stdout + done.stderr
-    exposure = float(m.group(1))
-    assert exposure <= MAX_EXPOSURE
+    measured = exposure(local_copy(tmp_path))
+    assert measured <= MAX_EXPOSURE
     # The figure quoted at the top of the unit is the one measured.
-    assert f"overall exposure {exposure}" in UNIT.read_text()
+    assert f"overall exposure {measured}" in UNIT.read_text()
 
 
 def test_unit_runs_the_daemon_unprivileged_with_its_runtime_dir():
-    s = unit_settings()
+    s = unit_settings(UNIT)
     assert s["ExecStart"] == ["/opt/gpumon-agent/bin/gpumon-agent run"]
     assert s["User"] == ["gpumon"] and s["DynamicUser"] == ["yes"]
     assert s["RuntimeDirectory"] == ["gpumon"] and s["RuntimeDirectoryMode"] == ["0755"]
@@ -81,18 +59,7 @@ def test_unit_runs_the_daemon_unprivileged_with_its_runtime_dir():
         assert hides_processes not in s
 
 
-# The kernel's own MemoryDenyWriteExecute (Linux 6.3+): PR_SET_MDWE with
-# PR_MDWE_REFUSE_EXEC_GAIN refuses writable+executable mappings for this process and its
-# children, as systemd's seccomp filter does.
-UNDER_MDWE = """
-import ctypes, sys
-libc = ctypes.CDLL(None, use_errno=True)
-if libc.prctl(65, 1, 0, 0, 0) != 0:
-    sys.exit("PR_SET_MDWE failed (errno %d): this test needs Linux 6.3 or newer"
-             % ctypes.get_errno())
-from gpumon_agent.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+UNDER_MDWE = under_mdwe("gpumon_agent.cli")
 
 
 def test_agent_works_under_memory_deny_write_execute(tmp_path, fake_nvml):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from sheetkit import seed_workbook
 from gpumon.cli import build_parser
 from gpumon.config import parse
 from harness.sshd import Fleet, canned_report
+from harness.systemd_units import SYSTEMD_ANALYZE, exposure, under_mdwe, unit_settings, verify
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD = REPO / "deploy" / "systemd"
@@ -25,17 +25,10 @@ CRON = REPO / "deploy" / "cron" / "gpumon-push"
 INSTALLED = "/opt/gpumon/bin/gpumon"
 # Measured with systemd 252 (Debian 12): 1.1 "OK". Raising it needs a reason in the unit.
 MAX_EXPOSURE = 1.1
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 
 def settings(name: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in (SYSTEMD / name).read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "[")):
-            key, _, value = line.partition("=")
-            out.setdefault(key, []).append(value)
-    return out
+    return unit_settings(SYSTEMD / name)
 
 
 def local_copies(tmp_path: Path) -> list[Path]:
@@ -54,28 +47,16 @@ def test_systemd_analyze_is_installed():
 
 
 def test_units_verify_cleanly(tmp_path):
-    done = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", *map(str, local_copies(tmp_path))],
-        capture_output=True,
-        text=True,
-    )
+    done = verify(*local_copies(tmp_path))
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == ""
 
 
 @pytest.mark.parametrize("name", UNITS)
 def test_exposure_stays_at_the_measured_level(tmp_path, name):
-    unit = next(p for p in local_copies(tmp_path) if p.name == name)
-    done = subprocess.run(
-        [SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(unit)],
-        capture_output=True,
-        text=True,
-    )
-    found = re.search(rf"Overall exposure level for {re.escape(name)}: (\d+\.\d+)", done.stdout)
-    assert found, done.stdout + done.stderr
-    exposure = float(found.group(1))
-    assert exposure <= MAX_EXPOSURE
-    assert f"overall exposure {exposure}" in (SYSTEMD / name).read_text()
+    measured = exposure(next(p for p in local_copies(tmp_path) if p.name == name))
+    assert measured <= MAX_EXPOSURE
+    assert f"overall exposure {measured}" in (SYSTEMD / name).read_text()
 
 
 def test_units_run_gpumon_unprivileged_with_the_commands_it_knows():
@@ -107,17 +88,8 @@ def test_cron_line_is_one_push_a_minute_as_gpumon():
     assert command[1:-1] == ["--config", "/etc/gpumon/gpumon.toml", "push"]
 
 
-# The kernel's own MemoryDenyWriteExecute (Linux 6.3+), the rule the units' seccomp filter
-# enforces: paramiko's crypto, openpyxl and the rest of a push must run under it.
-UNDER_MDWE = """
-import ctypes, sys
-libc = ctypes.CDLL(None, use_errno=True)
-if libc.prctl(65, 1, 0, 0, 0) != 0:
-    sys.exit("PR_SET_MDWE failed (errno %d): this test needs Linux 6.3 or newer"
-             % ctypes.get_errno())
-from gpumon.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+# paramiko's crypto, openpyxl and the rest of a push must run under the units' MDWE rule.
+UNDER_MDWE = under_mdwe("gpumon.cli")
 
 
 @pytest.mark.slow
