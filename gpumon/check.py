@@ -32,7 +32,7 @@ FIXES = {
     codes.HOST_KEY_UNKNOWN: "record its host key: gpumon trust {name}",
     codes.HOST_KEY_CHANGED: "if {name} was reinstalled, record the new key (gpumon trust {name}); "
     "otherwise find out who answers at {dest}",
-    codes.AGENT_MISSING: "install gpumon-agent on {name} (docs/setup.md, 'The agent')",
+    codes.AGENT_MISSING: "install gpumon-agent on {name} (README, set-up step 3)",
     codes.AGENT_FAILED: "run `gpumon-agent report` on {name} to see why it fails",
     codes.BAD_OUTPUT: "the forced command on {name} must be `gpumon-agent report --json` "
     "(deploy/ssh/authorized_keys.example)",

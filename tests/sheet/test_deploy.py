@@ -134,13 +134,13 @@ port = {fleet.port}
 
 
 def test_setup_guide_config_example_is_valid():
-    guide = (REPO / "docs" / "setup.md").read_text()
+    guide = (REPO / "README.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", guide, re.S)
     assert len(blocks) == 1
     text = "\n".join(
         line[3:] if line.startswith("   ") else line for line in blocks[0].splitlines()
     )
-    config = parse(text, "docs/setup.md")
+    config = parse(text, "README.md")
     assert config.sheet.backend == "google" and config.poll.user == "gpumon-poll"
     assert config.servers["grubsp"].port == 2222
     serve = settings("gpumon-serve.service")
