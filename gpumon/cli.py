@@ -87,9 +87,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(config)
     if args.command == "status":
+        from gpumon.push import fleet_names
         from gpumon.status import status
 
-        return status(config, as_json=args.json)
+        try:
+            names = fleet_names(config)
+        except ConfigError as e:
+            print(f"gpumon: {e}", file=sys.stderr)
+            return 2
+        return status(config, as_json=args.json, names=names)
     if args.command == "check":
         from gpumon.check import check
 

@@ -111,6 +111,27 @@ def poll_names(config: Config, servers_in_sheet: Sequence[str]) -> list[str]:
     return names
 
 
+def fleet_names(config: Config) -> list[str]:
+    """The servers a push would poll, for `gpumon status` and `gpumon check`: with
+    [poll] servers_from_sheet, one read of the sheet; if the sheet cannot be read, the config's
+    servers and a warning on stderr."""
+    if not config.poll.servers_from_sheet:
+        return poll_names(config, [])
+    from gpumon.sheet.backends import close_backend, open_backend
+
+    try:
+        backend = open_backend(config)
+        try:
+            layout = read_layout(backend.read(), config.sheet.columns)
+        finally:
+            close_backend(backend)
+    except (SheetError, LayoutError) as e:
+        only = f"polling only the servers in {config.origin}"
+        print(f"gpumon: warning: {e} — {only}", file=sys.stderr)
+        return poll_names(config, [])
+    return poll_names(config, layout.servers())
+
+
 def push_once(
     config: Config,
     backend: Backend,

@@ -132,3 +132,35 @@ def test_gpumon_status_json_command_line(
     assert main(["--config", str(config), "status", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [s["on"] for s in data["servers"]] == [True, True]
+
+
+def test_gpumon_status_polls_the_servers_named_in_the_sheet(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import openpyxl
+
+    sheet = tmp_path / "sheet.xlsx"
+    book = openpyxl.Workbook()
+    book.active.append(["Server", "GPU", "Usage", "IP", "ON/OFF", "Time"])
+    book.active.append(["hcbbsp", "0", "lww"])
+    book.active.append(["ganbsp", "0", "Niv"])
+    book.save(sheet)
+    busy, other = fleet.servers
+    known = tmp_path / "known_hosts"
+    known.write_text(fleet.known_hosts_text())
+    # ganbsp is only in the sheet: ~/.ssh/config says where it is (no name is looked up).
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(f"Host ganbsp\n  HostName {other.address}\n  Port {fleet.port}\n")
+    config = tmp_path / "gpumon.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}/state"\n[sheet]\nbackend = "xlsx"\npath = "{sheet}"\n'
+        f'[poll]\nknown_hosts = "{known}"\nuser = "{fleet.user.pw_name}"\n'
+        f'identity_files = ["{fleet.client_key}"]\nssh_config = "{ssh_config}"\n'
+        f'[servers.hcbbsp]\nhost = "{busy.address}"\nport = {fleet.port}\n'
+    )
+    assert main(["--config", str(config), "status", "--json"]) == 0
+    servers = json.loads(capsys.readouterr().out)["servers"]
+    assert [(s["name"], s["on"], s["address"]) for s in servers] == [
+        ("hcbbsp", True, busy.address),
+        ("ganbsp", True, other.address),
+    ]
