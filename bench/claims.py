@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from gpumon_agent.claims import ClaimRegistry, claim_gpus, new_record  # noqa: E402
 from gpumon_agent.report import Gpu  # noqa: E402
+from harness.fakenvml import FakeNvml, FakeState  # noqa: E402
 
 GPUS = [Gpu(index=i, uuid=f"GPU-{i}") for i in range(512)]
 
@@ -175,10 +176,6 @@ def bench_contention(top: str, cycles: int) -> None:
 
 HOOK = """
 import sys, time, statistics
-sys.path.insert(0, {tests!r})
-from pathlib import Path
-from harness.fakenvml import FakeNvml, FakeState
-FakeNvml(Path({work!r}), FakeState.with_gpus(8)).apply()
 from gpumon_agent.hook import claim
 from gpumon_agent.nvml import NvmlReader
 from gpumon_agent.settings import AgentSettings
@@ -206,13 +203,16 @@ print(med(enter, {n}), med(read, {n}))
 
 def bench_hook(top: str, repeat: int) -> None:
     print("with claim(): pass, end to end on the fake NVML (8 GPUs):")
-    code = HOOK.format(
-        tests=str(ROOT / "tests"),
-        work=os.path.join(top, "nvml"),
-        claims=os.path.join(top, "hook"),
-        n=max(repeat // 4, 20),
+    code = HOOK.format(claims=os.path.join(top, "hook"), n=max(repeat // 4, 20))
+    # The fake library is found through LD_LIBRARY_PATH, read when the process starts.
+    fake = FakeNvml(Path(top) / "nvml", FakeState.with_gpus(8))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=fake.env(log=False),
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     enter, read = (float(x) for x in out.stdout.split())
     row("claim() enter + exit (baseline: NVML read)", enter, read)
 
