@@ -200,10 +200,11 @@ def main() -> int:
         mark = "" if target is None else f"<= {target:g} s {verdict}"
         print(f"{label:40} {value:7.3f}  {mark}")
     print(
-        f"\nratios: gpumon steady is {p50(a_steady) / p50(steady):.1f}x faster than the "
-        f"gpustat-web way steady, {p50(naive) / p50(steady):.0f}x faster than naive serial;\n"
-        f"        gpumon cold is {p50(a_cold) / p50(cold):.1f}x faster than the gpustat-web way "
-        f"cold, {p50(naive) / p50(cold):.1f}x faster than naive serial."
+        f"\nratios (time of the other way / gpumon's; above 1: gpumon is faster):\n"
+        f"  steady: gpustat-web way {p50(a_steady) / p50(steady):.2f}x, "
+        f"naive serial {p50(naive) / p50(steady):.0f}x\n"
+        f"  cold:   gpustat-web way {p50(a_cold) / p50(cold):.2f}x, "
+        f"naive serial {p50(naive) / p50(cold):.1f}x"
     )
     print(
         f"spread: gpumon steady min/max {min(steady):.3f}/{max(steady):.3f} s, "

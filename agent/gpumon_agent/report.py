@@ -43,7 +43,7 @@ class ReportError(ValueError):
 @dataclass
 class GpuProcess:
     pid: int
-    kind: str = "compute"  # "compute" | "graphics"
+    kind: str = "compute"  # "compute" | "graphics" | "compute+graphics"
     gpu_memory_bytes: Optional[int] = None
     user: str = "?"  # "?" when the pid vanished or is not readable
     command: str = "?"  # command line, trimmed; "?" when unknown
