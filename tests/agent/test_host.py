@@ -28,18 +28,18 @@ Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tI
 wlan0\t00000000\t0102A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0
 eth0\t00000000\t010200C0\t0003\t0\t0\t100\t00000000\t0\t0\t0
 eth0\t000200C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
-docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
+docker0\t400200C0\t00000000\t0001\t0\t0\t0\tC0FFFFFF\t0\t0\t0
 """
 
 IF_ADDRS = {
     "lo": [Addr(socket.AF_INET, "127.0.0.1"), Addr(socket.AF_INET6, "::1")],
-    "docker0": [Addr(socket.AF_INET, "172.17.0.1")],
+    "docker0": [Addr(socket.AF_INET, "192.0.2.65")],
     "eth0": [
         Addr(socket.AF_INET6, "fe80::1%eth0"),
         Addr(socket.AF_INET, "192.0.2.15"),
         Addr(socket.AF_INET6, "2001:db8::15"),
     ],
-    "wlan0": [Addr(socket.AF_INET, "198.51.100.3")],
+    "wlan0": [Addr(socket.AF_INET, "192.0.2.200")],
 }
 
 
@@ -61,7 +61,7 @@ def test_the_primary_ip_is_the_default_route_interfaces_ipv4():
 
 
 def test_without_a_default_route_the_first_non_loopback_ipv4_is_primary():
-    assert primary_ipv4("", IF_ADDRS) == "172.17.0.1"
+    assert primary_ipv4("", IF_ADDRS) == "192.0.2.65"
     assert primary_ipv4("", {"lo": IF_ADDRS["lo"]}) is None
 
 
@@ -69,10 +69,10 @@ def test_addresses_leave_out_loopback_and_link_local():
     listed = [(a.interface, a.address, a.family) for a in addresses(IF_ADDRS)]
 
     assert listed == [
-        ("docker0", "172.17.0.1", "inet"),
+        ("docker0", "192.0.2.65", "inet"),
         ("eth0", "192.0.2.15", "inet"),
         ("eth0", "2001:db8::15", "inet6"),
-        ("wlan0", "198.51.100.3", "inet"),
+        ("wlan0", "192.0.2.200", "inet"),
     ]
 
 
