@@ -39,13 +39,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from harness.paths import SEED_SHEET
 from harness.sheets_discovery import Call, Invalid, discovery
 from harness.sheets_model import ApiError, Bounds, Spreadsheet, apply_mask, bad, parse_mask
 from harness.sheets_values import user_entered_input
 
 SCOPE = "https://www.googleapis.com/auth/spreadsheets"
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # what Google requires in `aud`
-FIXTURE = Path("/work/shared/fixtures/server-and-gpu-usage.json")
+FIXTURE = SEED_SHEET
 SEED_KEY = "1q4JKDHPubUlub8XbGVShh9ZTCfkOyZnIX0Vlb41j2xM"  # the key in the seed's sheet URL
 
 _FAULT_TEXT = {

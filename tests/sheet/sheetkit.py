@@ -13,8 +13,9 @@ from gpumon.poll.result import ServerResult
 from gpumon.sheet.grid import Grid, Merge
 from gpumon.sheet.layout import server_key
 from gpumon_agent.report import Gpu, GpuProcess, Host, Nvml, Report
+from harness.paths import SEED_SHEET
 
-SEED = Path(__file__).resolve().parent / "data" / "server-and-gpu-usage.json"
+SEED = SEED_SHEET
 SEED_SERVERS = [
     "hcpbsp", "ganbsp", "trlbsp", "glpbsp", "ecbsp", "lstmbbsp",
     "relbsp", "drlbsp", "mlbsp", "annbsp", "sigbsp", "grubsp",

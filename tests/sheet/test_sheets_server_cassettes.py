@@ -1,6 +1,6 @@
 """The local Sheets server answers as Google did: gspread's recorded cassettes, replayed.
 
-``/work/shared/fixtures/gspread-cassettes/*.json`` are real Google answers recorded by gspread's
+``../shared/fixtures/gspread-cassettes/*.json`` are real Google answers recorded by gspread's
 own test suite (MIT, see LICENSE.txt there). Each cassette holds one or more runs of a test;
 each run starts with a Drive ``files.create`` of a new spreadsheet and ends with its Drive
 ``files.delete``.
@@ -27,12 +27,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from harness.paths import shared_cassettes
 from harness.sheets_client import ACCOUNT, authorized, write_service_account_key
 from harness.sheets_fixtures import sheets_server_fixture  # noqa: F401
 from harness.sheets_model import Spreadsheet
 from harness.sheets_server import SheetsServer
 
-CASSETTES = Path("/work/shared/fixtures/gspread-cassettes")
+CASSETTES = shared_cassettes()
 NAMES = sorted(p.name for p in CASSETTES.glob("*.json"))
 
 
