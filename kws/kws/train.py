@@ -234,6 +234,12 @@ def _train_claimed(config, dataset, resumed, held, device: torch.device) -> dict
     loss_fn = nn.CrossEntropyLoss()
     show_bars = sys.stderr.isatty() if config.progress is None else config.progress
     info = _run_info(config, dataset, net, device, held)
+    claimed = ",".join(map(str, info["claimed_gpus"])) or "none"
+    print(
+        f"kws train: {info['job']!r} on {info['device']} (GPUs claimed: {claimed}), "
+        f"{info['params']:,} parameters, {_clip_counts(dataset)}",
+        file=sys.stderr,
+    )
     n = len(train_split)
     for epoch in range(state.epoch + 1, config.epochs + 1):
         model.train()
@@ -306,6 +312,10 @@ def _move_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> N
         for key, value in per_param.items():
             if isinstance(value, torch.Tensor) and key != "step":
                 per_param[key] = value.to(device)
+
+
+def _clip_counts(dataset: Dataset) -> str:
+    return ", ".join(f"{len(split)} {name}" for name, split in dataset.splits.items()) + " clips"
 
 
 def _run_info(config, dataset, net, device, held) -> dict[str, Any]:
