@@ -254,6 +254,23 @@ class Bounds:
             self.sheet.title, self.start_row, self.end_row, self.start_col, self.end_col
         )
 
+    def holds(self, merge: list[int]) -> bool:
+        """The merge [start_row, end_row, start_col, end_col] lies wholly inside these bounds."""
+        return (
+            self.start_row <= merge[0]
+            and merge[1] <= self.end_row
+            and self.start_col <= merge[2]
+            and merge[3] <= self.end_col
+        )
+
+    def overlaps(self, merge: list[int]) -> bool:
+        return (
+            merge[0] < self.end_row
+            and self.start_row < merge[1]
+            and merge[2] < self.end_col
+            and self.start_col < merge[3]
+        )
+
 
 class Spreadsheet:
     def __init__(self, spreadsheet_id: str, title: str, time_zone: str = "Etc/GMT") -> None:
@@ -861,10 +878,7 @@ class Spreadsheet:
         b = self.grid_bounds(body.get("range", {}))
         sheet = b.sheet
         for m in sheet.merges:
-            overlaps = (
-                m[0] < b.end_row and b.start_row < m[1] and m[2] < b.end_col and b.start_col < m[3]
-            )
-            if overlaps and m[1] - m[0] > 1:
+            if b.overlaps(m) and m[1] - m[0] > 1:
                 raise bad(
                     "Invalid requests[0].sortRange: You can't sort a range containing vertical "
                     "merges."
@@ -987,18 +1001,9 @@ class Spreadsheet:
             raise bad(f"Invalid requests[0].mergeCells: unknown mergeType {kind}")
         sheet = b.sheet
         for m in list(sheet.merges):
-            inside = (
-                b.start_row <= m[0]
-                and m[1] <= b.end_row
-                and b.start_col <= m[2]
-                and m[3] <= b.end_col
-            )
-            overlaps = (
-                m[0] < b.end_row and b.start_row < m[1] and m[2] < b.end_col and b.start_col < m[3]
-            )
-            if inside:
+            if b.holds(m):
                 sheet.merges.remove(m)
-            elif overlaps:
+            elif b.overlaps(m):
                 raise bad(
                     "Invalid requests[0].mergeCells: You can't merge cells that are already "
                     "partially merged."
@@ -1015,18 +1020,9 @@ class Spreadsheet:
     def _req_unmergeCells(self, body: dict[str, Any]) -> None:
         b = self.grid_bounds(body.get("range", {}))
         for m in list(b.sheet.merges):
-            inside = (
-                b.start_row <= m[0]
-                and m[1] <= b.end_row
-                and b.start_col <= m[2]
-                and m[3] <= b.end_col
-            )
-            overlaps = (
-                m[0] < b.end_row and b.start_row < m[1] and m[2] < b.end_col and b.start_col < m[3]
-            )
-            if inside:
+            if b.holds(m):
                 b.sheet.merges.remove(m)
-            elif overlaps:
+            elif b.overlaps(m):
                 raise bad(
                     "Invalid requests[0].unmergeCells: You must select all cells in a merged range "
                     "to merge or unmerge them."
