@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -40,38 +42,40 @@ def plot_confusion(matrix: np.ndarray, path: str | Path, title: str) -> Path:
 def plot_first_layer(weights: np.ndarray, path: str | Path, title: str) -> Path:
     """``weights`` [filters, 1, taps]: each filter's impulse response, one small plot each."""
     filters = weights[:, 0, :]
-    cols = min(8, len(filters))
-    rows = math.ceil(len(filters) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.2 * rows), squeeze=False)
     limit = float(np.abs(filters).max()) or 1.0
-    for k, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if k >= len(filters):
-            ax.axis("off")
-            continue
+
+    def draw(ax, k: int) -> None:
         ax.plot(filters[k], lw=1)
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_ylim(-limit, limit)
-        ax.set_title(str(k), fontsize=7, pad=2)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+
+    return _filter_grid(len(filters), 1.2, draw, path, title)
 
 
 def plot_second_layer(weights: np.ndarray, path: str | Path, title: str) -> Path:
     """``weights`` [filters, in_channels, taps]: each filter as an in-channel x tap heat map."""
-    cols = min(8, len(weights))
-    rows = math.ceil(len(weights) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows), squeeze=False)
     limit = float(np.abs(weights).max()) or 1.0
+
+    def draw(ax, k: int) -> None:
+        ax.imshow(weights[k], cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+
+    return _filter_grid(len(weights), 1.6, draw, path, title)
+
+
+def _filter_grid(
+    count: int, cell_height: float, draw: Callable[[Any, int], None], path: str | Path, title: str
+) -> Path:
+    """``count`` small numbered panels, 8 to a row, each drawn by ``draw(ax, k)``."""
+    cols = min(8, count)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, cell_height * rows), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
-        if k >= len(weights):
+        if k >= count:
             ax.axis("off")
             continue
-        ax.imshow(weights[k], cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+        draw(ax, k)
         ax.set_title(str(k), fontsize=7, pad=2)
     fig.suptitle(title)
     fig.tight_layout()
