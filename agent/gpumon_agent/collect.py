@@ -85,7 +85,7 @@ def read_gpu_count(path: str) -> Optional[int]:
 
 
 def write_gpu_count(path: str, count: int) -> None:
-    from gpumon_agent.snapshot import write_atomic
+    from gpumon_agent.atomic import write_atomic
 
     try:
         write_atomic(path, f"{count}\n".encode("ascii"))

@@ -41,33 +41,9 @@ _MAX_SNAPSHOT_BYTES = 1024 * 1024
 # --- writing (the daemon) ---------------------------------------------------------------------
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so that a reader sees the old file or the new one, never a
-    part: a temporary file in the same directory, fsync, then rename over the old one."""
-    directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have narrowed it; readers are other users
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_snapshot(settings: AgentSettings, report: Report) -> None:
+    from gpumon_agent.atomic import write_atomic
+
     write_atomic(settings.snapshot_path, (report.to_json() + "\n").encode("utf-8"))
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
+from gpumon_agent.atomic import write_atomic
 from gpumon_agent.report import parse_utc_iso
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,8 @@ class LastSeen:
         self.times = merged
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".last-seen.", dir=self.path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(dict(sorted(merged.items())), f, indent=1)
-                f.write("\n")
-            os.replace(tmp, self.path)
+            text = json.dumps(dict(sorted(merged.items())), indent=1) + "\n"
+            write_atomic(self.path, text.encode("utf-8"), mode=0o600)
         except OSError as e:
             log.warning("%s: cannot save last-seen times (%s)", self.path, e)
 

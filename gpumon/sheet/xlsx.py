@@ -36,6 +36,7 @@ from typing import Any
 from gpumon.config import DEFAULT_COLUMNS, OWNED_COLUMNS, Config, ConfigError
 from gpumon.sheet.grid import CellWrite, Grid, Merge, NewRows, Setup, SheetError, WriteStats
 from gpumon.sheet.layout import LayoutError, read_layout
+from gpumon_agent.atomic import atomic_file
 
 # The lab's sheet, as far as the seed shows it (rows 1-7 of the fixture).
 TITLE = "Server and GPU usage"
@@ -105,6 +106,10 @@ def new_workbook(columns: dict[str, list[str]] | None = None) -> Any:
         sheet.column_dimensions[_letter(col)].width = widths.get(text, max(9, len(text) + 2))
     sheet.freeze_panes = sheet.cell(HEADER_ROW + 2, 1)
     return workbook
+
+
+class _ChangedSinceRead(Exception):
+    """Someone saved the workbook while gpumon was writing its copy: keep theirs."""
 
 
 @dataclass(frozen=True)
@@ -328,30 +333,19 @@ class XlsxBackend:
 
     def _save(self) -> bool:
         """Save atomically; False (nothing saved) if the file changed since it was read."""
-        tmp = self.path.with_name(f".{self.path.name}.gpumon-{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._workbook.save(tmp)
-            mode = None
-            if self._stamp is not None:
-                mode = self.path.stat().st_mode & 0o7777
-            with open(tmp, "rb+") as f:
-                if mode is not None:
-                    os.fchmod(f.fileno(), mode)
-                os.fsync(f.fileno())
-            if self._current_stamp() != self._stamp:
-                tmp.unlink()
-                return False
-            os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
+            with atomic_file(self.path, mode=None) as f:
+                self._workbook.save(f)
+                f.flush()
+                if self._current_stamp() != self._stamp:
+                    raise _ChangedSinceRead
+        except _ChangedSinceRead:
+            return False
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise SheetError(
                 f"{self.path}: cannot save it ({e.strerror or e}); the workbook is unchanged"
             ) from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         self._stamp = self._current_stamp()
         return True
 
@@ -500,19 +494,6 @@ def _lock_owner(lock: Path) -> str:
         return ""
     owner = text.split(",", 1)[0].strip()
     return f" by {owner}" if owner and "\x00" not in owner and len(owner) < 80 else ""
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _letter(col: int) -> str:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from gpumon_agent.atomic import atomic_file, write_atomic
 from kws.data import Dataset, Split, load_dataset, skipped_summary
 from kws.labels import CLASSES
 from kws.models import KwsNet, ModelSpec, param_count
@@ -128,9 +129,8 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer, spec: ModelSpec, st
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
     }
-    partial = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, partial)
-    os.replace(partial, path)  # a crash mid-save leaves the previous checkpoint whole
+    with atomic_file(path) as f:  # a crash mid-save leaves the previous checkpoint whole
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -365,7 +365,5 @@ def _write_metrics(out: Path, info, state: RunState, test) -> dict[str, Any]:
         "finished": test is not None,
         **(test or {}),
     }
-    partial = out / f".metrics.json.tmp{os.getpid()}"
-    partial.write_text(json.dumps(metrics, indent=1) + "\n")
-    os.replace(partial, out / "metrics.json")
+    write_atomic(out / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode("utf-8"))
     return metrics

@@ -178,8 +178,8 @@ def test_failed_save_leaves_the_workbook_and_no_temporary_file(tmp_path, monkeyp
     backend = XlsxBackend(path)
     backend.read()
 
-    def disk_full(self, filename):  # a full disk cannot be produced for real here
-        Path(filename).write_bytes(b"partial")
+    def disk_full(self, file):  # a full disk cannot be produced for real here
+        file.write(b"partial")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(openpyxl.Workbook, "save", disk_full)
