@@ -18,9 +18,10 @@ from typing import TextIO
 from gpumon.config import Config
 from gpumon.poll import result as codes
 from gpumon.poll.result import ServerResult, human_duration
-from gpumon.sheet.cells import format_job, format_memory, format_running, format_util
+from gpumon.sheet.cells import format_job, format_memory, format_util, running_cell
 from gpumon.table import Cell, format_table, is_terminal, use_color
-from gpumon_agent.report import GPU_OK, Gpu, parse_utc_iso, utc_iso
+from gpumon_agent.health import in_gpu_error, processes_unknown
+from gpumon_agent.report import GPU_LOST, GPU_OK, Gpu, parse_utc_iso, utc_iso
 
 HEADERS = ["SERVER", "STATE", "IP", "GPU", "UTIL", "MEMORY", "RUNNING", "JOB", "HEALTH"]
 MAX_WIDTHS = {0: 24, 1: 50, 2: 39, 6: 48, 7: 40}  # column index → characters
@@ -102,7 +103,7 @@ def _server_rows(result: ServerResult) -> list[list[Cell]]:
                 Cell(str(gpu.index)),
                 Cell(format_util(gpu), None if gpu.state == GPU_OK else "red"),
                 Cell(format_memory(gpu)),
-                Cell(format_running(gpu.processes)),
+                Cell(running_cell(gpu)),
                 Cell(format_job(gpu.claims)),
                 _health_cell(issues),
             ]
@@ -148,7 +149,12 @@ def _gpu_health(result: ServerResult, gpu: Gpu) -> list[str]:
     issues = []
     if gpu.state != GPU_OK:
         issues.append(f"{gpu.state}: {gpu.error}" if gpu.error else gpu.state)
-    issues += [w.message for w in result.report.warnings if w.gpu_index == gpu.index]
+    warnings = [w for w in result.report.warnings if w.gpu_index == gpu.index]
+    issues += [w.message for w in warnings]
+    unknown = processes_unknown(gpu)
+    said = in_gpu_error(gpu) or any(w.code == "gpu_processes_unknown" for w in warnings)
+    if unknown and gpu.state != GPU_LOST and not said:  # e.g. agentless: why Running says "?"
+        issues.append(unknown)
     if gpu.unclaimed_use:
         issues.append("used without a claim")
     if gpu.claimed_idle:

@@ -51,6 +51,7 @@ from gpumon_agent.report import (
     utc_iso,
 )
 from gpumon_agent.settings import AgentSettings
+from gpumon_agent.usage import judge_use
 
 CLAIM_SCHEMA = "gpumon.claim"
 CLAIM_VERSION = 1
@@ -780,9 +781,13 @@ def _describe_taken(gpu: Gpu, holders: List[ClaimRecord]) -> str:
         return f"GPU {gpu.index}: claimed by {c.user} (pid {c.pid}, job {c.job!r})"
     if gpu.state != GPU_OK:
         return f"GPU {gpu.index}: {gpu.state}" + (f" ({gpu.error})" if gpu.error else "")
-    users = sorted({p.user for p in gpu.processes})
-    n = len(gpu.processes)
-    return f"GPU {gpu.index}: {n} unclaimed process{'es' if n != 1 else ''} ({', '.join(users)})"
+    if gpu.processes:
+        users = sorted({p.user for p in gpu.processes})
+        n = len(gpu.processes)
+        plural = "es" if n != 1 else ""
+        return f"GPU {gpu.index}: {n} unclaimed process{plural} ({', '.join(users)})"
+    use = judge_use(gpu)
+    return f"GPU {gpu.index}: {use.state} ({use.reason})"
 
 
 def choose_gpus(
@@ -790,15 +795,17 @@ def choose_gpus(
 ) -> List[Gpu]:
     """The GPUs to claim. Pure: ``gpus`` as sampled now, ``claims`` the live ones.
 
-    auto (request None): ``count`` GPUs that are healthy, run no process and no live claim
-    covers, least utilized first (then least memory used, then index). Explicit: exactly those
-    GPUs, each existing and not claimed (a process without a claim does not block an explicit
-    request: the user asked for that GPU). Raises NoFreeGpu / ClaimError saying why."""
+    auto (request None): ``count`` GPUs that gpumon_agent.usage judges free (healthy, processes
+    listed and none, little memory used, not busy — never one whose processes are unknown) and
+    no live claim covers, least utilized first (then least memory used, then index). Explicit:
+    exactly those GPUs, each existing and not claimed (a process without a claim, or unknown
+    processes, do not block an explicit request: the user asked for that GPU). Raises NoFreeGpu
+    / ClaimError saying why."""
     taken = {id(g): [c for c in claims if c.covers(g)] for g in gpus}
     if request is None:
         if count < 1:
             raise ClaimError(f"count={count}: claim at least one GPU")
-        free = [g for g in gpus if g.state == GPU_OK and not g.processes and not taken[id(g)]]
+        free = [g for g in gpus if judge_use(g).free and not taken[id(g)]]
         if len(free) < count:
             busy = [_describe_taken(g, taken[id(g)]) for g in gpus if g not in free]
             detail = "; ".join(busy[:8]) + ("; …" if len(busy) > 8 else "")
@@ -869,9 +876,11 @@ class IdleTracker:
         self.last_busy: Dict[str, float] = {}
 
     def observe(self, gpu: Gpu, now: float) -> Optional[float]:
-        """Record this sample; the last time ``gpu`` had a process (``now`` if it has one)."""
+        """Record this sample; the last time ``gpu`` had a process (``now`` if it has one).
+
+        Processes unknown count as busy: an idle stretch starts only where "none" was seen."""
         key = _gpu_key(gpu)
-        if gpu.processes:
+        if gpu.processes is None or gpu.processes:
             self.last_busy[key] = now
         return self.last_busy.get(key)
 
@@ -887,7 +896,7 @@ class IdleTracker:
         except ValueError:
             return tracker
         for gpu in previous.gpus:
-            if gpu.processes:
+            if gpu.processes is None or gpu.processes:  # unknown counts as busy, as in observe
                 tracker.last_busy[_gpu_key(gpu)] = at
             elif gpu.idle_since:
                 with contextlib.suppress(ValueError):
@@ -908,6 +917,8 @@ def annotate(
     - claims: every live claim covering the GPU (matched by GPU, not by pid, so a claimer's
       children — dataloader workers, the command under `gpumon claim` — are covered).
     - unclaimed_use: the GPU runs a process and no live claim covers it.
+    - processes unknown (None): nothing is read into them. unclaimed_use is False if a claim
+      covers the GPU, else None; claimed_idle is None if claimed, else False; idle_since None.
     - idle_since: for a GPU without processes, since when it has had none as far as known:
       the last time ``tracker`` saw a process there, or, for a claimed GPU, the newest covering
       claim's start if that is later (a new claim gets the full idle allowance). None while
@@ -922,6 +933,11 @@ def annotate(
         holders = [c for c in claims if c.covers(gpu)]
         gpu.claims = [c.info() for c in holders]
         last_busy = tracker.observe(gpu, now)
+        if gpu.processes is None:
+            gpu.unclaimed_use = False if holders else None
+            gpu.claimed_idle = None if holders else False
+            gpu.idle_since = None
+            continue
         gpu.unclaimed_use = bool(gpu.processes) and not holders
         if gpu.processes:
             gpu.idle_since = None

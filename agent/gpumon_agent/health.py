@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from gpumon_agent.report import GPU_ERROR, GPU_LOST, HealthWarning, Report
+from gpumon_agent.report import GPU_ERROR, GPU_LOST, Gpu, HealthWarning, Report
 
 # Thresholds. Load uses the 5-minute average: overload that lasts, not a one-minute burst.
 MEMORY_PERCENT_MAX = 90.0
@@ -28,6 +28,7 @@ HEALTH_CODES = {
     "nvml_unavailable": "NVML cannot be used (no driver, driver/library mismatch, hang, ...)",
     "gpu_lost": "a GPU fell off the bus",
     "gpu_error": "NVML calls on a GPU failed",
+    "gpu_processes_unknown": "NVML cannot list a GPU's processes (all or some): its use is unknown",
     "gpu_memory_high": f"a GPU's memory more than {GPU_MEMORY_PERCENT_MAX:g} % used",
     "gpu_temperature_high": f"a GPU at {GPU_TEMPERATURE_MAX_C:g} °C or hotter",
     "gpu_thermal_throttle": "a GPU slowed down because it is too hot",
@@ -69,6 +70,9 @@ def evaluate(report: Report, previous_gpu_count: Optional[int]) -> List[HealthWa
             continue
         if gpu.state == GPU_ERROR:
             warn("gpu_error", "GPU {}: {}".format(i, gpu.error or "NVML error"), i)
+        unknown = processes_unknown(gpu)
+        if unknown and not in_gpu_error(gpu):
+            warn("gpu_processes_unknown", unknown, i)
         if gpu.memory_used_bytes is not None and gpu.memory_total_bytes:
             percent = 100.0 * gpu.memory_used_bytes / gpu.memory_total_bytes
             if percent > GPU_MEMORY_PERCENT_MAX:
@@ -83,6 +87,23 @@ def evaluate(report: Report, previous_gpu_count: Optional[int]) -> List[HealthWa
                 i,
             )
     return warnings
+
+
+def processes_unknown(gpu: Gpu) -> Optional[str]:
+    """Why a GPU's processes are unknown (all or some of them), in words; None when listed."""
+    if gpu.processes is not None and not gpu.processes_error:
+        return None
+    partly = "" if gpu.processes is None else "partly "
+    return f"GPU {gpu.index} processes {partly}unknown: {gpu.processes_error or 'not reported'}"
+
+
+def in_gpu_error(gpu: Gpu) -> bool:
+    """Whether the failed process query is already told by the GPU's error (gpu_error)."""
+    return (
+        gpu.state == GPU_ERROR
+        and bool(gpu.processes_error)
+        and gpu.processes_error in (gpu.error or "")
+    )
 
 
 def _above(value: Optional[float], limit: float) -> bool:

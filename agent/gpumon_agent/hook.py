@@ -93,7 +93,7 @@ def _name_process_users(gpus: List[Gpu]) -> None:
     from gpumon_agent.procs import describe
 
     for gpu in gpus:
-        for proc in gpu.processes:
+        for proc in gpu.processes or []:  # None: unknown, nothing to look up
             proc.user, proc.command = describe(proc.pid)
 
 

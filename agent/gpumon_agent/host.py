@@ -1,7 +1,9 @@
 """Facts about this host (the Report's ``Host``) and its time zone, via psutil and the stdlib.
 
-Every value is ``None`` (or an empty list) when it cannot be read; reading never raises. Nothing
-here sends a packet or looks up a name: the primary IP comes from the routing table.
+Every value is ``None`` when it cannot be read — never a default that looks like a reading (no
+``[]`` for users who could not be listed) — and ``HostReader.problems`` says what failed;
+reading never raises. Nothing here sends a packet or looks up a name: the primary IP comes from
+the routing table.
 
 Meanings: ``memory_used_bytes`` is total minus available (what ``memory_percent`` measures);
 ``cpu_percent`` is the busy share of all CPUs since the previous read (``None`` on a first read
@@ -41,33 +43,45 @@ class HostReader:
     def __init__(self) -> None:
         self._cpu_times: Optional[Tuple[float, float]] = _safe(_cpu_busy_total)
         self._cpu_at = time.monotonic()
+        self.problems: List[str] = []  # what the last read could not read, and why
 
     def read(self) -> Host:
-        host = Host(hostname=_safe(socket.gethostname) or "?")
-        addrs = _safe(psutil.net_if_addrs) or {}
-        route = _safe(lambda: _read_text(ROUTE_TABLE))
-        host.primary_ip = _safe(lambda: primary_ipv4(route, addrs))
-        host.addresses = _safe(lambda: addresses(addrs)) or []
-        host.boot_time = _safe(lambda: utc_iso(psutil.boot_time()))
-        host.load_avg = _safe(lambda: [round(x, 2) for x in os.getloadavg()])
-        host.cpu_count = _safe(lambda: psutil.cpu_count(logical=True))
-        host.cpu_percent = _safe(self._cpu_percent)
-        memory = _safe(psutil.virtual_memory)
+        problems: List[str] = []
+
+        def get(what: str, read: Callable[[], T]) -> Optional[T]:
+            try:
+                return read()
+            except Exception as e:  # unreadable: None, as the Report promises, and why
+                problems.append(f"{what}: {e!r}"[:200])
+                return None
+
+        host = Host(hostname=get("host name", socket.gethostname) or "?")
+        addrs = get("network addresses", psutil.net_if_addrs)
+        route = get("routing table", lambda: _read_text(ROUTE_TABLE))
+        host.primary_ip = get("primary IP", lambda: primary_ipv4(route, addrs or {}))
+        if addrs is not None:
+            host.addresses = get("network addresses", lambda: addresses(addrs))
+        host.boot_time = get("boot time", lambda: utc_iso(psutil.boot_time()))
+        host.load_avg = get("load average", lambda: [round(x, 2) for x in os.getloadavg()])
+        host.cpu_count = get("CPU count", lambda: psutil.cpu_count(logical=True))
+        host.cpu_percent = get("CPU use", self._cpu_percent)
+        memory = get("memory", psutil.virtual_memory)
         if memory is not None:
             host.memory_total_bytes = int(memory.total)
             host.memory_used_bytes = int(memory.total - memory.available)
             host.memory_percent = float(memory.percent)
-        swap = _safe(psutil.swap_memory)
+        swap = get("swap", psutil.swap_memory)
         if swap is not None:
             host.swap_total_bytes = int(swap.total)
             host.swap_used_bytes = int(swap.used)
             host.swap_percent = float(swap.percent)
-        disk = _safe(lambda: psutil.disk_usage("/"))
+        disk = get("disk /", lambda: psutil.disk_usage("/"))
         if disk is not None:
             host.disk_root_total_bytes = int(disk.total)
             host.disk_root_used_bytes = int(disk.used)
             host.disk_root_percent = float(disk.percent)
-        host.users = _safe(logged_in_users) or []
+        host.users = get("logged-in users", logged_in_users)
+        self.problems = problems
         return host
 
     def _cpu_percent(self) -> Optional[float]:

@@ -199,9 +199,10 @@ def _host_families(report: Report, gauge: Any) -> None:
     ):
         if value is not None:
             gauge(name, doc).add_metric([], float(value))
-    gauge("gpumon_host_logged_in_users", "Distinct users logged in.").add_metric(
-        [], float(len({u.name for u in h.users}))
-    )
+    if h.users is not None:  # None: not read
+        gauge("gpumon_host_logged_in_users", "Distinct users logged in.").add_metric(
+            [], float(len({u.name for u in h.users}))
+        )
 
 
 _GPU_VALUES = (
@@ -239,7 +240,11 @@ def _gpu_families(report: Report, gauge: Any) -> None:
     for g, lv in gpus:
         info.add_metric([*lv, g.name or "", g.pci_bus_id or "", g.state], 1.0)
         ok.add_metric(lv, 1.0 if g.state == GPU_OK else 0.0)
-        procs.add_metric(lv, float(len(g.processes)))
+        # Unknown (None) is left out: Prometheus must not read "no process" into "not listed".
+        if g.processes is not None:
+            procs.add_metric(lv, float(len(g.processes)))
         claims.add_metric(lv, float(len(g.claims)))
-        unclaimed.add_metric(lv, 1.0 if g.unclaimed_use else 0.0)
-        idle.add_metric(lv, 1.0 if g.claimed_idle else 0.0)
+        if g.unclaimed_use is not None:
+            unclaimed.add_metric(lv, 1.0 if g.unclaimed_use else 0.0)
+        if g.claimed_idle is not None:
+            idle.add_metric(lv, 1.0 if g.claimed_idle else 0.0)

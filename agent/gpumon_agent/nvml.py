@@ -11,10 +11,17 @@ Nothing here raises to the caller. NVML failures are data:
   and every value that was read is still there.
 - A value the board or driver does not offer (NOT_SUPPORTED, a function an old driver lacks after
   every fallback, NO_PERMISSION): ``None``, and no error.
+- Processes are never guessed: when a process query fails for every version it tries (GeForce
+  boards on older drivers answer NOT_SUPPORTED), ``Gpu.processes`` is ``None`` — unknown, not
+  "none" — and ``Gpu.processes_error`` names the query and NVML's error. Only a query that
+  answered gives ``[]``.
 
 Older drivers lack newer functions, so reads fall back: processes v3 -> v2 -> v1, memory v2 -> v1,
 clock event reasons -> throttle reasons, enforced power limit -> management limit. A symbol found
-missing is not tried again.
+missing is not tried again. The versioned process and memory queries are called through ctypes
+here, not through pynvml's wrappers: old nvidia-ml-py releases (11.450) wrap only v1 while new
+drivers may offer only v3, and pynvml's idea of the v3 entry layout has changed between releases
+(see ``_running_processes``). pynvml still loads the library and does every other call.
 
 NVML calls run on a worker thread with a deadline per call (``call_timeout_s``), because a
 wedged GPU or driver can block a call for minutes. A call that overruns is abandoned: its thread
@@ -373,6 +380,9 @@ class NvmlReader:
 
     def _finish(self, st: _GpuRead, gpu: Gpu) -> None:
         """The GPU's state and error from what its read met; a lost GPU's remembered identity."""
+        if gpu.processes is None and gpu.processes_error is None:  # the read stopped before them
+            why = "the GPU is lost" if st.lost else "; ".join(st.problems) or "the read stopped"
+            gpu.processes_error = why if why.startswith("not read") else "not read: " + why
         if gpu.uuid is not None:
             self._identity[gpu.index] = (gpu.uuid, gpu.name, gpu.pci_bus_id)
         elif st.lost and gpu.index in self._identity:
@@ -437,23 +447,32 @@ class NvmlReader:
             ],
         )
         gpu.throttle_reasons = None if reasons is None else throttle_names(reasons)
-        gpu.processes = self._processes(job, st, handle)
+        gpu.processes, gpu.processes_error = self._processes(job, st, handle)
 
-    def _processes(self, job: _Job, st: _GpuRead, handle: Any) -> List[GpuProcess]:
+    def _processes(
+        self, job: _Job, st: _GpuRead, handle: Any
+    ) -> Tuple[Optional[List[GpuProcess]], Optional[str]]:
+        """(processes, why they are unknown or incomplete). A kind (compute, graphics) whose query
+        fails leaves the answer unknown (None), unless the other kind listed some: those are then
+        "at least these", and the error still says what failed. Never [] after a failure."""
         found: Dict[int, GpuProcess] = {}
+        failures: List[str] = []
         for kind in ("compute", "graphics"):
             base = f"nvmlDeviceGet{kind.capitalize()}RunningProcesses"
-            listed = self._first(
+            listed, failure = self._newest(
                 job,
                 st,
                 [
-                    (base + "_v3", _versioned(base + "_v3"), (handle,)),
-                    (base + "_v2", _versioned(base + "_v2"), (handle,)),
-                    (base, _processes_v1, (base, handle)),
+                    (base + "_v3", _running_processes, (base + "_v3", handle)),
+                    (base + "_v2", _running_processes, (base + "_v2", handle)),
+                    (base, _running_processes, (base, handle)),
                 ],
             )
-            for pid, used in listed or []:
-                memory = None if used is None or used == _NOT_AVAILABLE_ULL else int(used)
+            if failure is not None:
+                failures.append(failure)
+                continue
+            for pid, used in listed:
+                memory = None if used == _NOT_AVAILABLE_ULL else int(used)
                 if pid in found:  # listed as both compute and graphics: once, kind says so
                     entry = found[pid]
                     entry.kind = "compute+graphics"
@@ -461,7 +480,10 @@ class NvmlReader:
                         entry.gpu_memory_bytes = max(entry.gpu_memory_bytes or 0, memory)
                 else:
                     found[pid] = GpuProcess(pid=int(pid), kind=kind, gpu_memory_bytes=memory)
-        return sorted(found.values(), key=lambda p: p.pid)
+        error = "; ".join(failures) or None
+        if error is not None and not found:
+            return None, error
+        return sorted(found.values(), key=lambda p: p.pid), error
 
     def _get(self, job: _Job, st: _GpuRead, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         """One call on GPU st.index: its value, or None with the failure noted in `st`."""
@@ -480,12 +502,22 @@ class NvmlReader:
         chain: Sequence[Tuple[str, Callable[..., Any], Tuple[Any, ...]]],
     ) -> Any:
         """The value of the newest version in `chain` this driver has; None if it has none."""
+        return self._newest(job, st, chain)[0]
+
+    def _newest(
+        self,
+        job: _Job,
+        st: _GpuRead,
+        chain: Sequence[Tuple[str, Callable[..., Any], Tuple[Any, ...]]],
+    ) -> Tuple[Any, Optional[str]]:
+        """(value, None) from the newest version in `chain` this driver has, or (None, why not):
+        the failed call and NVML's error, or that the library has none of the versions."""
         versions = [link for link in chain if link[0] not in self._missing]
         for position, (name, fn, args) in enumerate(versions):
             if st.stop:
-                return None
+                return None, "not read: the GPU is lost"
             try:
-                return job.call(name, fn, *args)
+                return job.call(name, fn, *args), None
             except Exception as e:
                 code = _nvml_value(e)
                 absent = code == _FUNCTION_NOT_FOUND or isinstance(e, AttributeError)
@@ -495,8 +527,11 @@ class NvmlReader:
                 if older and position < len(versions) - 1:
                     continue
                 _note(st, name, e)
-                return None
-        return None
+                if absent:
+                    break
+                return None, _describe(name, e)
+        names = ", ".join(name for name, _, _ in chain)
+        return None, f"this NVML library has none of {names}"
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -580,9 +615,26 @@ def throttle_names(mask: int) -> List[str]:
     return names
 
 
-def _memory_v2(handle: Any) -> Any:
-    # AttributeError / TypeError: this pynvml predates memory v2, so the v1 call follows.
-    return pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2)
+class _MemoryV2(ctypes.Structure):
+    # nvml.h nvmlMemory_v2_t; `version` must be nvmlMemory_v2 (its size | 2 << 24).
+    _fields_ = [
+        ("version", ctypes.c_uint),
+        ("total", ctypes.c_ulonglong),
+        ("reserved", ctypes.c_ulonglong),
+        ("free", ctypes.c_ulonglong),
+        ("used", ctypes.c_ulonglong),
+    ]
+
+
+def _memory_v2(handle: Any) -> _MemoryV2:
+    """nvmlDeviceGetMemoryInfo_v2 ("used" without the driver's reservation), which nvidia-ml-py
+    before 11.510 does not wrap although the driver has it."""
+    function = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetMemoryInfo_v2")
+    memory = _MemoryV2(version=ctypes.sizeof(_MemoryV2) | 2 << 24)
+    ret = function(handle, ctypes.byref(memory))
+    if ret != 0:
+        raise pynvml.NVMLError(ret)
+    return memory
 
 
 def _clock_events(handle: Any) -> int:
@@ -593,27 +645,31 @@ def _throttle_reasons(handle: Any) -> int:
     return pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)
 
 
-def _versioned(name: str) -> Callable[[Any], List[Tuple[int, Optional[int]]]]:
-    """pynvml's wrapper `name` for a versioned process query, as (pid, used bytes) pairs."""
-
-    def call(handle: Any) -> List[Tuple[int, Optional[int]]]:
-        wrapper = getattr(pynvml, name)  # AttributeError on a pynvml without this version
-        return [(p.pid, p.usedGpuMemory) for p in wrapper(handle)]
-
-    return call
-
-
-class _ProcessInfoV1(ctypes.Structure):
-    # nvmlProcessInfo_v1_t: what the unversioned process queries of old drivers fill.
+class _ProcessEntry(ctypes.Structure):
+    # The two fields every version of a process entry starts with, at these offsets (nvml.h):
+    # nvmlProcessInfo_v1_t is just these (16 bytes); nvmlProcessInfo_v2_t, and nvmlProcessInfo_t
+    # that the _v3 queries fill, add gpuInstanceId and computeInstanceId (24 bytes); the _v3
+    # queries of early R535 drivers (CUDA 12.2's first nvml.h) also wrote
+    # usedGpuCcProtectedMemory (32 bytes), which later drivers moved to nvmlProcessDetail_v1_t.
     _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong)]
 
 
+_V1_ENTRY_BYTES = 16
+_V2_ENTRY_BYTES = 24
+_V3_CC_ENTRY_BYTES = 32
 _INSUFFICIENT_SIZE = 7
+_UNWRITTEN = 0xAA  # fills the buffer, to see how far the driver wrote
 
 
-def _processes_v1(name: str, handle: Any) -> List[Tuple[int, Optional[int]]]:
-    """The v1 process query (drivers before R470 have only this), which pynvml no longer wraps."""
+def _running_processes(name: str, handle: Any) -> List[Tuple[int, int]]:
+    """(pid, used GPU memory bytes or NVML's not-available value) from the process query `name`
+    (…RunningProcesses, …_v2 or …_v3), called through ctypes whatever pynvml wraps.
+
+    The buffer has room for the largest entry layout any driver has used, so no driver can write
+    past it; a versioned query's entry size is then read off what the driver wrote (24 bytes, or
+    32 on early R535 drivers), never assumed from the pynvml release."""
     function = pynvml._nvmlGetFunctionPointer(name)
+    versioned = name.endswith(("_v2", "_v3"))
     count = ctypes.c_uint(0)
     ret = function(handle, ctypes.byref(count), None)
     if ret == 0:
@@ -621,10 +677,21 @@ def _processes_v1(name: str, handle: Any) -> List[Tuple[int, Optional[int]]]:
     for _ in range(3):  # processes may start between the sizing call and this one
         if ret != _INSUFFICIENT_SIZE:
             raise pynvml.NVMLError(ret)
-        size = count.value * 2 + 5
-        infos = (_ProcessInfoV1 * size)()
-        count = ctypes.c_uint(size)
-        ret = function(handle, ctypes.byref(count), infos)
+        capacity = count.value * 2 + 5
+        room = capacity * (_V3_CC_ENTRY_BYTES if versioned else _V1_ENTRY_BYTES)
+        buffer = ctypes.create_string_buffer(bytes([_UNWRITTEN]) * room, room)
+        count = ctypes.c_uint(capacity)
+        ret = function(handle, ctypes.byref(count), buffer)
         if ret == 0:
-            return [(infos[i].pid, infos[i].usedGpuMemory) for i in range(count.value)]
+            n = min(count.value, capacity)
+            stride = _entry_bytes(buffer.raw, n) if versioned else _V1_ENTRY_BYTES
+            entries = [_ProcessEntry.from_buffer(buffer, i * stride) for i in range(n)]
+            return [(e.pid, e.usedGpuMemory) for e in entries]
     raise pynvml.NVMLError(ret)
+
+
+def _entry_bytes(written: bytes, n: int) -> int:
+    """The entry size of a versioned query that filled `n` entries: 32 if the driver wrote past
+    n 24-byte entries (the last field of a 32-byte entry is never all 0xAA bytes), else 24."""
+    beyond = written[n * _V2_ENTRY_BYTES : n * _V3_CC_ENTRY_BYTES]
+    return _V3_CC_ENTRY_BYTES if beyond.strip(bytes([_UNWRITTEN])) else _V2_ENTRY_BYTES

@@ -1,4 +1,4 @@
-"""The Report: the one contract between the agent and the central side (schema version 1).
+"""The Report: the one contract between the agent and the central side (schema version 2).
 
 Everything here is plain data. Sizes are bytes, times are UTC ISO-8601 strings ending in "Z",
 percentages are 0-100 floats. A value the agent could not read is ``None`` (JSON null), never a
@@ -6,7 +6,11 @@ guess. ``docs/report-schema.md`` documents every field.
 
 Forward compatibility within a version: a reader ignores keys it does not know, so an agent may
 add optional fields without a version bump. Removing or changing the meaning of a field needs a
-new ``SCHEMA_VERSION``.
+new ``SCHEMA_VERSION``. Version 2 made "unknown" distinct from "none": ``Gpu.processes`` is null
+when NVML could not list them (``processes_error`` says why), ``unclaimed_use``/``claimed_idle``
+are null when they cannot be told, and ``Host.users``/``addresses`` are null when unreadable.
+Readers accept version 1 too (``READABLE_VERSIONS``): a v1 report decodes into the same records,
+its lists as they were sent (a v1 agent could not say "unknown").
 
 Must stay importable on Python 3.8 (typing.List/Optional, no PEP 604 unions at runtime).
 """
@@ -21,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
 SCHEMA_NAME = "gpumon.report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions this reader decodes: v1 reports (older agents) are a subset of v2 with the same meanings.
+READABLE_VERSIONS = (1, 2)
 # A report larger than this is refused by readers (the poller enforces it on the wire too).
 MAX_REPORT_BYTES = 1024 * 1024
 
@@ -78,10 +84,14 @@ class Gpu:
     power_w: Optional[float] = None
     power_limit_w: Optional[float] = None
     throttle_reasons: Optional[List[str]] = None  # None: unknown; []: not throttled
-    processes: List[GpuProcess] = field(default_factory=list)
+    # None: unknown (NVML could not list them; processes_error says why); []: none run. A list
+    # with processes_error set holds those listed by the queries that worked: at least these.
+    processes: Optional[List[GpuProcess]] = None
+    processes_error: Optional[str] = None  # the failed query and NVML's error
     claims: List[ClaimInfo] = field(default_factory=list)
-    unclaimed_use: bool = False  # a process runs here that no live claim covers
-    claimed_idle: bool = False  # claimed, yet no process for longer than the idle limit
+    # None: cannot be told (processes unknown, or claims not read): never a guess either way.
+    unclaimed_use: Optional[bool] = None  # a process runs here that no live claim covers
+    claimed_idle: Optional[bool] = None  # claimed, yet no process for longer than the idle limit
     idle_since: Optional[str] = None  # when the last process left this GPU (if known)
 
 
@@ -104,7 +114,7 @@ class LoggedInUser:
 class Host:
     hostname: str
     primary_ip: Optional[str] = None
-    addresses: List[Address] = field(default_factory=list)
+    addresses: Optional[List[Address]] = None  # None: not read
     boot_time: Optional[str] = None
     load_avg: Optional[List[float]] = None  # 1, 5, 15 minutes
     cpu_count: Optional[int] = None
@@ -118,7 +128,7 @@ class Host:
     disk_root_total_bytes: Optional[int] = None
     disk_root_used_bytes: Optional[int] = None
     disk_root_percent: Optional[float] = None
-    users: List[LoggedInUser] = field(default_factory=list)
+    users: Optional[List[LoggedInUser]] = None  # None: not read; []: nobody logged in
 
 
 @dataclass
@@ -179,11 +189,12 @@ class Report:
                 )
             )
         version = data.get("version")
-        if version != SCHEMA_VERSION:
+        readable = isinstance(version, int) and not isinstance(version, bool)
+        if not readable or version not in READABLE_VERSIONS:
             side = " on the central box" if _newer(version) else "-agent on the server"
             raise ReportError(
                 f"report: schema version {version!r}, this reader understands "
-                f"{SCHEMA_VERSION} — upgrade gpumon{side}"
+                f"{', '.join(map(str, READABLE_VERSIONS))} — upgrade gpumon{side}"
             )
         return _decode(cls, data, "report")
 

@@ -68,7 +68,9 @@ class Sampler:
         zone, offset = local_timezone()
         self._fill_processes(nvml_sample.gpus)
         self._fill_means(nvml_sample.gpus, now)
+        notes = [f"host: could not read the {problem}" for problem in self._host.problems]
         return Report(
+            notes=notes,
             generated_at=utc_iso(),
             host=host,
             source=SOURCE_DAEMON,
@@ -85,7 +87,7 @@ class Sampler:
     def _fill_processes(gpus: List[Gpu]) -> None:
         seen: Dict[int, Tuple[str, str]] = {}  # a process on several GPUs is looked up once
         for gpu in gpus:
-            for process in gpu.processes:
+            for process in gpu.processes or []:  # None: unknown, nothing to look up
                 if process.pid not in seen:
                     seen[process.pid] = describe(process.pid)
                 process.user, process.command = seen[process.pid]

@@ -194,8 +194,11 @@ def summarize(report: Report, now: Optional[float] = None) -> str:
         if g.power_w is not None:
             bits.append(f"{g.power_w:.0f} W")
         lines.append("  ".join(bits))
-        for p in g.processes:
+        for p in g.processes or []:
             lines.append(f"      pid {p.pid} {p.user}: {_trim(p.command, 60)}")
+        if g.processes_error:
+            known = "unknown" if g.processes is None else "incomplete"
+            lines.append(f"      processes {known}: {g.processes_error}")
         for c in g.claims:
             lines.append(f"      claimed by {c.user} for {c.job!r} (pid {c.pid})")
         if g.unclaimed_use:

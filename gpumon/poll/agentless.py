@@ -28,6 +28,7 @@ GPU_FIELDS = (
     "temperature.gpu,power.draw,power.limit"
 )
 APP_FIELDS = "gpu_uuid,pid,used_memory"
+APPS_QUERY = "nvidia-smi --query-compute-apps"
 MIB = 1024 * 1024
 
 # Section markers cannot collide with nvidia-smi/ps output: they start with "@@" on a line.
@@ -96,16 +97,23 @@ def build_report(out: CommandOutput, peer_ip: str | None) -> Report:
     report.gpus = [_gpu(line, number) for number, line in enumerate(gpu_lines, 1)]
     users = _processes(sections.get("ps", []))
     app_lines, app_rc = _with_rc(sections.get("apps", []))
-    if app_rc != 0:
-        report.notes.append("nvidia-smi could not list processes: " + trim("\n".join(app_lines)))
+    if app_rc != 0:  # unknown, not "none": every GPU's processes stay None, saying why
+        why = f"{APPS_QUERY} failed: " + (trim("\n".join(app_lines)) or f"exit {app_rc}")
+        for gpu in report.gpus:
+            gpu.processes, gpu.processes_error = None, why
         return report
+    for gpu in report.gpus:
+        gpu.processes = []
     by_uuid = {g.uuid: g for g in report.gpus}
     for line in app_lines:
         cells = [c.strip() for c in line.split(",")]
-        if len(cells) != 3 or not cells[1].isdigit():
-            continue  # "No running processes found" and the like
-        gpu = by_uuid.get(cells[0])
+        gpu = by_uuid.get(cells[0]) if len(cells) == 3 else None
         if gpu is None:
+            continue  # "No running processes found" and the like
+        if not cells[1].isdigit():  # "[Not Supported]": this GPU cannot list its processes
+            gpu.processes, gpu.processes_error = None, f"{APPS_QUERY}: {trim(cells[1], 60)}"
+            continue
+        if gpu.processes is None:
             continue
         pid = int(cells[1])
         used = _float(cells[2])

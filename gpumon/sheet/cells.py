@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpumon.poll.result import AGENT_STALE, ServerResult
+from gpumon_agent.health import in_gpu_error, processes_unknown
 from gpumon_agent.report import GPU_LOST, GPU_OK, ClaimInfo, Gpu, GpuProcess, parse_utc_iso
 
 ON, OFF = "ON", "OFF"
 CELL_LIMIT = 120  # characters in a per-GPU cell
 HEALTH_LIMIT = 240
 HEALTH_OK = "OK"
+UNKNOWN = "?"
 _INTERPRETERS = {"python", "python2", "python3", "sh", "bash", "perl", "ruby", "node", "java"}
 
 
@@ -54,7 +56,7 @@ def render(result: ServerResult, tz: dt.tzinfo, sheet_gpus: set[int] | None = No
         gpu.index: {
             "util": format_util(gpu),
             "memory": format_memory(gpu),
-            "running": _limit(format_running(gpu.processes)),
+            "running": _limit(running_cell(gpu)),
             "job": _limit(format_job(gpu.claims)),
         }
         for gpu in report.gpus
@@ -96,6 +98,17 @@ def format_memory(gpu: Gpu) -> str:
 def _gib(size: int) -> str:
     text = f"{size / 2**30:.1f}"
     return text[:-2] if text.endswith(".0") else text
+
+
+def running_cell(gpu: Gpu) -> str:
+    """The Running cell: "?" when NVML could not list the processes (Health says why) — never
+    blank, which would read as "nobody" — and "; ?" after those listed when some are unknown."""
+    if gpu.processes is None:
+        return UNKNOWN
+    text = format_running(gpu.processes)
+    if gpu.processes_error:
+        return f"{text}; {UNKNOWN}" if text else UNKNOWN
+    return text
 
 
 def format_running(processes: list[GpuProcess]) -> str:
@@ -184,6 +197,9 @@ def health(result: ServerResult, sheet_gpus: set[int]) -> str:
             items.append(f"GPU {gpu.index} lost")
         elif gpu.state not in (GPU_OK, GPU_LOST) and ("gpu_error", gpu.index) not in warned:
             items.append(f"GPU {gpu.index}: {gpu.error or gpu.state}")
+        unknown = processes_unknown(gpu)
+        if unknown and gpu.state != GPU_LOST and not _processes_warned(gpu, warned):
+            items.append(unknown)  # why Running says "?"
     for warning in report.warnings:
         if warning.code == "nvml_unavailable":
             continue
@@ -194,7 +210,7 @@ def health(result: ServerResult, sheet_gpus: set[int]) -> str:
             items.append(warning.message)
     for gpu in report.gpus:
         if gpu.unclaimed_use:
-            users = sorted({p.user for p in gpu.processes})
+            users = sorted({p.user for p in gpu.processes or []})
             items.append(f"GPU {gpu.index} used without a claim ({', '.join(users) or '?'})")
         if gpu.claimed_idle:
             jobs = ", ".join(c.job for c in gpu.claims) or "?"
@@ -209,6 +225,13 @@ def health(result: ServerResult, sheet_gpus: set[int]) -> str:
     for problem in report.claim_errors:
         items.append(f"bad claim file {os.path.basename(problem.path)}: {problem.error}")
     return _limit("; ".join(items), HEALTH_LIMIT) if items else HEALTH_OK
+
+
+def _processes_warned(gpu: Gpu, warned: set[tuple[str, int | None]]) -> bool:
+    """Whether the agent's warnings already say why this GPU's processes are unknown."""
+    if ("gpu_processes_unknown", gpu.index) in warned:
+        return True
+    return ("gpu_error", gpu.index) in warned and in_gpu_error(gpu)
 
 
 def _gpu_list(indices: list[int]) -> str:

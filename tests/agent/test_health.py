@@ -31,6 +31,7 @@ def healthy(**host_changes: object) -> Report:
             memory_total_bytes=80 * GiB,
             temperature_c=55.0,
             throttle_reasons=[],
+            processes=[],
         )
         for i in range(2)
     ]

@@ -78,7 +78,7 @@ def claim_files(claims_dir: Path) -> list[str]:
 def test_claim_sets_cuda_env_records_the_job_and_restores_everything_on_exit(
     fake_nvml, env_for, claims_dir
 ):
-    utils = [50, 10, 0, 5]
+    utils = [8, 3, 0, 1]  # all below usage.BUSY_UTILIZATION_PCT: busier ones are in use
     gpus = [make_gpu(i, utilization_gpu=u) for i, u in enumerate(utils)]
     gpus[2].compute_processes = [FakeProcess(os.getpid())]  # idle-looking but in use
     fake = fake_nvml(FakeState(gpus=gpus))

@@ -164,10 +164,14 @@ def test_an_unreadable_value_is_none_and_the_rest_is_read(monkeypatch):
     monkeypatch.setattr(psutil, "users", fails)
     monkeypatch.setattr(host_module, "ROUTE_TABLE", "/nonexistent/route")
 
-    host = HostReader().read()
+    reader = HostReader()
+    host = reader.read()
 
     assert (host.memory_total_bytes, host.memory_used_bytes, host.memory_percent) == (None,) * 3
-    assert host.users == []
+    assert host.users is None  # not read: unknown, not "nobody logged in"
+    assert host.addresses is not None
+    assert any(p.startswith("logged-in users: PermissionError") for p in reader.problems)
+    assert any(p.startswith("memory: PermissionError") for p in reader.problems)
     assert host.disk_root_total_bytes is not None
     assert host.load_avg is not None
     report = Report(generated_at=utc_iso(), host=host)

@@ -107,6 +107,8 @@ def full_report() -> Report:
         power_limit_w=400.0,
         processes=[GpuProcess(pid=4242, user="alice", command="python train.py")],
         claims=[ClaimInfo(job="j", user="alice", pid=4242, started_at=utc_iso(0))],
+        unclaimed_use=False,
+        claimed_idle=False,
     )
     return Report(
         generated_at=utc_iso(1_700_000_000),

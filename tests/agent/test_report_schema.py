@@ -57,7 +57,7 @@ def test_reader_ignores_fields_it_does_not_know():
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda d: d.update(version=2), "schema version 2"),
+        (lambda d: d.update(version=3), "schema version 3"),
         (lambda d: d.update(schema="other"), "schema is 'other'"),
         (
             lambda d: d["gpus"][0].update(memory_used_bytes="lots"),

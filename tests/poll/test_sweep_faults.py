@@ -58,8 +58,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, isolated_home: Path) -> Iter
     fleet.add("agent-sleeps", behaviour=SLEEP)
     fleet.add("agent-fails", behaviour=FAILING)
     fleet.add(
-        "agent-v2",
-        behaviour="""echo '{{"schema": "gpumon.report", "version": 2, "host": {{}}}}'""",
+        "agent-v3",
+        behaviour="""echo '{{"schema": "gpumon.report", "version": 3, "host": {{}}}}'""",
     )
     listeners = {
         "port-refused": RefusedPort("127.0.0.200"),
@@ -222,8 +222,8 @@ def test_failing_agent_is_off_with_its_own_words(sweep: Sweep) -> None:
 
 
 def test_newer_schema_version_is_bad_output_naming_the_upgrade(sweep: Sweep) -> None:
-    result = off(sweep, "agent-v2", codes.BAD_OUTPUT)
-    assert "schema version 2" in result.reason
+    result = off(sweep, "agent-v3", codes.BAD_OUTPUT)
+    assert "schema version 3" in result.reason
     assert "upgrade gpumon on the central box" in result.reason
 
 

@@ -39,6 +39,7 @@ def seed_grid() -> Grid:
 
 
 def gpu(index: int, util: float = 0.0, used_gib: float = 0.0, **kwargs) -> Gpu:
+    kwargs.setdefault("processes", [])  # listed, and none (None would be "unknown")
     return Gpu(
         index=index,
         uuid=f"GPU-{index:08d}",
