@@ -480,6 +480,8 @@ class NvmlReader:
                         entry.gpu_memory_bytes = max(entry.gpu_memory_bytes or 0, memory)
                 else:
                     found[pid] = GpuProcess(pid=int(pid), kind=kind, gpu_memory_bytes=memory)
+        if st.lost:  # mid-read: nothing listed counts; _finish says "not read: the GPU is lost"
+            return None, None
         error = "; ".join(failures) or None
         if error is not None and not found:
             return None, error

@@ -6,18 +6,31 @@ Each case runs pynvml in a fresh interpreter, since pynvml keeps the loaded libr
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 import time
 
+import pynvml
+import pytest
+
 from harness.fakenvml import (
     OLD_DRIVER_MISSING,
+    ONLY_V3_PROCESS_QUERIES,
+    PROCESS_QUERIES,
     FakeProcess,
     FakeState,
     build,
     exported_symbols,
     make_gpu,
     run_python,
+)
+
+# READ_ALL uses pynvml's newer wrappers (memory v2, the _v3 process queries, str results): in
+# .venv-oldest (nvidia-ml-py 11.450) those tests are skipped; the agent's own tests run there.
+needs_current_pynvml = pytest.mark.skipif(
+    not hasattr(pynvml, "nvmlDeviceGetComputeRunningProcesses_v3"),
+    reason="checks the fake through pynvml's newer wrappers; this pynvml predates them",
 )
 
 # Prints what pynvml reads of every GPU, or the name of the NVMLError class it raised.
@@ -62,6 +75,7 @@ except N.NVMLError as e:
 """
 
 
+@needs_current_pynvml
 def test_pynvml_reads_every_value_from_the_state_file(fake_nvml):
     gpu = make_gpu(
         0,
@@ -96,6 +110,7 @@ def test_pynvml_reads_every_value_from_the_state_file(fake_nvml):
     assert g["graphics"] == [[77, 64 << 20]]
 
 
+@needs_current_pynvml
 def test_zero_and_eight_gpus(fake_nvml):
     none = fake_nvml(FakeState.with_gpus(0), name="zero")
     eight = fake_nvml(FakeState.with_gpus(8), name="eight")
@@ -107,6 +122,7 @@ def test_zero_and_eight_gpus(fake_nvml):
     assert len({g["bus"] for g in gpus}) == 8
 
 
+@needs_current_pynvml
 def test_a_value_left_out_reads_as_not_supported(fake_nvml):
     fake = fake_nvml(FakeState.with_gpus(1, power_usage_mw=None, temperature=None))
 
@@ -155,6 +171,7 @@ def test_init_faults_raise_the_errors_a_broken_driver_gives(fake_nvml, no_nvml_e
     assert run_python(READ_ALL, no_nvml_env) == "NVMLError_LibraryNotFound"
 
 
+@needs_current_pynvml
 def test_a_lost_gpu_fails_its_own_calls_only(fake_nvml):
     state = FakeState(gpus=[make_gpu(0), make_gpu(1, lost=True), make_gpu(2)])
     fake = fake_nvml(state)
@@ -166,6 +183,7 @@ def test_a_lost_gpu_fails_its_own_calls_only(fake_nvml):
     assert gpus[2]["uuid"] == state.gpus[2].uuid
 
 
+@needs_current_pynvml
 def test_errors_can_be_injected_per_function_and_per_gpu(fake_nvml):
     state = FakeState(gpus=[make_gpu(0), make_gpu(1, errors={"nvmlDeviceGetPowerUsage": 3})])
     state.errors["nvmlDeviceGetTemperature"] = "UNKNOWN"
@@ -178,6 +196,7 @@ def test_errors_can_be_injected_per_function_and_per_gpu(fake_nvml):
     assert gpus[1]["power_mw"] == "NVMLError_NotSupported"
 
 
+@needs_current_pynvml
 def test_an_old_driver_build_really_lacks_the_newer_symbols(fake_nvml):
     fake = fake_nvml(FakeState.with_gpus(1), omit=OLD_DRIVER_MISSING)
 
@@ -224,6 +243,7 @@ print(json.dumps([mw, time.monotonic() - t]))
     assert seconds >= 0.4
 
 
+@needs_current_pynvml
 def test_the_call_log_records_function_and_gpu(fake_nvml):
     fake = fake_nvml(FakeState.with_gpus(2))
 
@@ -255,3 +275,62 @@ def test_a_broken_state_file_fails_loudly(fake_nvml):
     assert json.loads(done.stdout) == "NVMLError_Unknown"
     assert str(fake.state_path) in done.stderr
     assert "fake_nvml" in done.stderr
+
+
+# Calls one process query through ctypes (as gpumon_agent.nvml does, whatever pynvml wraps) with
+# room for 8 entries of 32 bytes filled with 0xAA; prints [return code, count, buffer hex].
+CALL_QUERY = """
+import ctypes, json, sys, pynvml as N
+N.nvmlInit()
+h = N.nvmlDeviceGetHandleByIndex(0)
+fn = N._nvmlGetFunctionPointer(sys.argv[1])
+buf = ctypes.create_string_buffer(b"\\xaa" * 256, 256)
+count = ctypes.c_uint(8)
+ret = fn(h, ctypes.byref(count), buf)
+print(json.dumps([ret, count.value, buf.raw.hex()]))
+"""
+
+
+def call_query(env: dict, name: str) -> tuple[int, int, bytes]:
+    done = subprocess.run(
+        [sys.executable, "-c", CALL_QUERY, name], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    ret, count, raw = json.loads(done.stdout)
+    return ret, count, bytes.fromhex(raw)
+
+
+def test_a_driver_with_only_v3_process_queries_really_lacks_the_others(fake_nvml):
+    fake = fake_nvml(FakeState.with_gpus(1), omit=ONLY_V3_PROCESS_QUERIES)
+
+    exported = set(exported_symbols(fake.lib_dir))
+
+    assert not exported & set(ONLY_V3_PROCESS_QUERIES)
+    assert {n for n in PROCESS_QUERIES if n.endswith("_v3")} <= exported
+    assert "nvmlDeviceGetMemoryInfo_v2" in exported
+
+
+def test_process_queries_can_all_be_made_to_answer_not_supported(fake_nvml):
+    state = FakeState.with_gpus(1, compute_processes=[FakeProcess(42)]).processes_fail(
+        "NOT_SUPPORTED"
+    )
+    fake = fake_nvml(state)
+
+    assert {call_query(fake.env(), name)[0] for name in PROCESS_QUERIES} == {3}
+
+
+def test_v3_entries_are_24_bytes_or_early_r535_32_bytes(fake_nvml):
+    procs = [FakeProcess(11, 1 << 30), FakeProcess(12, 2 << 30)]
+    for v3_bytes in (24, 32):
+        state = FakeState.with_gpus(1, compute_processes=procs)
+        state.process_info_v3_bytes = v3_bytes
+        fake = fake_nvml(state, name=f"v3-{v3_bytes}")
+
+        ret, count, raw = call_query(fake.env(), "nvmlDeviceGetComputeRunningProcesses_v3")
+        _, _, v2_raw = call_query(fake.env(), "nvmlDeviceGetComputeRunningProcesses_v2")
+
+        assert (ret, count) == (0, 2)
+        entries = [struct.unpack_from("<I4xQII", raw, i * v3_bytes) for i in range(2)]
+        assert entries == [(11, 1 << 30, 0xFFFFFFFF, 0xFFFFFFFF), (12, 2 << 30) + (0xFFFFFFFF,) * 2]
+        assert raw[2 * v3_bytes :] == b"\xaa" * (256 - 2 * v3_bytes)  # nothing written past
+        assert v2_raw[48:] == b"\xaa" * (256 - 48)  # v2 entries stay 24 bytes either way

@@ -5,6 +5,7 @@ NvmlReader runs in a child interpreter (pynvml holds its library globally), driv
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from gpumon_agent.nvml import NVML_ERROR_CODES, THROTTLE_REASONS, throttle_names
 from harness.fakenvml import (
     OLD_DRIVER_MISSING,
+    ONLY_V3_PROCESS_QUERIES,
+    PROCESS_QUERIES,
     Child,
     FakeProcess,
     FakeState,
@@ -189,6 +192,8 @@ def test_a_gpu_that_falls_off_the_bus_is_lost_and_the_others_still_report(fake_n
     assert "fell off the bus" in lost["error"]
     assert lost["uuid"] == state.gpus[1].uuid  # remembered from when it answered
     assert lost["utilization_pct"] is None
+    assert lost["processes"] is None
+    assert lost["processes_error"] == "not read: the GPU is lost"
     assert [g["state"] for g in sample["gpus"]] == ["ok", "lost", "ok"]
     assert sample["gpus"][2]["utilization_pct"] == 50.0
 
@@ -224,6 +229,8 @@ def test_a_failing_call_loses_only_its_value(fake_nvml):
     assert g["state"] == "error"
     assert "nvmlDeviceGetTemperature: Unknown Error" in g["error"]
     assert "nvmlDeviceGetComputeRunningProcesses_v3" in g["error"]
+    assert g["processes"] is None  # the query failed: unknown, not "none"
+    assert g["processes_error"].startswith("nvmlDeviceGetComputeRunningProcesses_v3: ")
     assert g["temperature_c"] is None
     assert g["utilization_pct"] == 12.0
     assert g["power_w"] == 60.0
@@ -277,6 +284,96 @@ def test_a_driver_with_v2_process_queries_uses_them(fake_nvml):
     assert "nvmlDeviceGetComputeRunningProcesses" not in called
 
 
+def test_a_driver_offering_only_v3_process_queries_lists_them_whatever_pynvml_wraps(fake_nvml):
+    # The case: nvidia-ml-py 11.450 wraps only the unversioned query, the driver has only
+    # _v3. Run in .venv-oldest (scripts/test.sh) this is that pynvml; here, the current one.
+    gpu = make_gpu(
+        0,
+        compute_processes=[FakeProcess(501, 3 << 30), FakeProcess(502, None)],
+        graphics_processes=[FakeProcess(503, 5 << 20)],
+    )
+    fake = fake_nvml(FakeState(gpus=[gpu]), omit=ONLY_V3_PROCESS_QUERIES)
+
+    [g] = run_python(READ_ONCE, fake.env())["gpus"]
+
+    assert [(p["pid"], p["kind"], p["gpu_memory_bytes"]) for p in g["processes"]] == [
+        (501, "compute", 3 << 30),
+        (502, "compute", None),
+        (503, "graphics", 5 << 20),
+    ]
+    assert (g["processes_error"], g["state"], g["error"]) == (None, "ok", None)
+    called = {name for name, _ in fake.calls()}
+    assert {
+        "nvmlDeviceGetComputeRunningProcesses_v3",
+        "nvmlDeviceGetGraphicsRunningProcesses_v3",
+    } <= called
+
+
+def test_early_r535_32_byte_v3_entries_are_read_at_their_real_size(fake_nvml):
+    procs = [FakeProcess(600 + i, (i + 1) << 30) for i in range(5)]  # several: the stride shows
+    for v3_bytes in (24, 32):
+        state = FakeState(gpus=[make_gpu(0, compute_processes=procs)])
+        state.process_info_v3_bytes = v3_bytes
+        fake = fake_nvml(state, name=f"v3-{v3_bytes}")
+
+        [g] = run_python(READ_ONCE, fake.env())["gpus"]
+
+        assert [(p["pid"], p["gpu_memory_bytes"]) for p in g["processes"]] == [
+            (600 + i, (i + 1) << 30) for i in range(5)
+        ], v3_bytes
+
+
+def test_process_queries_not_supported_make_processes_unknown_naming_the_queries(fake_nvml):
+    # GeForce boards on older drivers: nvidia-smi prints "Not Supported" for processes.
+    state = FakeState.with_gpus(
+        1, memory_used=20 << 30, compute_processes=[FakeProcess(os.getpid())]
+    )
+    fake = fake_nvml(state.processes_fail("NOT_SUPPORTED"))
+
+    [g] = run_python(READ_ONCE, fake.env())["gpus"]
+
+    assert g["processes"] is None  # never [] after a failed query
+    assert g["processes_error"] == (
+        "nvmlDeviceGetComputeRunningProcesses_v3: Not Supported; "
+        "nvmlDeviceGetGraphicsRunningProcesses_v3: Not Supported"
+    )
+    assert (g["state"], g["error"]) == ("ok", None)  # the board lacks it: not an NVML fault
+    assert g["memory_used_bytes"] == 20 << 30  # the evidence the free-GPU judgement falls back on
+
+
+def test_a_library_without_any_process_query_says_so(fake_nvml, child_reader):
+    fake = fake_nvml(FakeState.with_gpus(1), omit=PROCESS_QUERIES)
+    child = child_reader(fake)
+
+    first, second = child.run("result = read()"), child.run("result = read()")
+
+    for sample in (first, second):  # also once the missing symbols are remembered
+        [g] = sample["gpus"]
+        assert g["processes"] is None
+        assert g["processes_error"].startswith(
+            "this NVML library has none of nvmlDeviceGetComputeRunningProcesses_v3, "
+            "nvmlDeviceGetComputeRunningProcesses_v2, nvmlDeviceGetComputeRunningProcesses"
+        )
+        assert g["state"] == "ok"
+
+
+def test_a_failed_graphics_query_keeps_the_compute_processes_as_at_least_these(fake_nvml):
+    errors = {name: "NO_PERMISSION" for name in PROCESS_QUERIES if "Graphics" in name}
+    busy = make_gpu(0, compute_processes=[FakeProcess(701)], errors=errors)
+    idle = make_gpu(1, errors=errors)
+    fake = fake_nvml(FakeState(gpus=[busy, idle]))
+
+    b, i = run_python(READ_ONCE, fake.env())["gpus"]
+
+    assert [p["pid"] for p in b["processes"]] == [701]
+    assert b["processes_error"] == (
+        "NVML refused access to this user "
+        "(nvmlDeviceGetGraphicsRunningProcesses_v3: Insufficient Permissions)"
+    )
+    assert i["processes"] is None  # compute listed none, graphics unknown: unknown overall
+    assert i["processes_error"] == b["processes_error"]
+
+
 def test_a_hanging_gpu_call_costs_one_deadline_then_nothing(fake_nvml, child_reader):
     state = FakeState(
         gpus=[make_gpu(0), make_gpu(1, hang=["nvmlDeviceGetPowerUsage"]), make_gpu(2)]
@@ -292,6 +389,11 @@ def test_a_hanging_gpu_call_costs_one_deadline_then_nothing(fake_nvml, child_rea
     assert first["gpus"][1]["state"] == "error"
     assert "nvmlDeviceGetPowerUsage did not return within 0.8 s" in first["gpus"][1]["error"]
     assert first["gpus"][1]["utilization_pct"] == 0.0  # read before the hang
+    assert first["gpus"][1]["processes"] is None  # skipped after the hang: unknown, not []
+    assert first["gpus"][1]["processes_error"] == (
+        "not read: nvmlDeviceGetPowerUsage did not return within 0.8 s"
+    )
+    assert [first["gpus"][i]["processes"] for i in (0, 2)] == [[], []]
     assert [first["gpus"][i]["state"] for i in (0, 2)] == ["ok", "ok"]
     for sample in later:
         assert sample["seconds"] < 0.8  # no deadline waited for

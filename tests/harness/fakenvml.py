@@ -18,6 +18,12 @@ NVML_ERROR_NOT_SUPPORTED, as a driver does for a sensor the board lacks):
   handle lookup too only when ``errors`` names ``nvmlDeviceGetHandleByIndex_v2``.
 - Functions an old driver lacks are absent for real: ``FakeNvml(omit=[...])`` links a variant
   without those symbols, so pynvml raises NVMLError_FunctionNotFound exactly as it would there.
+  ``OLD_DRIVER_MISSING``: an R450-era driver; ``ONLY_V3_PROCESS_QUERIES``: a new driver whose
+  only process queries are the ``_v3`` ones.
+- Process queries that fail (GeForce boards on older drivers answer NOT_SUPPORTED):
+  ``FakeState.processes_fail("NOT_SUPPORTED")`` makes every version of both queries return it.
+- ``FakeState.process_info_v3_bytes = 32``: the ``_v3`` process queries write 32-byte entries
+  (with usedGpuCcProtectedMemory), as early R535 drivers did; 24 (nvmlProcessInfo_t) otherwise.
 
 pynvml keeps the loaded library in a module global, so each library variant or "library
 missing" case must run in its own process: use :meth:`FakeNvml.env` for subprocesses.
@@ -81,6 +87,15 @@ OLD_DRIVER_MISSING = (
     "nvmlDeviceGetCurrentClocksEventReasons",
 )
 
+# Every version of the two running-process queries.
+PROCESS_QUERIES = tuple(
+    f"nvmlDeviceGet{kind}RunningProcesses{suffix}"
+    for kind in ("Compute", "Graphics")
+    for suffix in ("_v3", "_v2", "")
+)
+# A driver newer than the pynvml in use, offering only the _v3 process queries.
+ONLY_V3_PROCESS_QUERIES = tuple(name for name in PROCESS_QUERIES if not name.endswith("_v3"))
+
 GiB = 1 << 30
 ErrorSpec = Union[str, int]
 
@@ -133,6 +148,7 @@ class FakeState:
     cuda_driver_version: int | None = 12020
     errors: dict[str, ErrorSpec] = field(default_factory=dict)
     hang: list[str] = field(default_factory=list)
+    process_info_v3_bytes: int = 24  # 32: early R535 _v3 entries
 
     @classmethod
     def with_gpus(cls, count: int, **gpu_overrides: object) -> FakeState:
@@ -141,6 +157,12 @@ class FakeState:
     def init_error(self, error: ErrorSpec) -> FakeState:
         """nvmlInit (every entry point) fails with `error`, e.g. "DRIVER_NOT_LOADED"."""
         for name in INIT_FUNCTIONS:
+            self.errors[name] = error
+        return self
+
+    def processes_fail(self, error: ErrorSpec) -> FakeState:
+        """Every process query (all versions, compute and graphics) fails with `error`."""
+        for name in PROCESS_QUERIES:
             self.errors[name] = error
         return self
 

@@ -11,6 +11,8 @@
  *    "cuda_driver_version": 12020,
  *    "errors": {"nvmlInitWithFlags": 9},      function -> NVML return code, for every GPU
  *    "hang": ["nvmlDeviceGetCount_v2"],       functions that block while listed here
+ *    "process_info_v3_bytes": 24,             32: the _v3 process queries write early-R535
+ *                                             32-byte entries (usedGpuCcProtectedMemory)
  *    "gpus": [{"uuid": "GPU-...", "name": "...", "pci_bus_id": "00000000:3B:00.0",
  *              "utilization_gpu": 37, "utilization_memory": 12,
  *              "memory_total": 85899345920, "memory_used": 1073741824, "memory_reserved": 0,
@@ -104,7 +106,17 @@ typedef struct {
     unsigned long long usedGpuMemory;
     unsigned int gpuInstanceId;
     unsigned int computeInstanceId;
-} nvmlProcessInfo_v2_t; /* also the layout of the _v3 functions */
+} nvmlProcessInfo_v2_t; /* also nvmlProcessInfo_t, the layout of the _v3 functions */
+
+/* What the _v3 functions of early R535 drivers (CUDA 12.2's first nvml.h) wrote instead: the
+ * state's "process_info_v3_bytes": 32 selects it. */
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+    unsigned long long usedGpuCcProtectedMemory;
+} nvmlProcessInfo_v3_cc_t;
 
 #define MAX_GPUS 64
 #define MAX_PROCS 256
@@ -842,12 +854,13 @@ nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t d, unsigned lon
 }
 
 /*
- * The running-process queries, all versions: fill up to *count entries of `size` bytes each
- * (v1 entries lack the instance ids). NVML's protocol: too small a buffer gives
- * INSUFFICIENT_SIZE with the needed count; no processes gives SUCCESS with 0.
+ * The running-process queries, all versions (1, 2, 3): fill up to *count entries (v1 entries
+ * lack the instance ids; v3 ones are v2's, or 32-byte ones when the state says
+ * "process_info_v3_bytes": 32). NVML's protocol: too small a buffer gives INSUFFICIENT_SIZE with
+ * the needed count; no processes gives SUCCESS with 0.
  */
 static nvmlReturn_t processes(const char *fn, nvmlDevice_t d, const char *key,
-                              unsigned int *count, void *infos, int v1) {
+                              unsigned int *count, void *infos, int version) {
     const jv *g;
     nvmlReturn_t ret = enter_gpu(fn, d, &g);
     if (ret != NVML_SUCCESS) return ret;
@@ -855,6 +868,8 @@ static nvmlReturn_t processes(const char *fn, nvmlDevice_t d, const char *key,
     const jv *list = jget(g, key);
     size_t n = list && list->type == J_ARR ? list->n : 0;
     if (n > MAX_PROCS) n = MAX_PROCS;
+    double entry_bytes = 0;
+    int cc_layout = jnum(state, "process_info_v3_bytes", &entry_bytes) && entry_bytes == 32;
     if (*count < n) {
         *count = (unsigned int)n;
         return leave(NVML_ERROR_INSUFFICIENT_SIZE);
@@ -866,7 +881,14 @@ static nvmlReturn_t processes(const char *fn, nvmlDevice_t d, const char *key,
         unsigned long long used = NOT_AVAILABLE_ULL;
         jnum(p, "pid", &pid);
         if (jnum(p, "used_memory", &mem)) used = (unsigned long long)mem;
-        if (v1) {
+        if (version == 3 && cc_layout) {
+            nvmlProcessInfo_v3_cc_t *out = (nvmlProcessInfo_v3_cc_t *)infos + i;
+            out->pid = (unsigned int)pid;
+            out->usedGpuMemory = used;
+            out->gpuInstanceId = 0xFFFFFFFF;
+            out->computeInstanceId = 0xFFFFFFFF;
+            out->usedGpuCcProtectedMemory = 0;
+        } else if (version == 1) {
             nvmlProcessInfo_v1_t *out = (nvmlProcessInfo_v1_t *)infos + i;
             out->pid = (unsigned int)pid;
             out->usedGpuMemory = used;
@@ -886,17 +908,17 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses(nvmlDevice_t d, unsigned int *
     return processes("nvmlDeviceGetComputeRunningProcesses", d, "compute_processes", c, i, 1);
 }
 nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsigned int *c, void *i) {
-    return processes("nvmlDeviceGetComputeRunningProcesses_v2", d, "compute_processes", c, i, 0);
+    return processes("nvmlDeviceGetComputeRunningProcesses_v2", d, "compute_processes", c, i, 2);
 }
 nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *c, void *i) {
-    return processes("nvmlDeviceGetComputeRunningProcesses_v3", d, "compute_processes", c, i, 0);
+    return processes("nvmlDeviceGetComputeRunningProcesses_v3", d, "compute_processes", c, i, 3);
 }
 nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses(nvmlDevice_t d, unsigned int *c, void *i) {
     return processes("nvmlDeviceGetGraphicsRunningProcesses", d, "graphics_processes", c, i, 1);
 }
 nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v2(nvmlDevice_t d, unsigned int *c, void *i) {
-    return processes("nvmlDeviceGetGraphicsRunningProcesses_v2", d, "graphics_processes", c, i, 0);
+    return processes("nvmlDeviceGetGraphicsRunningProcesses_v2", d, "graphics_processes", c, i, 2);
 }
 nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t d, unsigned int *c, void *i) {
-    return processes("nvmlDeviceGetGraphicsRunningProcesses_v3", d, "graphics_processes", c, i, 0);
+    return processes("nvmlDeviceGetGraphicsRunningProcesses_v3", d, "graphics_processes", c, i, 3);
 }
