@@ -8,6 +8,9 @@ need=()
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
+# psutil 5.8.0 (the oldest the agent allows) builds from its sdist against Python's headers.
+python3 -c 'import os, sysconfig; os.stat(sysconfig.get_paths()["include"] + "/Python.h")' \
+  2>/dev/null || need+=(python3-dev)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v sox >/dev/null || need+=(sox)
 command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/systemd/gpumon-agent.service
@@ -25,3 +28,7 @@ bash scripts/bootstrap.sh --test
 # Lab servers run old Pythons: the agent must need nothing newer than 3.8.
 .venv/bin/vermin --no-tips --violations --target=3.8- --eval-annotations agent/gpumon_agent
 .venv/bin/python -m pytest "$@"
+# The agent's tests again on the oldest nvidia-ml-py, psutil and prometheus-client its ranges
+# allow (agent/constraints-oldest.txt), against the same fake NVML: lab servers are old.
+bash scripts/bootstrap.sh --oldest
+.venv-oldest/bin/python -m pytest tests/agent

@@ -70,8 +70,24 @@ def test_bad_gpu_requests_are_refused_with_the_remedy(given):
 
 
 def test_auto_takes_free_gpus_least_utilized_then_least_memory_first():
-    gpus = [gpu(0, util=50), gpu(1, util=5, mem=9), gpu(2, util=5, mem=1), gpu(3, util=0, procs=1)]
+    gpus = [gpu(0, util=8), gpu(1, util=5, mem=9), gpu(2, util=5, mem=1), gpu(3, util=0, procs=1)]
     assert [g.index for g in choose_gpus(gpus, [], None, 2)] == [2, 1]
+
+
+def test_auto_never_takes_a_gpu_whose_processes_are_unknown_or_whose_memory_is_in_use():
+    unknown = gpu(0)
+    unknown.processes, unknown.processes_error = None, "nvml…_v3: Not Supported"
+    gpus = [unknown, gpu(1, mem=20 << 30), gpu(2, util=60), gpu(3)]
+    assert [g.index for g in choose_gpus(gpus, [], None, 1)] == [3]
+    with pytest.raises(NoFreeGpu) as err:
+        choose_gpus(gpus, [], None, 2)
+    message = str(err.value)
+    assert "need 2 free GPUs, 1 of 4 free" in message
+    assert "GPU 0: unknown use (processes unknown: nvml…_v3: Not Supported)" in message
+    assert "GPU 1: in use (20.0 GiB used; no process listed)" in message
+    assert "GPU 2: in use (60% busy; no process listed)" in message
+    # An explicit request is the user's call: unknown processes do not block it.
+    assert [g.index for g in choose_gpus(gpus, [], [0], 1)] == [0]
 
 
 def test_auto_skips_claimed_busy_and_lost_gpus_and_says_who_holds_them():

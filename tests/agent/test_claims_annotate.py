@@ -146,3 +146,35 @@ def test_apply_claims_annotates_from_the_registry_and_reports_bad_files(tmp_path
     assert [g.unclaimed_use for g in r.gpus] == [False, True]
     assert [(e.path, e.error) for e in r.claim_errors] == [(bad, "not a JSON object")]
     assert Report.from_json(r.to_json()) == r
+
+
+def unknown(index: int) -> Gpu:
+    return Gpu(
+        index=index,
+        uuid=f"GPU-{index}",
+        processes=None,
+        processes_error="nvmlDeviceGetComputeRunningProcesses_v3: Not Supported",
+    )
+
+
+def test_unknown_processes_give_no_unclaimed_use_and_no_claimed_idle_verdict():
+    r = report(unknown(0), unknown(1))
+    annotate(r, [claim_on(1, started=T0 - 10 * IDLE_AFTER)], IdleTracker(), IDLE_AFTER, T0)
+    free_looking, claimed = r.gpus
+    assert (free_looking.unclaimed_use, free_looking.claimed_idle) == (None, False)
+    assert (claimed.unclaimed_use, claimed.claimed_idle) == (False, None)  # a claim covers it
+    assert free_looking.idle_since is None and claimed.idle_since is None
+    assert len(claimed.claims) == 1
+
+
+def test_a_stretch_of_unknown_processes_counts_as_busy_for_the_idle_clock():
+    tracker = IdleTracker()
+    claims = [claim_on(0, started=T0 - 10 * IDLE_AFTER)]
+    annotate(report(unknown(0)), claims, tracker, IDLE_AFTER, T0)
+    listed_none = report(gpu(0))
+    annotate(listed_none, claims, tracker, IDLE_AFTER, T0 + 10)
+    assert listed_none.gpus[0].idle_since == utc_iso(T0)  # idle only since it was last unknown
+    assert listed_none.gpus[0].claimed_idle is False
+
+    seeded = IdleTracker.from_report(report(unknown(0), at=T0 + 100))
+    assert seeded.last_busy["GPU-0"] == T0 + 100

@@ -280,6 +280,29 @@ except NoFreeGpu as e:
     assert f"GPU 0: 1 unclaimed process ({ME})" in out["error"]
 
 
+def test_a_gpu_whose_processes_are_unknown_is_never_claimed_automatically(fake_nvml, env_for):
+    state = FakeState.with_gpus(2)
+    state.gpus[1].compute_processes = [FakeProcess(os.getpid())]  # busy, but nobody can tell
+    fake = fake_nvml(state.processes_fail("NOT_SUPPORTED"))  # GeForce boards, an older driver
+    code = """
+try:
+    with claim(count=1):
+        pass
+except NoFreeGpu as e:
+    say(error=str(e))
+with claim(gpus=[1]) as c:  # naming the GPU is the user's call
+    say(indices=c.gpu_indices)
+"""
+    rc, [refused, named], err = run(code, env_for(fake))
+    assert rc == 0, err
+    assert "need 1 free GPU, 0 of 2 free" in refused["error"]
+    assert (
+        "GPU 0: unknown use (processes unknown: nvmlDeviceGetComputeRunningProcesses_v3: "
+        "Not Supported" in refused["error"]
+    )
+    assert named == {"indices": [1]}
+
+
 def test_claims_registry_is_made_by_the_first_claimer_when_missing(fake_nvml, env_for, claims_dir):
     fake = fake_nvml(FakeState.with_gpus(1))
     assert not claims_dir.exists()

@@ -177,6 +177,22 @@ def test_values_the_agent_could_not_read_are_left_out_not_zero():
     assert ("gpumon_gpu_temperature_celsius", lost) not in got
 
 
+def test_unknown_processes_and_verdicts_are_left_out_not_exported_as_none():
+    report = full_report()
+    gpu = report.gpus[0]
+    gpu.processes, gpu.processes_error = None, "nvmlDeviceGetComputeRunningProcesses_v3: x"
+    gpu.claims, gpu.unclaimed_use, gpu.claimed_idle = [], None, False
+    report.host.users = None
+
+    got = samples(exposition(report))
+
+    ok0 = (("gpu", "0"), ("uuid", "GPU-full"))
+    assert ("gpumon_gpu_processes", ok0) not in got  # 0 would read "nobody"
+    assert ("gpumon_gpu_unclaimed_use", ok0) not in got
+    assert got[("gpumon_gpu_claimed_idle", ok0)] == 0.0  # not claimed: that much is known
+    assert ("gpumon_host_logged_in_users", ()) not in got
+
+
 def test_before_the_first_sample_only_the_daemons_own_figures():
     names = {name for name, _ in samples(exposition(None))}
     assert names == {

@@ -4,6 +4,7 @@ sample taken once, saying so — never an error for a missing or unreadable stat
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -27,7 +28,8 @@ from gpumon_agent.report import (
 )
 from gpumon_agent.settings import AgentSettings
 from gpumon_agent.snapshot import latest_report, read_snapshot, summarize, write_snapshot
-from harness.fakenvml import FakeState, make_gpu
+from gpumon_agent.usage import USE_BUSY, USE_UNKNOWN, judge_use
+from harness.fakenvml import ONLY_V3_PROCESS_QUERIES, FakeProcess, FakeState, make_gpu
 
 
 def daemon_report(hostname: str = "gpu7") -> Report:
@@ -203,6 +205,42 @@ def test_a_foreign_file_in_place_of_the_snapshot_is_not_trusted(tmp_path, fake_n
 
     assert report.source == SOURCE_ONESHOT
     assert report.notes[0] == f"snapshot {state / 'report.json'} is not a report: sampled once"
+
+
+def test_a_busy_gpu_behind_a_v3_only_driver_reads_busy_with_its_user(tmp_path, fake_nvml):
+    # The case, end to end: a real process on GPU 0, a driver whose only process queries
+    # are _v3. In .venv-oldest this runs under nvidia-ml-py 11.450.51 and psutil 5.8.0.
+    gpu = make_gpu(0, memory_used=6 << 30, compute_processes=[FakeProcess(os.getpid(), 6 << 30)])
+    fake = fake_nvml(FakeState(gpus=[gpu]), omit=ONLY_V3_PROCESS_QUERIES)
+
+    report, _ = report_json(agent_env(fake.env(), tmp_path / "state"))
+
+    [g] = report.gpus
+    [p] = g.processes
+    assert (p.pid, p.gpu_memory_bytes) == (os.getpid(), 6 << 30)
+    assert p.user == pwd.getpwuid(os.geteuid()).pw_name and "python" in p.command
+    assert (g.processes_error, g.unclaimed_use) == (None, True)
+    assert judge_use(g).state == USE_BUSY
+
+
+def test_process_queries_not_supported_read_as_unknown_never_as_idle(tmp_path, fake_nvml):
+    state = FakeState.with_gpus(1, compute_processes=[FakeProcess(os.getpid())])
+    fake = fake_nvml(state.processes_fail("NOT_SUPPORTED"))
+    env = agent_env(fake.env(), tmp_path / "state")
+
+    report, _ = report_json(env)
+    text = subprocess.run(
+        [str(AGENT), "report"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+    [g] = report.gpus
+    assert g.processes is None  # not []: nobody knows who runs there
+    assert "nvmlDeviceGetComputeRunningProcesses_v3: Not Supported" in g.processes_error
+    assert (g.unclaimed_use, g.claimed_idle, g.idle_since) == (None, False, None)
+    assert [(w.code, w.gpu_index) for w in report.warnings] == [("gpu_processes_unknown", 0)]
+    assert report.warnings[0].message.startswith("GPU 0 processes unknown: nvmlDevice")
+    assert judge_use(g).state == USE_UNKNOWN
+    assert "      processes unknown: nvmlDeviceGetComputeRunningProcesses_v3" in text
 
 
 def test_without_json_a_short_human_summary(tmp_path, no_nvml_env):

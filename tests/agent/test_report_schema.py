@@ -74,6 +74,57 @@ def test_reader_names_the_bad_field(mutate, message):
         Report.from_dict(data)
 
 
+def test_unknown_processes_round_trip_as_null_distinct_from_none():
+    report = sample_report()
+    unknown = Gpu(index=1, processes_error="nvmlDeviceGetComputeRunningProcesses_v3: x")
+    report.gpus.append(unknown)
+    data = json.loads(report.to_json())
+    assert data["version"] == 2
+    assert data["gpus"][1]["processes"] is None
+    assert data["gpus"][1]["unclaimed_use"] is None
+    assert data["gpus"][0]["processes"] != []
+    back = Report.from_json(report.to_json())
+    assert back == report
+    assert back.gpus[1].processes is None and back.gpus[1].processes_error.endswith(": x")
+
+
+def test_a_version_1_report_from_an_older_agent_still_reads():
+    # What agent 0.1.0 (schema 1) wrote: lists always, booleans always, no processes_error.
+    v1 = {
+        "schema": "gpumon.report",
+        "version": 1,
+        "generated_at": "2019-03-14T06:26:45Z",
+        "source": "daemon",
+        "host": {"hostname": "hcpbsp", "addresses": [], "users": []},
+        "nvml": {"available": True},
+        "gpus": [
+            {
+                "index": 0,
+                "state": "ok",
+                "processes": [{"pid": 7, "kind": "compute", "user": "lww", "command": "python"}],
+                "claims": [],
+                "unclaimed_use": True,
+                "claimed_idle": False,
+            },
+            {"index": 1, "state": "ok", "processes": [], "unclaimed_use": False},
+        ],
+    }
+    report = Report.from_dict(v1)
+    assert report.version == 1
+    busy, idle = report.gpus
+    assert [p.user for p in busy.processes] == ["lww"] and busy.unclaimed_use is True
+    assert (idle.processes, idle.processes_error, idle.unclaimed_use) == ([], None, False)
+    assert report.host.users == []
+
+
+@pytest.mark.parametrize("version", [0, 3, True, 2.0, "2", None])
+def test_a_version_this_reader_does_not_know_is_refused(version):
+    data = sample_report().to_dict()
+    data["version"] = version
+    with pytest.raises(ReportError, match="this reader understands 1, 2"):
+        Report.from_dict(data)
+
+
 def test_reader_refuses_text_that_is_not_json_or_too_large():
     with pytest.raises(ReportError, match="not JSON"):
         Report.from_json("Welcome to gpu1!\n{")

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from gpumon.poll import result as codes
+from gpumon.poll.agentless import build_report
 from gpumon.poll.poller import Poller
+from gpumon.poll.transport import CommandOutput
 from gpumon_agent.report import SOURCE_AGENTLESS
 from harness.sshd import PLAIN, Fleet
 
@@ -82,3 +84,37 @@ def test_no_agent_and_no_nvidia_smi_is_agent_missing(fleet: Fleet, tmp_path: Pat
     assert not result.on
     assert result.reason_code == codes.AGENT_MISSING
     assert "no nvidia-smi" in result.reason
+
+
+def script_output(apps: str, apps_rc: int = 0) -> CommandOutput:
+    """What the agentless script prints (its sections), with the given compute-apps answer."""
+    text = (
+        "@@hostname\ngeforce\n@@loadavg\n0.1 0.2 0.3 1/2 3\n@@nproc\n8\n"
+        f"@@gpus\n{GPUS_CSV}@@rc 0\n@@apps\n{apps}\n@@rc {apps_rc}\n@@ps\n"
+    )
+    return CommandOutput(exit_status=0, stdout=text.encode(), stderr=b"")
+
+
+def test_nvidia_smi_failing_to_list_processes_makes_them_unknown_not_none() -> None:
+    out = script_output("Failed to initialize NVML: Unknown Error", apps_rc=255)
+    report = build_report(out, "192.0.2.9")
+    for gpu in report.gpus:
+        assert gpu.processes is None
+        assert gpu.processes_error == (
+            "nvidia-smi --query-compute-apps failed: Failed to initialize NVML: Unknown Error"
+        )
+        assert gpu.unclaimed_use is None  # agentless reads no claims
+
+
+def test_not_supported_in_place_of_a_pid_makes_that_gpus_processes_unknown() -> None:
+    apps = "GPU-5f1e-0, [Not Supported], [Not Supported]\nGPU-5f1e-1, 1, 300"
+    report = build_report(script_output(apps), "192.0.2.9")
+    unknown, listed = report.gpus
+    assert unknown.processes is None
+    assert unknown.processes_error == "nvidia-smi --query-compute-apps: [Not Supported]"
+    assert [p.pid for p in listed.processes] == [1] and listed.processes_error is None
+
+
+def test_no_running_processes_is_an_empty_list() -> None:
+    report = build_report(script_output("No running processes found"), "192.0.2.9")
+    assert [(g.processes, g.processes_error) for g in report.gpus] == [([], None), ([], None)]

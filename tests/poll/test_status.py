@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from gpumon.cli import main
-from gpumon.status import status
-from gpumon_agent.report import ClaimInfo, HealthWarning
+from gpumon.poll.result import ServerResult
+from gpumon.status import render_table, status
+from gpumon_agent.report import ClaimInfo, Gpu, HealthWarning, Host, Nvml, Report
 from harness.sshd import Fleet, canned_report
 
 
@@ -164,3 +165,24 @@ def test_gpumon_status_polls_the_servers_named_in_the_sheet(
         ("hcbbsp", True, busy.address),
         ("ganbsp", True, other.address),
     ]
+
+
+def test_unknown_processes_show_a_question_mark_and_the_reason() -> None:
+    why = "nvidia-smi --query-compute-apps failed: x"
+    seen = {"utilization_pct": 0.0, "memory_used_bytes": 0, "memory_total_bytes": 8 << 30}
+    unknown = Gpu(index=0, processes=None, processes_error=why, **seen)
+    report = Report(
+        generated_at="2019-03-14T06:26:45Z",
+        host=Host(hostname="bare"),
+        nvml=Nvml(available=True),
+        gpus=[unknown, Gpu(index=1, processes=[], **seen)],
+    )
+    result = ServerResult(
+        name="bare", destination="192.0.2.9:22", on=True, polled_at=report.generated_at,
+        report=report,
+    )  # fmt: skip
+
+    row0, row1 = render_table([result]).splitlines()[1:3]
+
+    assert " ? " in row0 and f"GPU 0 processes unknown: {why}" in row0
+    assert " ? " not in row1 and row1.rstrip().endswith("OK")

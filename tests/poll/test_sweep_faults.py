@@ -35,6 +35,17 @@ COMMAND_S = 2.0
 SLACK_S = 1.5  # scheduling on a loaded 2-core machine; deadlines are the contract, not speed
 
 
+# What gpumon-agent 0.1.0 (Report schema 1) prints, sampled now; braces doubled for the
+# behaviour template, the time spliced in from `date` between single-quoted shell strings.
+V1_REPORT = (
+    '{{"schema": "gpumon.report", "version": 1, '
+    '"generated_at": "\'"$(date -u +%Y-%m-%dT%H:%M:%SZ)"\'", '
+    '"host": {{"hostname": "old-agent", "users": []}}, "nvml": {{"available": true}}, '
+    '"gpus": [{{"index": 0, "processes": [{{"pid": 7, "user": "lww", "command": "python"}}], '
+    '"unclaimed_use": true}}, {{"index": 1, "processes": [], "unclaimed_use": false}}]}}'
+)
+
+
 @dataclass
 class Sweep:
     fleet: Fleet
@@ -57,6 +68,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, isolated_home: Path) -> Iter
     fleet.add("agent-10mb", behaviour=HUGE)
     fleet.add("agent-sleeps", behaviour=SLEEP)
     fleet.add("agent-fails", behaviour=FAILING)
+    fleet.add("agent-v1", behaviour=f"echo '{V1_REPORT}'")  # an agent not upgraded yet
     fleet.add(
         "agent-v3",
         behaviour="""echo '{{"schema": "gpumon.report", "version": 3, "host": {{}}}}'""",
@@ -124,7 +136,7 @@ def test_every_healthy_server_is_on_with_its_own_report(sweep: Sweep) -> None:
 def test_faults_cost_only_their_own_deadline(sweep: Sweep) -> None:
     # Every fault runs at once: the sweep takes about the longest single deadline, not the sum.
     assert sweep.elapsed_s < max(HANDSHAKE_S, AUTH_S, COMMAND_S) + 2 * SLACK_S
-    assert len(sweep.results) == HEALTHY + 9 + 3
+    assert len(sweep.results) == HEALTHY + 10 + 3
 
 
 def test_refused_port_is_off_refused(sweep: Sweep) -> None:
@@ -219,6 +231,16 @@ def test_failing_agent_is_off_with_its_own_words(sweep: Sweep) -> None:
     result = off(sweep, "agent-fails", codes.AGENT_FAILED)
     assert result.reason.startswith("agent failed (exit 3): ")
     assert "RuntimeError: NVML exploded" in result.reason
+
+
+def test_a_version_1_report_from_an_agent_not_yet_upgraded_is_read(sweep: Sweep) -> None:
+    result = sweep.results["agent-v1"]
+    assert result.on and result.reason_code is None, result
+    report = result.report
+    assert (report.version, report.host.hostname) == (1, "old-agent")
+    busy, idle = report.gpus
+    assert [p.user for p in busy.processes] == ["lww"] and busy.unclaimed_use is True
+    assert (idle.processes, idle.processes_error) == ([], None)
 
 
 def test_newer_schema_version_is_bad_output_naming_the_upgrade(sweep: Sweep) -> None:

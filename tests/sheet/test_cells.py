@@ -159,3 +159,55 @@ def test_gpu_row_the_agent_does_not_report_says_not_found():
     cells = render(on("a", [gpu(0)]), SEOUL, {0, 1})
     assert 1 not in cells.gpus
     assert cells.absent["util"] == "not found"
+
+
+NOT_SUPPORTED = "nvmlDeviceGetComputeRunningProcesses_v3: Not Supported"
+
+
+def test_unknown_processes_say_question_mark_in_running_and_why_in_health():
+    unknown = gpu(0, processes=None, processes_error=NOT_SUPPORTED, unclaimed_use=None)
+    result = on("geforce", [unknown, gpu(1)])
+    result.report.warnings = [
+        HealthWarning("gpu_processes_unknown", f"GPU 0 processes unknown: {NOT_SUPPORTED}", 0)
+    ]
+    cells = render(result, SEOUL, {0, 1})
+    assert cells.gpus[0]["running"] == "?"  # never blank: blank reads "nobody"
+    assert cells.gpus[1]["running"] == ""  # listed, none
+    assert cells.server["health"] == f"GPU 0 processes unknown: {NOT_SUPPORTED}"  # said once
+    assert "without a claim" not in cells.server["health"]
+
+
+def test_unknown_processes_without_the_agents_warning_are_still_explained():
+    # An agentless read (nvidia-smi) or any report that did not warn: Health says it anyway.
+    agentless = gpu(0, processes=None, processes_error="nvidia-smi --query-compute-apps failed: x")
+    text = health(on("bare", [agentless]), {0})
+    assert text == "GPU 0 processes unknown: nvidia-smi --query-compute-apps failed: x"
+    assert health(on("odd", [gpu(0, processes=None)]), {0}) == (
+        "GPU 0 processes unknown: not reported"
+    )
+
+
+def test_a_process_query_failure_already_in_the_gpu_error_is_said_once():
+    failing = gpu(
+        0,
+        state=GPU_ERROR,
+        error=f"nvmlDeviceGetTemperature: Unknown Error; {NOT_SUPPORTED}",
+        processes=None,
+        processes_error=NOT_SUPPORTED,
+    )
+    result = on("a", [failing])
+    result.report.warnings = [HealthWarning("gpu_error", f"GPU 0: {failing.error}", 0)]
+    assert health(result, {0}) == f"GPU 0: {failing.error}"
+    assert render(result, SEOUL, {0}).gpus[0]["running"] == "?"
+
+
+def test_some_processes_listed_while_a_query_failed_show_them_and_a_question_mark():
+    partial = gpu(0, processes=[process("lww", "python train.py")], processes_error="graphics: x")
+    cells = render(on("a", [partial]), SEOUL, {0})
+    assert cells.gpus[0]["running"] == "lww: python train.py; ?"
+    assert cells.server["health"] == "GPU 0 processes partly unknown: graphics: x"
+
+
+def test_a_hostile_report_claiming_unclaimed_use_with_unknown_processes_does_not_crash():
+    odd = gpu(0, processes=None, processes_error="x", unclaimed_use=True)
+    assert "GPU 0 used without a claim (?)" in health(on("a", [odd]), {0})
