@@ -38,7 +38,7 @@ from gpumon_agent.claims import ClaimRegistry, claim_gpus, new_record  # noqa: E
 from gpumon_agent.report import Gpu  # noqa: E402
 from harness.fakenvml import FakeNvml, FakeState  # noqa: E402
 
-GPUS = [Gpu(index=i, uuid=f"GPU-{i}") for i in range(512)]
+GPUS = [Gpu(index=i, uuid=f"GPU-{i}", processes=[]) for i in range(512)]  # idle: listed, none
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:
