@@ -694,6 +694,7 @@ def _running_processes(name: str, handle: Any) -> List[Tuple[int, int]]:
 
 def _entry_bytes(written: bytes, n: int) -> int:
     """The entry size of a versioned query that filled `n` entries: 32 if the driver wrote past
-    n 24-byte entries (the last field of a 32-byte entry is never all 0xAA bytes), else 24."""
+    n 24-byte entries, else 24. (What a 32-byte layout puts there — memory sizes, instance ids,
+    the protected-memory size — is never 8n bytes of 0xAA.)"""
     beyond = written[n * _V2_ENTRY_BYTES : n * _V3_CC_ENTRY_BYTES]
     return _V3_CC_ENTRY_BYTES if beyond.strip(bytes([_UNWRITTEN])) else _V2_ENTRY_BYTES
