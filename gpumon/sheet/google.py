@@ -42,7 +42,16 @@ from gspread.urls import SPREADSHEETS_API_V4_BASE_URL
 
 from gpumon.config import Config, ConfigError
 from gpumon.sheet.google_auth import authorized_session, load_credentials
-from gpumon.sheet.grid import CellWrite, Grid, Merge, Setup, SheetError, WriteStats, a1
+from gpumon.sheet.grid import (
+    CellWrite,
+    Grid,
+    Merge,
+    Setup,
+    SheetError,
+    WriteStats,
+    a1,
+    cell_text,
+)
 from gpumon.sheet.retry import Budget, OutOfBudget, Retry
 
 ROW_KEY = "gpumon.row"  # row developer metadata: value = the row's anchor
@@ -422,7 +431,7 @@ class GoogleBackend:
         for value, cols in rows.items():
             line: list[Any] = [None] * (max(cols) + 1)
             for col, cell in cols.items():
-                line[col] = cell
+                line[col] = cell_text(cell)  # Google refuses lone surrogates, long cells
             lookup = {"metadataId": read.anchors[value][0].metadata_id}
             data.append(
                 {
@@ -673,7 +682,7 @@ def _put(sheet_id: int, row: int, col: int, value: Any) -> dict[str, Any]:
     elif isinstance(value, (int, float)):
         typed = {"numberValue": value}
     else:
-        typed = {"stringValue": str(value)}
+        typed = {"stringValue": cell_text(str(value))}
     return {
         "updateCells": {
             "rows": [{"values": [{"userEnteredValue": typed}]}],

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from gpumon.config import DEFAULT_COLUMNS, OWNED_COLUMNS
 from gpumon.poll.result import ServerResult
 from gpumon.sheet.cells import render
-from gpumon.sheet.grid import CellWrite, Grid, Merge, NewRows, Setup, a1
+from gpumon.sheet.grid import CellWrite, Grid, Merge, NewRows, Setup, a1, cell_text
 from gpumon.sheet.layout import (
     GPU_COLUMNS,
     SERVER_COLUMNS,
@@ -273,6 +273,7 @@ class _Targets:
         if self.writable is not None and row not in self.writable:
             return  # not anchored yet: the Setup anchors it, the next plan writes it
         assert col in self.owned_cols, (row, col)
+        value = cell_text(value)  # as the backend will write it, so an unchanged cell stays
         old = self.grid.cell(row, col)
         if old == value:
             return

@@ -34,7 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from gpumon.config import DEFAULT_COLUMNS, OWNED_COLUMNS, Config, ConfigError
-from gpumon.sheet.grid import CellWrite, Grid, Merge, NewRows, Setup, SheetError, WriteStats
+from gpumon.sheet.grid import (
+    CellWrite,
+    Grid,
+    Merge,
+    NewRows,
+    Setup,
+    SheetError,
+    WriteStats,
+    cell_text,
+)
 from gpumon.sheet.layout import LayoutError, read_layout
 from gpumon_agent.atomic import atomic_file
 
@@ -228,7 +237,6 @@ class XlsxBackend:
 
     def _load(self, stamp: _Stamp) -> None:
         from openpyxl import load_workbook
-        from openpyxl.utils.exceptions import InvalidFileException
 
         try:
             with zipfile.ZipFile(self.path) as archive:
@@ -236,14 +244,16 @@ class XlsxBackend:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 workbook = load_workbook(self.path, rich_text=True)
-        except (zipfile.BadZipFile, InvalidFileException, KeyError, ValueError, TypeError) as e:
-            raise SheetError(
-                f"{self.path}: not a readable .xlsx workbook ({type(e).__name__}: {e}). gpumon "
-                "leaves it exactly as it is: restore it, or move it away and gpumon makes a "
-                "fresh one"
-            ) from None
         except OSError as e:
             raise SheetError(f"{self.path}: cannot read it ({e.strerror or e})") from None
+        except Exception as e:
+            # A damaged workbook fails anywhere in zipfile, openpyxl or the XML parser (e.g.
+            # xml.etree's ParseError on a character XML cannot hold): all mean "unreadable".
+            detail = _short(f"{type(e).__name__}: {e}")
+            raise SheetError(
+                f"{self.path}: not a readable .xlsx workbook ({detail}). gpumon leaves it "
+                "exactly as it is: restore it, or move it away and gpumon makes a fresh one"
+            ) from None
         self._unsafe = None
         for prefix, what in _UNSAFE_PARTS:
             if any(name.startswith(prefix) for name in names):
@@ -372,9 +382,9 @@ def display(value: Any) -> str:
 
 def _set(cell: Any, value: Any) -> None:
     if isinstance(value, str):
-        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
-
-        cell.value = ILLEGAL_CHARACTERS_RE.sub("?", value)
+        # openpyxl saves any str, then cannot read back what XML cannot hold (U+FFFF, lone
+        # surrogates): the whole workbook, people's cells included, would be unreadable.
+        cell.value = cell_text(value)
         # openpyxl makes "=..." a formula; gpumon writes untrusted text raw: keep it text.
         cell.data_type = "s"
     else:
@@ -494,6 +504,10 @@ def _lock_owner(lock: Path) -> str:
         return ""
     owner = text.split(",", 1)[0].strip()
     return f" by {owner}" if owner and "\x00" not in owner and len(owner) < 80 else ""
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _letter(col: int) -> str:
