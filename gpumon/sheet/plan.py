@@ -137,7 +137,14 @@ def plan(
             _unplaced(layout, result, out, setup, add_rows)
             continue
         # GPUs listed twice have rows (which the layout warned about): not "missing".
-        cells = render(result, tz, set(block.gpu_rows) | block.ambiguous_gpus)
+        try:
+            cells = render(result, tz, set(block.gpu_rows) | block.ambiguous_gpus)
+        except Exception as e:  # a value render cannot show costs its server, not the push
+            out.warnings.append(
+                f"server '{result.name}': its cells could not be made ({type(e).__name__}: "
+                f"{str(e)[:200]}); its rows are left as they are"
+            )
+            continue
         for column in SERVER_COLUMNS:
             value = cells.server.get(column)
             if value is not None:

@@ -15,6 +15,7 @@ import sheetkit  # noqa: E402
 
 GPUMON = Path(sys.executable).with_name("gpumon")
 seed_workbook = sheetkit.seed_workbook
+seed_grid = sheetkit.seed_grid
 ScriptedPoller = sheetkit.ScriptedPoller
 gpu, on, off, process = sheetkit.gpu, sheetkit.on, sheetkit.off, sheetkit.process
 SEED_SERVERS = sheetkit.SEED_SERVERS
