@@ -76,7 +76,10 @@ def check(config: Config, out: TextIO | None = None) -> int:
             layout = _check_sheet(config, backend, checks)
         finally:
             close_backend(backend)
-    names = poll_names(config, layout.servers() if layout else [])
+    not_polled: list[str] = []
+    names = poll_names(config, layout.servers() if layout else [], not_polled)
+    for warning in not_polled:
+        checks.info(warning)
     if not names:
         checks.fail("servers: none to poll (add [servers.NAME] tables, or names in the sheet)")
     else:
