@@ -438,10 +438,21 @@ def _merged_cell_type() -> type:
 
 
 def _shift_blocker(sheet: Any, at: int) -> str | None:
-    for row in sheet.iter_rows():
-        for cell in row:
-            if cell.data_type == "f":
-                return f"a formula ({cell.coordinate})"
+    """What would need re-pointing if rows were inserted at 1-based row ``at``: a formula at or
+    below it, or one anywhere in the workbook that refers to this sheet's rows from ``at`` on
+    (openpyxl moves cells, never the references to them); None if nothing does."""
+    for other in sheet.parent.worksheets:
+        for row in other.iter_rows():
+            for cell in row:
+                if cell.data_type != "f":
+                    continue
+                here = other is sheet
+                if (here and cell.row >= at) or _refers_below(str(cell.value), sheet, here, at):
+                    where = cell.coordinate if here else f"{other.title}!{cell.coordinate}"
+                    return f"a formula ({where})"
+    for name, defined in _defined_names(sheet):
+        if _refers_below("=" + str(defined.attr_text), sheet, False, at):
+            return f"a defined name ({name})"
     if sheet.tables:
         return "a table"
     for cf in sheet.conditional_formatting:
@@ -453,6 +464,40 @@ def _shift_blocker(sheet: Any, at: int) -> str | None:
     if sheet.print_area or sheet.print_title_rows:
         return "a print area"
     return None
+
+
+def _refers_below(formula: str, sheet: Any, here: bool, at: int) -> bool:
+    """Does ``formula`` (in this sheet when ``here``) refer to rows ``at`` or lower of
+    ``sheet``? A reference it cannot read (a defined name, a damaged formula) counts as yes."""
+    from openpyxl.formula import Tokenizer
+    from openpyxl.utils.cell import range_boundaries
+
+    try:
+        tokens = Tokenizer(formula).items
+    except Exception:  # openpyxl's tokenizer raises bare errors on what it cannot read
+        return True
+    for token in tokens:
+        if token.type != "OPERAND" or token.subtype != "RANGE":
+            continue
+        target, bang, ref = token.value.rpartition("!")
+        if bang:
+            if target.strip("'").replace("''", "'") != sheet.title:
+                continue
+        elif not here:
+            continue
+        try:
+            max_row = range_boundaries(ref.replace("$", ""))[3]
+        except ValueError:
+            return True  # a defined name or a table reference: cannot tell, so it may
+        if max_row is None or max_row >= at:
+            return True
+    return False
+
+
+def _defined_names(sheet: Any) -> list[tuple[str, Any]]:
+    names = list(sheet.parent.defined_names.items())
+    names += list(getattr(sheet, "defined_names", {}).items())
+    return names
 
 
 def _shift_down(sheet: Any, at: int, count: int) -> None:
