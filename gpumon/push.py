@@ -333,21 +333,24 @@ def push(config: Config, dry_run: bool = False, add_rows: bool = False) -> int:
 
 def report(config: Config, outcome: PushOutcome, out=None, err=None) -> None:
     """Warnings to stderr; the dry run's planned changes, the summary and the table to stdout."""
+    from gpumon.table import printable
+
     out = out or sys.stdout
     err = err or sys.stderr
+    # Warnings and changes quote sheet cells and server text: never raw to a terminal.
     for warning in outcome.warnings:
-        print(f"gpumon: warning: {warning}", file=err)
+        print(printable(f"gpumon: warning: {warning}"), file=err)
     if outcome.setup_stats is not None:
         for reason in outcome.setup_stats.skipped:
-            print(f"gpumon: warning: {reason}", file=err)
+            print(printable(f"gpumon: warning: {reason}"), file=err)
     for reason in outcome.stats.skipped:
-        print(f"gpumon: warning: not written: {reason}", file=err)
+        print(printable(f"gpumon: warning: not written: {reason}"), file=err)
     if outcome.dry_run:
         print("dry run: nothing written.", file=out)
         for line in outcome.setup_lines:
-            print(f"set-up: {line}", file=out)
+            print(printable(f"set-up: {line}"), file=out)
         for change in outcome.changes:
-            print(f"{change}", file=out)
+            print(printable(f"{change}"), file=out)
         if not outcome.changes:
             print("no cell would change.", file=out)
     else:

@@ -4,6 +4,7 @@ that cannot be parsed. Issue 8, "The workbook and the sheet"."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -13,7 +14,16 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from central_kit import ScriptedPoller, gpu, gpumon, no_traceback, on, process, seed_workbook
+from central_kit import (
+    GPUMON,
+    ScriptedPoller,
+    gpu,
+    gpumon,
+    no_traceback,
+    on,
+    process,
+    seed_workbook,
+)
 
 from gpumon.config import Config, PollConfig, SheetConfig
 from gpumon.push import push_once
@@ -35,12 +45,10 @@ def test_cell_text_replaces_what_no_cell_holds_and_keeps_the_rest():
     assert cell_text(3) == 3
 
 
-def test_a_claimed_job_and_a_command_line_with_byte_ff_and_U_FFFF_keep_the_workbook_readable(
-    tmp_path, fake_nvml
-):
-    """For real: `gpumon claim --job $'job\\xff\\uffff' -- CMD $'arg\\xff\\uffff'` on a GPU,
-    then `gpumon push` (the embedded default) twice. Before the fix the first push saved a
-    workbook openpyxl could not read, and every later push exited 1 with a traceback."""
+@contextlib.contextmanager
+def hostile_claim(tmp_path: Path, fake_nvml, job: bytes = HOSTILE_JOB):
+    """For real: `gpumon claim --gpus 0 --job JOB -- CMD $'arg\\xff\\uffff'` holding GPU 0 of
+    a fake NVML that lists CMD's process; yields the environment to run gpumon in."""
     nvml = fake_nvml(FakeState.with_gpus(1))
     env = nvml.env()
     env.update(
@@ -51,7 +59,7 @@ def test_a_claimed_job_and_a_command_line_with_byte_ff_and_U_FFFF_keep_the_workb
     env.pop("GPUMON_CONFIG", None)
     pid_file = tmp_path / "pid"
     argv = [str(Path(sys.executable).with_name("gpumon")).encode(), b"claim", b"--gpus", b"0"]
-    argv += [b"--job", HOSTILE_JOB, b"--", sys.executable.encode(), b"-c", SLEEPER.encode()]
+    argv += [b"--job", job, b"--", sys.executable.encode(), b"-c", SLEEPER.encode()]
     argv += [str(pid_file).encode(), HOSTILE_ARG]
     claim = subprocess.Popen(argv, env=env)
     try:
@@ -61,6 +69,19 @@ def test_a_claimed_job_and_a_command_line_with_byte_ff_and_U_FFFF_keep_the_workb
             time.sleep(0.05)
         worker = int(pid_file.read_text())
         nvml.write(FakeState(gpus=[make_gpu(0, compute_processes=[FakeProcess(worker)])]))
+        yield env
+    finally:
+        claim.kill()
+        claim.wait()
+
+
+def test_a_claimed_job_and_a_command_line_with_byte_ff_and_U_FFFF_keep_the_workbook_readable(
+    tmp_path, fake_nvml
+):
+    """`gpumon push` (the embedded default) twice beside such a claim. Before the fix the first
+    push saved a workbook openpyxl could not read, and every later push exited 1 with a
+    traceback."""
+    with hostile_claim(tmp_path, fake_nvml) as env:
         work = tmp_path / "work"
         work.mkdir()
         for _ in range(2):
@@ -71,9 +92,23 @@ def test_a_claimed_job_and_a_command_line_with_byte_ff_and_U_FFFF_keep_the_workb
             header = [c.value for c in sheet[7]]
             job = sheet.cell(8, header.index("Job") + 1).value
             assert job.startswith(f"job{REPLACEMENT}{REPLACEMENT} (")
-    finally:
-        claim.kill()
-        claim.wait()
+
+
+def test_gpumon_status_prints_no_terminal_escape_and_no_lone_surrogate_from_a_job_name(
+    tmp_path, fake_nvml
+):
+    """Beyond the list: the table printed job names raw — an OSC/CSI escape sequence (retitle,
+    clear the screen) reached the admin's terminal, and the 0xff byte went out as it came."""
+    with hostile_claim(tmp_path, fake_nvml, job=b"\x1b]0;owned\x07\x1b[2Jjob\xff") as env:
+        env = dict(env, LANG="C.UTF-8", LC_ALL="C.UTF-8")
+        env.pop("PYTHONIOENCODING", None)
+        done = subprocess.run(
+            [str(GPUMON), "status"], env=env, cwd=tmp_path, capture_output=True, timeout=120
+        )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert b"Traceback" not in done.stderr
+    assert b"\x1b" not in done.stdout and b"\xff" not in done.stdout
+    assert "job\ufffd".encode() in done.stdout
 
 
 def test_a_command_line_with_a_lone_surrogate_is_written_replaced_into_the_xlsx(tmp_path):
