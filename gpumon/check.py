@@ -17,6 +17,7 @@ from gpumon.poll.result import ServerResult
 from gpumon.push import poll_names
 from gpumon.sheet.grid import Grid, SheetError, a1, column_letter
 from gpumon.sheet.layout import Block, Layout, LayoutError, read_layout
+from gpumon.table import printable
 
 OK, INFO, FAIL = "ok  ", "    ", "FAIL"
 
@@ -47,15 +48,16 @@ class Checklist:
     out: TextIO
     failures: list[str] = field(default_factory=list)
 
+    # Lines quote sheet cells and server text: never raw to a terminal.
     def ok(self, text: str) -> None:
-        print(f"{OK} {text}", file=self.out)
+        print(printable(f"{OK} {text}"), file=self.out)
 
     def info(self, text: str) -> None:
-        print(f"{INFO} {text}", file=self.out)
+        print(printable(f"{INFO} {text}"), file=self.out)
 
     def fail(self, text: str) -> None:
         self.failures.append(text)
-        print(f"{FAIL} {text}", file=self.out)
+        print(printable(f"{FAIL} {text}"), file=self.out)
 
 
 def check(config: Config, out: TextIO | None = None) -> int:
@@ -76,7 +78,10 @@ def check(config: Config, out: TextIO | None = None) -> int:
             layout = _check_sheet(config, backend, checks)
         finally:
             close_backend(backend)
-    names = poll_names(config, layout.servers() if layout else [])
+    not_polled: list[str] = []
+    names = poll_names(config, layout.servers() if layout else [], not_polled)
+    for warning in not_polled:
+        checks.info(warning)
     if not names:
         checks.fail("servers: none to poll (add [servers.NAME] tables, or names in the sheet)")
     else:

@@ -7,6 +7,7 @@ are errors: a typo silently ignored is a monitor silently misconfigured.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import socket
@@ -21,6 +22,24 @@ else:  # pragma: no cover - exercised on older central boxes only
     import tomli as tomllib
 
 DEFAULT_CONFIG_PATH = "~/.config/gpumon/gpumon.toml"
+MAX_CONFIG_BYTES = 256 * 1024  # a config is a few KB; anything near this is not one
+
+# Every number in the config: finite, and within these (inclusive) bounds.
+NUMBER_BOUNDS: dict[str, tuple[float, float]] = {
+    "poll.concurrency": (1, 1024),
+    "poll.connect_timeout_s": (0.1, 300),
+    "poll.handshake_timeout_s": (0.1, 300),
+    "poll.auth_timeout_s": (0.1, 300),
+    "poll.command_timeout_s": (0.1, 600),
+    "poll.sweep_timeout_s": (0.5, 3600),
+    "poll.stale_after_s": (1, 7 * 86400),
+    "sheet.timeout_s": (1, 600),
+    "sheet.retry_budget_s": (1, 3600),
+    "serve.interval_s": (0.1, 86400),  # with the google backend at least GOOGLE_MIN_INTERVAL_S
+}
+# A push costs Google one read and one write; its quota is 60 of each a minute per account, and
+# set-ups, manual pushes and `gpumon check` share it.
+GOOGLE_MIN_INTERVAL_S = 10.0
 
 # Canonical column keys → header names recognised (case- and space-insensitive).
 # The first name of each is the one gpumon writes when it adds the column.
@@ -75,6 +94,11 @@ class PollConfig:
     identity_files: list[str] = field(default_factory=list)
     agentless: bool = True  # read nvidia-smi + ps when the agent is not installed
     servers_from_sheet: bool = True  # poll every name in the sheet's Server column
+    # Sheet editors choose what the central box dials: restrict the sheet's names to these glob
+    # patterns (e.g. ["*bsp"]; empty: any host name), and refuse IP addresses and "localhost"
+    # from the sheet unless sheet_ips is true. Names in [servers] are always polled.
+    sheet_names: list[str] = field(default_factory=list)
+    sheet_ips: bool = False
 
 
 @dataclass
@@ -135,7 +159,14 @@ def load(path: str | None = None) -> Config:
         path = str(default)
     file = Path(os.path.expanduser(path))
     try:
-        text = file.read_text(encoding="utf-8")
+        with open(file, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{file}: larger than {MAX_CONFIG_BYTES // 1024} KiB — not a gpumon config "
+                "(is --config pointing at the right file?)"
+            )
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(
             f"{file}: no such config file — create it (see README, 'Set-up') or drop --config"
@@ -146,10 +177,14 @@ def load(path: str | None = None) -> Config:
 
 
 def parse(text: str, origin: str) -> Config:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{origin}: larger than {MAX_CONFIG_BYTES // 1024} KiB — not a config")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{origin}: not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses per level of nested arrays and inline tables
+        raise ConfigError(f"{origin}: nested too deeply to be a gpumon config") from None
     where = _Where(origin, text)
     top = _Section(where, "", data)
     config = Config(path=origin)
@@ -251,7 +286,12 @@ def _typed(where: _Where, dotted: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f'{where.at(dotted)}: expected a list of strings, e.g. ["a", "b"]')
         return list(value)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise ConfigError(
+                f"{where.at(dotted)}: a {len(str(value))}-digit number is out of range"
+            ) from None
     if base is int and isinstance(value, bool):
         raise ConfigError(f"{where.at(dotted)}: expected {_TYPE_WORDS[int]}, got {value!r}")
     if not isinstance(value, base):
@@ -318,24 +358,30 @@ def _check_values(where: _Where, config: Config) -> None:
             f"{where.at('sheet.url')}: the google backend needs the sheet, e.g. "
             'url = "https://docs.google.com/spreadsheets/d/KEY/edit#gid=0"'
         )
-    positive = [
-        ("poll.connect_timeout_s", poll.connect_timeout_s),
-        ("poll.handshake_timeout_s", poll.handshake_timeout_s),
-        ("poll.auth_timeout_s", poll.auth_timeout_s),
-        ("poll.command_timeout_s", poll.command_timeout_s),
-        ("poll.sweep_timeout_s", poll.sweep_timeout_s),
-        ("poll.stale_after_s", poll.stale_after_s),
-        ("poll.concurrency", poll.concurrency),
-        ("sheet.timeout_s", sheet.timeout_s),
-        ("sheet.retry_budget_s", sheet.retry_budget_s),
-        ("serve.interval_s", config.serve.interval_s),
-    ]
-    for dotted, value in positive:
-        if value <= 0:
-            raise ConfigError(f"{where.at(dotted)}: must be greater than 0")
+    sections = {"poll": poll, "sheet": sheet, "serve": config.serve}
+    for dotted, (lo, hi) in NUMBER_BOUNDS.items():
+        section, _, key = dotted.partition(".")
+        value = getattr(sections[section], key)
+        # NaN compares false with everything, so the range test alone would not catch it.
+        if (isinstance(value, float) and not math.isfinite(value)) or not lo <= value <= hi:
+            shown = repr(value) if len(repr(value)) <= 24 else f"a {len(repr(value))}-digit number"
+            raise ConfigError(
+                f"{where.at(dotted)}: {shown} is not allowed — give a number from {lo:g} to {hi:g}"
+            )
+    if sheet.backend == "google" and config.serve.interval_s < GOOGLE_MIN_INTERVAL_S:
+        raise ConfigError(
+            f"{where.at('serve.interval_s')}: {config.serve.interval_s:g} s is too often for "
+            f"Google (60 writes a minute per account, shared with set-ups and manual pushes) — "
+            f"give at least {GOOGLE_MIN_INTERVAL_S:g}"
+        )
     for name, server in config.servers.items():
         if server.port is not None and not 0 < server.port < 65536:
             raise ConfigError(f"{where.at(f'servers.{name}.port')}: a TCP port, 1-65535")
+    for pattern in poll.sheet_names:
+        if not pattern.strip():
+            raise ConfigError(
+                f'{where.at("poll.sheet_names")}: an empty pattern; write e.g. ["*bsp", "gpu-*"]'
+            )
     if not config.servers and not poll.servers_from_sheet:
         raise ConfigError(
             f"{config.origin}: no servers to poll — add [servers.NAME] tables or set "

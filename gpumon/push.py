@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import fnmatch
+import ipaddress
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -93,22 +96,103 @@ class PushOutcome:
         )
 
 
-def poll_names(config: Config, servers_in_sheet: Sequence[str]) -> list[str]:
+def poll_names(
+    config: Config, servers_in_sheet: Sequence[str], warnings: list[str] | None = None
+) -> list[str]:
     """The sheet's servers (with [poll] servers_from_sheet), then the config's, once each.
 
-    A sheet name that a [servers.NAME] table names in another case is polled under the config's
-    spelling, so the poller finds that table (host names are case-insensitive).
+    Sheet editors choose what the central box dials with its key, so a name from the sheet is
+    polled only if [servers] names it, or it is a host name (IP addresses and "localhost" only
+    with [poll] sheet_ips), it matches a [poll] sheet_names pattern (when there are any), and
+    it is among the first MAX_SHEET_SERVERS such names. What is left out is said in
+    ``warnings``. A sheet name that a [servers.NAME] table names in another case is polled
+    under the config's spelling, so the poller finds that table (host names are
+    case-insensitive).
     """
     configured = {server_key(name): name for name in config.servers}
+    candidates = list(servers_in_sheet) if config.poll.servers_from_sheet else []
+    allowed = _from_sheet(config, [n for n in candidates if server_key(n) not in configured])
+    notes = allowed.warnings
+    kept = set(allowed.names)
     names: list[str] = []
     seen: set[str] = set()
-    candidates = list(servers_in_sheet) if config.poll.servers_from_sheet else []
     for name in [*candidates, *config.servers]:
         key = server_key(name)
-        if key not in seen:
-            seen.add(key)
-            names.append(configured.get(key, name))
+        if key in seen or (key not in configured and name not in kept):
+            continue
+        seen.add(key)
+        names.append(configured.get(key, name))
+    if warnings is not None:
+        warnings.extend(notes)
     return names
+
+
+MAX_SHEET_SERVERS = 512  # names from the sheet polled at most; [servers] tables do not count
+
+
+@dataclass
+class _Allowed:
+    names: list[str]
+    warnings: list[str]
+
+
+def _from_sheet(config: Config, names: list[str]) -> _Allowed:
+    poll = config.poll
+    patterns = [p.strip().casefold() for p in poll.sheet_names]
+    out = _Allowed([], [])
+    addresses: list[str] = []
+    unmatched: list[str] = []
+    for name in dict.fromkeys(names):
+        if not poll.sheet_ips and names_this_box_or_an_address(name):
+            addresses.append(name)
+        elif patterns and not any(fnmatch.fnmatchcase(server_key(name), p) for p in patterns):
+            unmatched.append(name)
+        else:
+            out.names.append(name)
+    if addresses:
+        out.warnings.append(
+            f"not polled: {_few(addresses)} — an IP address or localhost in the Server column is "
+            "not dialled with the central key; name it in [servers] or set [poll] sheet_ips = true"
+        )
+    if unmatched:
+        out.warnings.append(
+            f"not polled: {_few(unmatched)} — no [poll] sheet_names pattern matches "
+            f"({', '.join(poll.sheet_names)})"
+        )
+    if len(out.names) > MAX_SHEET_SERVERS:
+        extra = out.names[MAX_SHEET_SERVERS:]
+        out.names = out.names[:MAX_SHEET_SERVERS]
+        out.warnings.append(
+            f"the sheet names {len(out.names) + len(extra)} servers; only the first "
+            f"{MAX_SHEET_SERVERS} are polled (not polled: {_few(extra)}) — name the ones to "
+            "poll in [servers], or restrict the sheet's with [poll] sheet_names"
+        )
+    return out
+
+
+def names_this_box_or_an_address(name: str) -> bool:
+    """An IP address in any form the resolver accepts ("127.0.0.1", "127.1", "2130706433",
+    "0x7f000001", "::1") or a name for this machine ("localhost", "x.localhost")."""
+    lowered = name.strip().casefold().rstrip(".")
+    if lowered in ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"):
+        return True
+    if lowered.endswith(".localhost"):
+        return True
+    try:
+        socket.inet_aton(lowered)
+        return True
+    except OSError:
+        pass
+    try:
+        ipaddress.ip_address(lowered)
+        return True
+    except ValueError:
+        return False
+
+
+def _few(names: list[str], shown: int = 5) -> str:
+    listed = ", ".join(repr(n) for n in names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def fleet_names(config: Config) -> list[str]:
@@ -129,7 +213,11 @@ def fleet_names(config: Config) -> list[str]:
         only = f"polling only the servers in {config.origin}"
         print(f"gpumon: warning: {e} — {only}", file=sys.stderr)
         return poll_names(config, [])
-    return poll_names(config, layout.servers())
+    warnings: list[str] = []
+    names = poll_names(config, layout.servers(), warnings)
+    for warning in warnings:
+        print(f"gpumon: warning: {warning}", file=sys.stderr)
+    return names
 
 
 def push_once(
@@ -148,10 +236,12 @@ def push_once(
     sheet = config.sheet
     grid = backend.read()
     layout = read_layout(grid, sheet.columns)
-    names = poll_names(config, layout.servers())
+    not_polled: list[str] = []
+    names = poll_names(config, layout.servers(), not_polled)
     results = poller.sweep(names) if names else []
     kwargs = {"columns": sheet.columns, "time_zone": sheet.time_zone, "add_rows": add_rows}
     the_plan = plan(grid, layout, results, **kwargs)
+    the_plan.warnings.extend(not_polled)
     outcome = PushOutcome(results=results, plan=the_plan, names=names, dry_run=dry_run, reads=1)
     if dry_run:
         outcome.setup_lines = the_plan.describe_setup()
@@ -165,10 +255,16 @@ def push_once(
         outcome.reads += 1
         layout = read_layout(grid, sheet.columns)
         the_plan = plan(grid, layout, results, **kwargs)
+        the_plan.warnings.extend(not_polled)
         if the_plan.setup is not None:
-            the_plan.warnings.extend(
+            # Rows still missing: the cells say so (a plan with add_rows counts on the rows it
+            # asks for), while the warnings keep what the set-up still has to do.
+            as_is = plan(grid, layout, results, **dict(kwargs, add_rows=False))
+            as_is.warnings = the_plan.warnings + [
                 f"set-up not complete yet: {line}" for line in the_plan.describe_setup()
-            )
+            ]
+            as_is.setup = the_plan.setup
+            the_plan = as_is
         outcome.plan = the_plan
     outcome.stats = backend.write(the_plan.writes)  # an empty list costs no request
     outcome.duration_s = time.monotonic() - started
@@ -237,21 +333,24 @@ def push(config: Config, dry_run: bool = False, add_rows: bool = False) -> int:
 
 def report(config: Config, outcome: PushOutcome, out=None, err=None) -> None:
     """Warnings to stderr; the dry run's planned changes, the summary and the table to stdout."""
+    from gpumon.table import printable
+
     out = out or sys.stdout
     err = err or sys.stderr
+    # Warnings and changes quote sheet cells and server text: never raw to a terminal.
     for warning in outcome.warnings:
-        print(f"gpumon: warning: {warning}", file=err)
+        print(printable(f"gpumon: warning: {warning}"), file=err)
     if outcome.setup_stats is not None:
         for reason in outcome.setup_stats.skipped:
-            print(f"gpumon: warning: {reason}", file=err)
+            print(printable(f"gpumon: warning: {reason}"), file=err)
     for reason in outcome.stats.skipped:
-        print(f"gpumon: warning: not written: {reason}", file=err)
+        print(printable(f"gpumon: warning: not written: {reason}"), file=err)
     if outcome.dry_run:
         print("dry run: nothing written.", file=out)
         for line in outcome.setup_lines:
-            print(f"set-up: {line}", file=out)
+            print(printable(f"set-up: {line}"), file=out)
         for change in outcome.changes:
-            print(f"{change}", file=out)
+            print(printable(f"{change}"), file=out)
         if not outcome.changes:
             print("no cell would change.", file=out)
     else:

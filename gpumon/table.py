@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -54,8 +55,18 @@ def format_table(
     return "\n".join(lines)
 
 
+# What a terminal would act on rather than show (ESC sequences, C1 controls such as CSI), and
+# what a UTF-8 stdout cannot encode at all (lone surrogates: a 0xff byte in a command line).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def printable(text: str) -> str:
+    """Remote or people's text made safe to print: each unprintable character becomes U+FFFD."""
+    return _UNPRINTABLE.sub("\ufffd", text)
+
+
 def _cut(text: str, limit: int | None) -> str:
-    text = " ".join(text.split())  # no newlines or tabs from remote text in a table row
+    text = printable(" ".join(text.split()))  # no newlines or tabs from remote text in a row
     if limit is None or len(text) <= limit:
         return text
     return text[: limit - 1] + "…"

@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
+from gpumon_agent.bounds import OutOfBounds, check_bounds
+
 SCHEMA_NAME = "gpumon.report"
 SCHEMA_VERSION = 2
 # Versions this reader decodes: v1 reports (older agents) are a subset of v2 with the same meanings.
@@ -196,7 +198,7 @@ class Report:
                 f"report: schema version {version!r}, this reader understands "
                 f"{', '.join(map(str, READABLE_VERSIONS))} — upgrade gpumon{side}"
             )
-        return _decode(cls, data, "report")
+        return check(_decode(cls, data, "report"))
 
     @classmethod
     def from_json(cls, text: Union[str, bytes]) -> Report:
@@ -208,7 +210,18 @@ class Report:
             data = json.loads(text)
         except ValueError as e:
             raise ReportError(f"report: not JSON ({e})") from None
+        except RecursionError:
+            raise ReportError("report: nested too deeply to be a Report") from None
         return cls.from_dict(data)
+
+
+def check(report: Report) -> Report:
+    """Every field within what a sane agent sends (``gpumon_agent.bounds``): text and lists cut,
+    an absurd number or a bad address a ReportError naming the field. In place; returns it."""
+    try:
+        return check_bounds(report)
+    except OutOfBounds as e:
+        raise ReportError(str(e)) from None
 
 
 def utc_iso(ts: Optional[float] = None) -> str:
@@ -301,7 +314,11 @@ def _decode(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ReportError(f"{path}: expected a number, got {_json_type(value)}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            digits = len(str(abs(value)))
+            raise ReportError(f"{path}: a {digits}-digit number is out of range") from None
     if tp is str:
         if not isinstance(value, str):
             raise ReportError(f"{path}: expected a string, got {_json_type(value)}")

@@ -6,7 +6,7 @@ import re
 
 from gpumon.poll import result as codes
 from gpumon.poll.transport import CommandOutput, PollFailure
-from gpumon_agent.report import MAX_REPORT_BYTES, Report, ReportError
+from gpumon_agent.report import MAX_REPORT_BYTES, Report, ReportError, check
 
 REASON_CHARS = 300  # the agent's own words kept in a reason (the sheet cell stays readable)
 _NOT_FOUND = re.compile(rb"command not found")  # bash; dash says "not found", exit 127
@@ -52,6 +52,15 @@ def interpret(out: CommandOutput, command: str) -> Report:
             + (f" — it began {preview!r}" if "not JSON" in str(e) and preview else ""),
             "read",
         ) from None
+
+
+def bounded(report: Report) -> Report:
+    """A Report built here (agentless) or read in-process, held to the same bounds as one
+    decoded from the wire (``gpumon_agent.bounds``)."""
+    try:
+        return check(report)
+    except ReportError as e:
+        raise PollFailure(codes.BAD_OUTPUT, f"bad output: {trim(str(e))}", "read") from None
 
 
 def trim(data: bytes | str, limit: int = REASON_CHARS) -> str:

@@ -1,9 +1,9 @@
 """When each server was last seen ON, kept across processes (`gpumon push` runs from cron).
 
 One small JSON file, ``{"NAME": "2019-03-14T06:26:45Z", ...}``, in the state directory. Writes
-merge with what is on disk (the later time wins) and replace the file atomically, so a
-concurrent `gpumon status` and a cron push never lose each other's times. A damaged file is
-moved aside (not overwritten) with a warning naming it.
+read, merge (the later time wins) and replace the file atomically while holding
+``last-seen.json.lock``, so a concurrent `gpumon status` and a cron push never lose each other's
+times. A damaged file is moved aside (not overwritten) with a warning naming it.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import os
 import time
 from pathlib import Path
 
+from gpumon.filelock import LockTimeout, held
 from gpumon_agent.atomic import write_atomic
 from gpumon_agent.report import parse_utc_iso
 
 log = logging.getLogger(__name__)
+LOCK_WAIT_S = 5.0  # another process merges in milliseconds; longer means it is stuck
 
 
 class LastSeen:
@@ -32,16 +34,19 @@ class LastSeen:
         """Record ON times (UTC ISO) and persist them, merged with the file's current ones."""
         if not seen:
             return
-        merged = self._read()
-        for name, when in {**self.times, **seen}.items():
-            if name not in merged or _later(when, merged[name]):
-                merged[name] = when
-        self.times = merged
+        lock = self.path.with_name(self.path.name + ".lock")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(dict(sorted(merged.items())), indent=1) + "\n"
-            write_atomic(self.path, text.encode("utf-8"), mode=0o600)
-        except OSError as e:
+            with held(lock, LOCK_WAIT_S):
+                merged = self._read()
+                for name, when in {**self.times, **seen}.items():
+                    if name not in merged or _later(when, merged[name]):
+                        merged[name] = when
+                self.times = merged
+                text = json.dumps(dict(sorted(merged.items())), indent=1) + "\n"
+                write_atomic(self.path, text.encode("utf-8"), mode=0o600)
+        except (OSError, LockTimeout) as e:
+            self.times.update(seen)  # this process still knows them
             log.warning("%s: cannot save last-seen times (%s)", self.path, e)
 
     def _read(self) -> dict[str, str]:

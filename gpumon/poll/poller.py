@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from gpumon.config import Config, ConfigError
 from gpumon.poll import agentless
 from gpumon.poll import result as codes
-from gpumon.poll.answer import interpret
+from gpumon.poll.answer import bounded, interpret
 from gpumon.poll.hostkeys import KnownHosts, known_hosts_files
 from gpumon.poll.inventory import Destination, SshConfigFile, resolve
 from gpumon.poll.lastseen import LastSeen
@@ -161,7 +161,7 @@ class Poller:
             result.destination = attempt.label = dest.label
             local = dest.local
             report = self._local(attempt) if local else self._remote(dest, attempt, result)
-            self._on(result, report)
+            self._on(result, bounded(report))
         except PollFailure as e:
             result.reason_code, result.reason, result.stage = e.code, e.reason, e.stage
         except ConfigError as e:

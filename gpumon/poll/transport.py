@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import paramiko
 
 from gpumon.config import PollConfig
+from gpumon.keyfile import too_open
 from gpumon.poll import result as codes
 from gpumon.poll.hostkeys import CHANGED, REVOKED, TRUSTED, KnownHosts
 from gpumon.poll.inventory import Destination, parse_jump
@@ -187,7 +188,11 @@ class KeyRing:
             return f"identity file {path} does not exist" if required else ""
         except OSError as e:
             return f"identity file {path} is unreadable ({e.strerror})"
-        stamp = (path, st.st_mtime_ns, st.st_size)  # a replaced key file is read again
+        problem = too_open(path, st)
+        if problem:
+            return f"identity file {problem}"
+        # A replaced key file is read again (a chmod changes no mtime, but is checked above).
+        stamp = (path, st.st_mtime_ns, st.st_size)
         with self._lock:
             if stamp in self._files:
                 return self._files[stamp]

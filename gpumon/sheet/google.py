@@ -37,12 +37,22 @@ from typing import Any
 
 import gspread
 import requests
+import urllib3
 from google.auth import exceptions as auth_exceptions
 from gspread.urls import SPREADSHEETS_API_V4_BASE_URL
 
 from gpumon.config import Config, ConfigError
 from gpumon.sheet.google_auth import authorized_session, load_credentials
-from gpumon.sheet.grid import CellWrite, Grid, Merge, Setup, SheetError, WriteStats, a1
+from gpumon.sheet.grid import (
+    CellWrite,
+    Grid,
+    Merge,
+    Setup,
+    SheetError,
+    WriteStats,
+    a1,
+    cell_text,
+)
 from gpumon.sheet.retry import Budget, OutOfBudget, Retry
 
 ROW_KEY = "gpumon.row"  # row developer metadata: value = the row's anchor
@@ -343,11 +353,22 @@ class GoogleBackend:
         if not requests_:
             return stats
         attempts = self.budget.attempts
-        self._call(
-            "post",
-            f"{SPREADSHEETS_API_V4_BASE_URL}/{self.key}:batchUpdate",
-            json={"requests": requests_},
-        )
+        try:
+            # Row inserts and anchors apply twice if sent twice (duplicated rows, anchors that
+            # then block those rows for good): sent again only if it surely never arrived.
+            self._call(
+                "post",
+                f"{SPREADSHEETS_API_V4_BASE_URL}/{self.key}:batchUpdate",
+                json={"requests": requests_},
+                resend=_unsent,
+            )
+        except _Unanswered as e:
+            # It may have been applied. The push reads the sheet again and plans on what it
+            # finds: what was applied is used, what was not is done by the next push.
+            stats.skipped.append(
+                f"set-up: {e}; it may have been applied all the same, so it is not sent again — "
+                "the sheet is read again, and the next push completes whatever is missing"
+            )
         stats.requests = self.budget.attempts - attempts
         self._after_setup = True
         return stats
@@ -422,7 +443,7 @@ class GoogleBackend:
         for value, cols in rows.items():
             line: list[Any] = [None] * (max(cols) + 1)
             for col, cell in cols.items():
-                line[col] = cell
+                line[col] = cell_text(cell)  # Google refuses lone surrogates, long cells
             lookup = {"metadataId": read.anchors[value][0].metadata_id}
             data.append(
                 {
@@ -513,14 +534,29 @@ class GoogleBackend:
         return self._last
 
     def _call(
-        self, method: str, url: str, params: dict[str, str] | None = None, json: Any = None
+        self,
+        method: str,
+        url: str,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+        resend: Callable[[BaseException], float | None] | None = None,
     ) -> dict[str, Any]:
+        """One API call with bounded retries. ``resend``: for a request that must not apply
+        twice, which failures may be retried; any other failure after which the server may
+        have applied it raises ``_Unanswered``."""
+
         def attempt(timeout: float) -> dict[str, Any]:
             self.http.set_timeout(timeout)
             return self.http.request(method, url, params=params, json=json).json()
 
         try:
-            return self.retry.call(attempt)
+            try:
+                return self.retry.call(attempt, resend)
+            except Exception as e:
+                last = e.last if isinstance(e, OutOfBudget) else e
+                if resend is not None and _maybe_applied(last):
+                    raise _Unanswered(self._unanswered(last)) from None
+                raise
         except OutOfBudget as e:
             raise self._gave_up(e) from None
         except gspread.exceptions.APIError as e:
@@ -531,6 +567,13 @@ class GoogleBackend:
             raise GoogleSheetError(
                 f"Google Sheets answered with something not JSON ({e})", "unavailable"
             ) from None
+
+    def _unanswered(self, last: BaseException) -> str:
+        if isinstance(last, requests.Timeout):
+            return f"no answer from Google Sheets within {self.retry.timeout_s:g} s"
+        if isinstance(last, gspread.exceptions.APIError):
+            return f"Google Sheets answered {last.response.status_code} ({_api_message(last)})"
+        return f"the connection to Google Sheets failed mid-request ({_short(last)})"
 
     def _gave_up(self, e: OutOfBudget) -> GoogleSheetError:
         last = e.last
@@ -613,6 +656,33 @@ def _transient(e: BaseException) -> float | None:
     return None
 
 
+class _Unanswered(Exception):
+    """A request that must not apply twice failed after it may have reached the server."""
+
+
+def _unsent(e: BaseException) -> float | None:
+    """Like ``_transient``, for requests that must not apply twice: retry only failures after
+    which the server surely did not apply it — a 429 (refused before any work), no connection
+    made at all, or no access token yet (google-auth fetches it before sending)."""
+    if isinstance(e, gspread.exceptions.APIError):
+        return _transient(e) if e.response.status_code == 429 else None
+    if _maybe_applied(e):
+        return None
+    return _transient(e)
+
+
+def _maybe_applied(e: BaseException | None) -> bool:
+    """Could the server have applied the request, though no good answer came back?"""
+    if isinstance(e, gspread.exceptions.APIError):
+        return e.response.status_code >= 500
+    if isinstance(e, requests.ConnectTimeout):
+        return False  # the connection was never made
+    if isinstance(e, requests.ConnectionError):
+        reason = getattr(e.args[0], "reason", None) if e.args else None
+        return not isinstance(reason, urllib3.exceptions.NewConnectionError)
+    return isinstance(e, requests.Timeout)  # a read timeout: sent, maybe applied
+
+
 def _api_message(e: gspread.exceptions.APIError) -> str:
     try:
         return str(e.response.json()["error"]["message"])
@@ -673,7 +743,7 @@ def _put(sheet_id: int, row: int, col: int, value: Any) -> dict[str, Any]:
     elif isinstance(value, (int, float)):
         typed = {"numberValue": value}
     else:
-        typed = {"stringValue": str(value)}
+        typed = {"stringValue": cell_text(str(value))}
     return {
         "updateCells": {
             "rows": [{"values": [{"userEnteredValue": typed}]}],

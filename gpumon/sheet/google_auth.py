@@ -16,6 +16,7 @@ from google.auth.transport.requests import AuthorizedSession, Request
 from google.oauth2 import service_account
 
 from gpumon.config import ConfigError
+from gpumon.keyfile import too_open
 
 SCOPES = ("https://www.googleapis.com/auth/spreadsheets",)
 
@@ -31,6 +32,9 @@ def load_credentials(path: str, origin: str) -> service_account.Credentials:
     file = Path(os.path.expanduser(path))
     where = f"{file} ([sheet] credentials in {origin})"
     try:
+        problem = too_open(str(file), file.stat())
+        if problem:
+            raise ConfigError(f"{problem} ([sheet] credentials in {origin})")
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{where}: no such file — {HOW_TO_GET_A_KEY}") from None

@@ -28,14 +28,33 @@ Coordinates are 0-based; ranges are end-exclusive, as in the Sheets API's GridRa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Protocol, Union
 
 Value = Union[str, int, float, bool]
 
+# The most text one cell holds: Excel's limit (Google's is 50,000), so a value fits both.
+CELL_MAX_CHARS = 32767
+# What XML 1.0 (an .xlsx) cannot hold — most C0 controls, lone surrogates (a command-line byte
+# 0xff arrives as U+DCFF), U+FFFE, U+FFFF — and Google's JSON refuses (lone surrogates).
+_UNCELLABLE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+REPLACEMENT = "\ufffd"
+
 
 class SheetError(Exception):
     """The sheet cannot be read or written now; the message names it and says what to do."""
+
+
+def cell_text(value: Value) -> Value:
+    """``value`` as a cell can hold it: text a cell cannot hold replaced by U+FFFD, and cut to
+    ``CELL_MAX_CHARS``. Every backend writes text through this (and plan compares with it)."""
+    if not isinstance(value, str):
+        return value
+    text = _UNCELLABLE.sub(REPLACEMENT, value)
+    if len(text) > CELL_MAX_CHARS:
+        text = text[: CELL_MAX_CHARS - 1] + "…"
+    return text
 
 
 def column_letter(col: int) -> str:

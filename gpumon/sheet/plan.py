@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 from gpumon.config import DEFAULT_COLUMNS, OWNED_COLUMNS
 from gpumon.poll.result import ServerResult
-from gpumon.sheet.cells import render
-from gpumon.sheet.grid import CellWrite, Grid, Merge, NewRows, Setup, a1
+from gpumon.sheet.cells import ServerCells, render
+from gpumon.sheet.grid import CellWrite, Grid, Merge, NewRows, Setup, a1, cell_text
 from gpumon.sheet.layout import (
     GPU_COLUMNS,
     SERVER_COLUMNS,
@@ -33,6 +33,7 @@ from gpumon.sheet.layout import (
     row_anchor,
     server_key,
 )
+from gpumon_agent.bounds import MAX_GPU_INDEX
 
 
 @dataclass
@@ -44,6 +45,8 @@ class Change:
     column: str  # column key: "status", "util", ...
     old: str
     new: str
+    row: int = field(default=-1, compare=False)  # as read (-1: a row the set-up inserts)
+    col: int = field(default=-1, compare=False)
 
     def __str__(self) -> str:
         return f"{self.cell} ({self.server}, {self.column}): {self.old!r} → {self.new!r}"
@@ -127,6 +130,7 @@ def plan(
 
     targets = _Targets(grid, out, anchors, writable)
     seen: set[str] = set()
+    new_cells: dict[int, ServerCells] = {}  # id(NewRows) → the cells its rows will get
     for result in results:
         key = server_key(result.name)
         if key in seen:
@@ -134,10 +138,27 @@ def plan(
         seen.add(key)
         block = layout.block(result.name)
         if block is None:
+            before = len(setup.new_rows)
             _unplaced(layout, result, out, setup, add_rows)
+            for new in setup.new_rows[before:]:
+                sheet_gpus = {g for g in new.gpus if g is not None}
+                try:
+                    new_cells[id(new)] = render(result, tz, sheet_gpus)
+                except Exception:  # the push after the set-up says why (as below)
+                    pass
             continue
         # GPUs listed twice have rows (which the layout warned about): not "missing".
-        cells = render(result, tz, set(block.gpu_rows) | block.ambiguous_gpus)
+        in_sheet = set(block.gpu_rows) | block.ambiguous_gpus
+        if add_rows and result.report is not None:  # as the sheet will be after the set-up
+            in_sheet |= {g.index for g in result.report.gpus if 0 <= g.index <= MAX_GPU_INDEX}
+        try:
+            cells = render(result, tz, in_sheet)
+        except Exception as e:  # a value render cannot show costs its server, not the push
+            out.warnings.append(
+                f"server '{result.name}': its cells could not be made ({type(e).__name__}: "
+                f"{str(e)[:200]}); its rows are left as they are"
+            )
+            continue
         for column in SERVER_COLUMNS:
             value = cells.server.get(column)
             if value is not None:
@@ -150,25 +171,67 @@ def plan(
         elif block.plain_row:
             for column in GPU_COLUMNS:  # a server without GPU rows: these cells say nothing
                 targets.gpu_cell(block, block.name_row, column, cells.absent[column])
-        missing = sorted(set(cells.gpus) - set(block.gpu_rows) - block.ambiguous_gpus)
+        missing = _rowable(
+            result.name, sorted(set(cells.gpus) - set(block.gpu_rows) - block.ambiguous_gpus), out
+        )
         if add_rows and missing:
-            setup.new_rows.append(
-                NewRows(
-                    before_row=block.end,
-                    server=block.server,
-                    gpus=list(missing),
-                    anchors=[row_anchor(block.server, i) for i in missing],
-                )
+            new = NewRows(
+                before_row=block.end,
+                server=block.server,
+                gpus=list(missing),
+                anchors=[row_anchor(block.server, i) for i in missing],
             )
+            setup.new_rows.append(new)
+            new_cells[id(new)] = cells
 
     setup.columns = dict(out.columns)
     setup.data_rows = (layout.header_row + 1, layout.table_end)
     # Bottom-up; rows for the same place are inserted last-first, so they end up in poll order.
     order = {id(n): i for i, n in enumerate(setup.new_rows)}
     setup.new_rows.sort(key=lambda n: (n.before_row, order[id(n)]), reverse=True)
+    _list_new_row_cells(setup, new_cells, order, out)
     if not setup.is_empty():
         out.setup = setup
     return out
+
+
+def _list_new_row_cells(
+    setup: Setup, new_cells: dict[int, ServerCells], order: dict[int, int], out: Plan
+) -> None:
+    """The cells the push after the set-up writes into the rows it inserts, as changes (for the
+    dry run), and every change at the row it will have once every insertion is done."""
+    if not setup.new_rows:
+        return
+    for change in out.changes:
+        if change.row >= 0:
+            below = sum(len(n.gpus) for n in setup.new_rows if n.before_row <= change.row)
+            change.cell = a1(change.row + below, change.col)
+    shift = 0
+    for new in sorted(setup.new_rows, key=lambda n: (n.before_row, order[id(n)])):
+        cells = new_cells.get(id(new))
+        top = new.before_row + shift
+        shift += len(new.gpus)
+        if cells is None:
+            continue
+        if new.name_first:
+            for column in SERVER_COLUMNS:
+                value = cells.server.get(column)
+                if value:
+                    out.changes.append(
+                        _new_cell(top, out.columns[column], new.server, column, value)
+                    )
+        for offset, index in enumerate(new.gpus):
+            values = cells.gpus.get(index, cells.absent) if index is not None else cells.absent
+            for column in GPU_COLUMNS:
+                if values.get(column):
+                    col = out.columns[column]
+                    out.changes.append(
+                        _new_cell(top + offset, col, new.server, column, values[column])
+                    )
+
+
+def _new_cell(row: int, col: int, server: str, column: str, value: str) -> Change:
+    return Change(a1(row, col), server, column, "", str(cell_text(value)))
 
 
 def _add_missing_headers(
@@ -182,6 +245,22 @@ def _add_missing_headers(
             setup.new_headers[next_col] = names[0]
             out.columns[key] = next_col
             next_col += 1
+
+
+def _rowable(server: str, indices: list[int], out: Plan) -> list[int]:
+    """The GPU indices a row can be added for: those the GPU column reads back (0-999). Rows
+    for others would be missing again on every read, and inserted again on every push."""
+    bad = [i for i in indices if not 0 <= i <= MAX_GPU_INDEX]
+    if bad:
+        out.warnings.append(
+            f"server '{server}': {_gpus(bad)} — the sheet's GPU column cannot hold such an index "
+            f"(0-{MAX_GPU_INDEX}); no row added"
+        )
+    return [i for i in indices if 0 <= i <= MAX_GPU_INDEX]
+
+
+def _gpus(indices: list[int]) -> str:
+    return ("GPU " if len(indices) == 1 else "GPUs ") + ", ".join(map(str, indices))
 
 
 def _unplaced(
@@ -204,7 +283,7 @@ def _unplaced(
             f"server '{result.name}' has no rows and is OFF; its rows are added once it answers"
         )
         return
-    rows = sorted(i for i in gpus if i is not None) or [None]
+    rows = _rowable(result.name, sorted(i for i in gpus if i is not None), out) or [None]
     setup.new_rows.append(
         NewRows(
             before_row=layout.table_end,
@@ -270,14 +349,17 @@ class _Targets:
         return True
 
     def _write(self, block: Block, row: int, col: int, column: str, value: str) -> None:
-        if self.writable is not None and row not in self.writable:
-            return  # not anchored yet: the Setup anchors it, the next plan writes it
         assert col in self.owned_cols, (row, col)
+        value = cell_text(value)  # as the backend will write it, so an unchanged cell stays
         old = self.grid.cell(row, col)
         if old == value:
             return
-        self.out.writes.append(CellWrite(row=row, col=col, value=value, anchor=self.anchors[row]))
-        self.out.changes.append(Change(a1(row, col), block.server, column, old, value))
+        # A row not anchored yet is anchored by the Setup and written by the plan after it: no
+        # write now, but the change is listed (a dry run shows what the first push will write).
+        if self.writable is None or row in self.writable:
+            anchor = self.anchors[row]
+            self.out.writes.append(CellWrite(row=row, col=col, value=value, anchor=anchor))
+        self.out.changes.append(Change(a1(row, col), block.server, column, old, value, row, col))
 
     def _warn_once(self, merge: Merge, text: str) -> None:
         key = (merge.start_row, merge.start_col)

@@ -60,8 +60,15 @@ class Retry:
     clock: Callable[[], float] = time.monotonic
     rand: Callable[[], float] = field(default=random.random)
 
-    def call(self, attempt: Callable[[float], T]) -> T:
-        """Run ``attempt(timeout)`` until it succeeds, fails for good, or the budget is spent."""
+    def call(
+        self,
+        attempt: Callable[[float], T],
+        transient: Callable[[BaseException], float | None] | None = None,
+    ) -> T:
+        """Run ``attempt(timeout)`` until it succeeds, fails for good, or the budget is spent.
+        ``transient`` overrides which failures are retried (e.g. for a request that must not
+        be sent twice: only those that surely did not reach the server)."""
+        retryable = transient or self.transient
         tries = 0
         last: BaseException | None = None
         while True:
@@ -75,7 +82,7 @@ class Retry:
             try:
                 return attempt(min(self.timeout_s, remaining))
             except Exception as e:
-                wait = self.transient(e)
+                wait = retryable(e)
                 if wait is None:
                     raise
                 last = e

@@ -34,7 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from gpumon.config import DEFAULT_COLUMNS, OWNED_COLUMNS, Config, ConfigError
-from gpumon.sheet.grid import CellWrite, Grid, Merge, NewRows, Setup, SheetError, WriteStats
+from gpumon.sheet.grid import (
+    CellWrite,
+    Grid,
+    Merge,
+    NewRows,
+    Setup,
+    SheetError,
+    WriteStats,
+    cell_text,
+)
 from gpumon.sheet.layout import LayoutError, read_layout
 from gpumon_agent.atomic import atomic_file
 
@@ -228,7 +237,6 @@ class XlsxBackend:
 
     def _load(self, stamp: _Stamp) -> None:
         from openpyxl import load_workbook
-        from openpyxl.utils.exceptions import InvalidFileException
 
         try:
             with zipfile.ZipFile(self.path) as archive:
@@ -236,14 +244,16 @@ class XlsxBackend:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 workbook = load_workbook(self.path, rich_text=True)
-        except (zipfile.BadZipFile, InvalidFileException, KeyError, ValueError, TypeError) as e:
-            raise SheetError(
-                f"{self.path}: not a readable .xlsx workbook ({type(e).__name__}: {e}). gpumon "
-                "leaves it exactly as it is: restore it, or move it away and gpumon makes a "
-                "fresh one"
-            ) from None
         except OSError as e:
             raise SheetError(f"{self.path}: cannot read it ({e.strerror or e})") from None
+        except Exception as e:
+            # A damaged workbook fails anywhere in zipfile, openpyxl or the XML parser (e.g.
+            # xml.etree's ParseError on a character XML cannot hold): all mean "unreadable".
+            detail = _short(f"{type(e).__name__}: {e}")
+            raise SheetError(
+                f"{self.path}: not a readable .xlsx workbook ({detail}). gpumon leaves it "
+                "exactly as it is: restore it, or move it away and gpumon makes a fresh one"
+            ) from None
         self._unsafe = None
         for prefix, what in _UNSAFE_PARTS:
             if any(name.startswith(prefix) for name in names):
@@ -372,9 +382,9 @@ def display(value: Any) -> str:
 
 def _set(cell: Any, value: Any) -> None:
     if isinstance(value, str):
-        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
-
-        cell.value = ILLEGAL_CHARACTERS_RE.sub("?", value)
+        # openpyxl saves any str, then cannot read back what XML cannot hold (U+FFFF, lone
+        # surrogates): the whole workbook, people's cells included, would be unreadable.
+        cell.value = cell_text(value)
         # openpyxl makes "=..." a formula; gpumon writes untrusted text raw: keep it text.
         cell.data_type = "s"
     else:
@@ -428,10 +438,21 @@ def _merged_cell_type() -> type:
 
 
 def _shift_blocker(sheet: Any, at: int) -> str | None:
-    for row in sheet.iter_rows():
-        for cell in row:
-            if cell.data_type == "f":
-                return f"a formula ({cell.coordinate})"
+    """What would need re-pointing if rows were inserted at 1-based row ``at``: a formula at or
+    below it, or one anywhere in the workbook that refers to this sheet's rows from ``at`` on
+    (openpyxl moves cells, never the references to them); None if nothing does."""
+    for other in sheet.parent.worksheets:
+        for row in other.iter_rows():
+            for cell in row:
+                if cell.data_type != "f":
+                    continue
+                here = other is sheet
+                if (here and cell.row >= at) or _refers_below(str(cell.value), sheet, here, at):
+                    where = cell.coordinate if here else f"{other.title}!{cell.coordinate}"
+                    return f"a formula ({where})"
+    for name, defined in _defined_names(sheet):
+        if _refers_below("=" + str(defined.attr_text), sheet, False, at):
+            return f"a defined name ({name})"
     if sheet.tables:
         return "a table"
     for cf in sheet.conditional_formatting:
@@ -443,6 +464,40 @@ def _shift_blocker(sheet: Any, at: int) -> str | None:
     if sheet.print_area or sheet.print_title_rows:
         return "a print area"
     return None
+
+
+def _refers_below(formula: str, sheet: Any, here: bool, at: int) -> bool:
+    """Does ``formula`` (in this sheet when ``here``) refer to rows ``at`` or lower of
+    ``sheet``? A reference it cannot read (a defined name, a damaged formula) counts as yes."""
+    from openpyxl.formula import Tokenizer
+    from openpyxl.utils.cell import range_boundaries
+
+    try:
+        tokens = Tokenizer(formula).items
+    except Exception:  # openpyxl's tokenizer raises bare errors on what it cannot read
+        return True
+    for token in tokens:
+        if token.type != "OPERAND" or token.subtype != "RANGE":
+            continue
+        target, bang, ref = token.value.rpartition("!")
+        if bang:
+            if target.strip("'").replace("''", "'") != sheet.title:
+                continue
+        elif not here:
+            continue
+        try:
+            max_row = range_boundaries(ref.replace("$", ""))[3]
+        except ValueError:
+            return True  # a defined name or a table reference: cannot tell, so it may
+        if max_row is None or max_row >= at:
+            return True
+    return False
+
+
+def _defined_names(sheet: Any) -> list[tuple[str, Any]]:
+    names = list(sheet.parent.defined_names.items())
+    names += list(getattr(sheet, "defined_names", {}).items())
+    return names
 
 
 def _shift_down(sheet: Any, at: int, count: int) -> None:
@@ -494,6 +549,10 @@ def _lock_owner(lock: Path) -> str:
         return ""
     owner = text.split(",", 1)[0].strip()
     return f" by {owner}" if owner and "\x00" not in owner and len(owner) < 80 else ""
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _letter(col: int) -> str:

@@ -11,6 +11,7 @@ Tests drive it like this::
 
     server.fail(429, times=3, method="sheets.spreadsheets.values.batchUpdateByDataFilter")
     server.delay(2.5, method="sheets.spreadsheets.get")
+    server.stall(2.5, method="sheets.spreadsheets.batchUpdate")  # applied, answered late
     server.after("sheets.spreadsheets.get", lambda book: person(book).insert_rows(9, 1))
     server.expire_tokens()                   # next call: 401, the client refreshes
     server.requests("sheets.spreadsheets.get")  # the request log
@@ -77,6 +78,7 @@ class Fault:
     method: str | None = None  # a discovery method id, e.g. "sheets.spreadsheets.get"
     http_method: str | None = None
     retry_after: float | None = None
+    stall: float = 0.0  # seconds between applying the request and answering it
 
     def matches(self, method_id: str, http_method: str) -> bool:
         if self.times is not None and self.times <= 0:
@@ -222,6 +224,14 @@ class SheetsServer:
             self.faults.append(fault)
         return fault
 
+    def stall(self, seconds: float, times: int | None = 1, method: str | None = None) -> Fault:
+        """Apply the next matching requests, then answer only after `seconds`: a client that
+        times out has had its request applied all the same (as Google does)."""
+        fault = Fault(None, 0.0, times, method, stall=seconds)
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
     def clear_faults(self) -> None:
         with self.lock:
             self.faults.clear()
@@ -278,6 +288,9 @@ class SheetsServer:
             body = json.loads(raw) if raw else None
         except ValueError:
             return self._invalid(verb, path, query, None, None, "Invalid JSON payload received.")
+        refused = _refused_text(body)
+        if refused:
+            return self._invalid(verb, path, query, body, None, refused)
         try:
             call = self.discovery.match(verb, path, query, body)
         except Invalid as e:
@@ -326,6 +339,8 @@ class SheetsServer:
                     self.invalid.append(f"{verb} {unquote(path)}: {e.message}")
                 return _json(e.code, e.body())
         entry.status = 200
+        if fault and fault.stall:
+            time.sleep(fault.stall)
         return reply
 
     def _invalid(
@@ -800,6 +815,31 @@ def _error(code: int, status: str, message: str) -> dict[str, Any]:
 
 def _b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+CELL_LIMIT = 50000  # characters Google accepts in one cell
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refused_text(body: Any) -> str | None:
+    """Why Google refuses a request body's text outright, or None: a lone surrogate (not valid
+    Unicode, so not valid JSON text for Google), or a string longer than any cell holds."""
+    stack = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            if _SURROGATE.search(value):
+                return "Invalid JSON payload received. Unpaired surrogate in string."
+            if len(value) > CELL_LIMIT:
+                return (
+                    f"Your input contains more than the maximum of {CELL_LIMIT} characters in "
+                    "a single cell."
+                )
+    return None
 
 
 def _count_values(body: Any) -> int:

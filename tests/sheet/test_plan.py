@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from sheetkit import SEED_SERVERS, apply, gpu, off, on, process, with_status_columns
 
 from gpumon.config import OWNED_COLUMNS
@@ -198,8 +200,13 @@ def test_a_server_polled_twice_is_planned_once(seed):
 
 def test_gpu_listed_twice_is_neither_missing_nor_added(seed):
     seed.values[24][1] = "1"  # sigbsp: GPUs 0, 1, 1, 3 — GPU 1 twice, GPU 2 without a row
-    p = plan_for(with_status_columns(seed), [on("sigbsp", [gpu(i) for i in range(4)])],
-                 add_rows=True)  # fmt: skip
+    grid = with_status_columns(seed)
+    unchanged = copy.deepcopy(grid)
+    p = plan_for(grid, [on("sigbsp", [gpu(i) for i in range(4)])], add_rows=True)
     assert [(n.server, n.gpus) for n in p.setup.new_rows] == [("sigbsp", [2])]
-    assert cells(p)["M23"] == "GPU 2 not in the sheet"
+    # With add_rows the plan describes the sheet after its set-up (GPU 2 then has a row); as
+    # the sheet is, GPU 2 is named in health.
+    assert cells(p)["M23"] == "OK"
+    as_is = plan_for(unchanged, [on("sigbsp", [gpu(i) for i in range(4)])])
+    assert cells(as_is)["M23"] == "GPU 2 not in the sheet"
     assert not {"I24", "I25"} & set(cells(p))
