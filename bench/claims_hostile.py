@@ -106,7 +106,8 @@ def bench_claim(top: Path, fake: FakeNvml, repeat: int) -> None:
         env["GPUMON_STATE_DIR"] = str(top / name)
 
         def run(env: dict = env) -> None:
-            done = subprocess.run([str(GPUMON), "claim", "--", "true"], env=env, capture_output=True)
+            argv = [str(GPUMON), "claim", "--", "true"]
+            done = subprocess.run(argv, env=env, capture_output=True)
             assert done.returncode == 0, done.stderr.decode()
 
         times[name] = median_time(run, max(repeat // 4, 3))

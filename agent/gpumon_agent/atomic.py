@@ -23,7 +23,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
     PathLike = Union[str, "os.PathLike[str]"]
 
-_TMP_MARK = ".gpumon-tmp-"
+# Temporary names are ".<name>.gpumon-tmp-<writer pid>-<random>" (the claims registry's
+# clean-up reads them too).
+TMP_MARK = ".gpumon-tmp-"
 _FLAGS = os.O_WRONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 
 
@@ -58,7 +60,7 @@ class atomic_file:
         _remove_orphans(self.directory, os.path.basename(self.path))
         self._named = os.path.join(
             self.directory,
-            f".{os.path.basename(self.path)}{_TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}",
+            f".{os.path.basename(self.path)}{TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}",
         )
         fd = os.open(self._named, _FLAGS | os.O_CREAT | os.O_EXCL, mode)
         try:
@@ -99,7 +101,7 @@ class atomic_file:
 
 def _remove_orphans(directory: str, name: str) -> None:
     """Remove temporary files of ``name`` left by writers that no longer run."""
-    prefix = f".{name}{_TMP_MARK}"
+    prefix = f".{name}{TMP_MARK}"
     try:
         entries = os.listdir(directory)
     except OSError:
