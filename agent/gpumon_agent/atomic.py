@@ -87,7 +87,10 @@ class atomic_file:
                 _fsync_directory(self.directory)
         finally:
             if not f.closed:
-                f.close()
+                try:
+                    f.close()  # after a failed flush (a full disk) this raises again: the
+                except OSError:  # first error is the one that propagates
+                    pass
             self._discard()
 
     def _discard(self) -> None:

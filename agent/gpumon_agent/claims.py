@@ -590,15 +590,18 @@ class ClaimRegistry:
                 f"({e.strerror}): " + _missing_hint(self.path)
             ) from None
 
-    def upkeep(self) -> Optional[str]:
+    def upkeep(self, starting: bool = False) -> Optional[str]:
         """The agent's care of its registry, at every sample: recreate it if it was deleted,
         give it back mode 1777, and replace a lock file that is not a plain 0644 file of root's
         or the agent's (a user who owns the lock could chmod it and lock everyone out).
 
-        Returns what was repaired (for the log), None when all was well; raises RegistryError
-        when the registry is unsafe or cannot be repaired."""
+        Returns what was repaired (for the log), None when all was well (or, ``starting``, the
+        registry was simply made); raises RegistryError when it is unsafe or cannot be
+        repaired."""
         if not os.path.lexists(self.path):
             self.ensure(create=True)
+            if starting:
+                return None  # made at start, as expected: not news
             return f"the claims registry {self.path} was missing: recreated it (mode 1777)"
         why = self.trouble()
         if why is not None:

@@ -52,6 +52,7 @@ class Collector:
         self.registry = ClaimRegistry.for_settings(settings, agent=not oneshot)
         self.registry_log = StateLog(log)
         self.next_clean = 0.0
+        self.registry_kept = False  # upkeep has run once (the first makes the registry)
         self.tracker = IdleTracker.from_report(previous)
         self.count_path = os.path.join(settings.state_dir, GPU_COUNT_FILE)
         self.expected_gpus = read_gpu_count(self.count_path)
@@ -79,7 +80,8 @@ class Collector:
         """The daemon's upkeep of the claims registry; what is wrong with it, or None."""
         what = "keeping the claims registry " + self.registry.path
         try:
-            repaired = self.registry.upkeep()
+            repaired = self.registry.upkeep(starting=not self.registry_kept)
+            self.registry_kept = True
         except (ClaimError, OSError) as e:
             self.registry_log.failed(what, e)
             return str(e)
