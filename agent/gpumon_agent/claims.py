@@ -295,7 +295,8 @@ def _field(
 def _bounded(data: Dict[str, Any], name: str, low: int, high: int, prefix: str = "") -> int:
     value = _field(data, name, int, prefix)
     if not low <= value <= high:
-        raise InvalidClaimFile(f"field '{prefix}{name}': {value} is not in {low}..{high}")
+        shown = str(value) if -(10**20) < value < 10**20 else "a huge number"
+        raise InvalidClaimFile(f"field '{prefix}{name}': {shown} is not in {low}..{high}")
     return value
 
 
