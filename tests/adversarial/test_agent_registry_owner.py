@@ -75,7 +75,9 @@ def test_a_registry_an_ordinary_user_made_is_refused_by_claimers_and_the_agent(
     subprocess.run(["rm", "-rf", str(registry)], check=True)
     subprocess.run(["install", "-d", "-o", "root", "-g", "root", "-m", "1777", str(registry)])
     holder = deployment.spawn_as(
-        bob, [str(GPUMON), "claim", "--job", "bob's", "--", "sh", "-c", "echo ok; sleep 300"], env
+        bob,
+        [str(GPUMON), "claim", "--job", "bob's", "--", "sh", "-c", "echo ok; exec sleep 300"],
+        env,
     )
     assert holder.stdout.readline().strip() == "ok", holder.communicate()[1]
 

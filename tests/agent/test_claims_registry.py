@@ -309,8 +309,7 @@ def test_too_many_files_are_cut_off_and_the_errors_capped(registry):
     assert live == []
     assert len(errors) == MAX_CLAIM_ERRORS + 1
     assert errors[-1].error == (
-        f"{100 + MAX_CLAIM_FILES + 1 - MAX_CLAIM_ERRORS} more bad files in the registry, "
-        "not listed"
+        f"{100 + MAX_CLAIM_FILES + 1 - MAX_CLAIM_ERRORS} more bad files in the registry, not listed"
     )
 
 

@@ -14,7 +14,6 @@ import pytest
 from agent_proc import AGENT, Daemon, agent_env, report_json, wait_for
 
 from gpumon_agent.daemon import DaemonState, loop, tick_once
-from gpumon_agent.statelog import StateLog
 from gpumon_agent.report import (
     SOURCE_DAEMON,
     SOURCE_ONESHOT,
@@ -24,6 +23,7 @@ from gpumon_agent.report import (
     utc_iso,
 )
 from gpumon_agent.settings import AgentSettings
+from gpumon_agent.statelog import StateLog
 from harness.fakenvml import FakeState
 
 FAST = ("--interval", "0.2")

@@ -14,6 +14,7 @@ Environment= with its /run path mapped into a scratch directory every user can r
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pwd
@@ -24,6 +25,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +142,9 @@ def ensure_user(name: str) -> User:
 
 def remove_user(user: User) -> None:
     if user.created:
-        subprocess.run(["userdel", user.name], check=False, capture_output=True)
+        done = subprocess.run(["userdel", user.name], capture_output=True, text=True)
+        if done.returncode != 0:  # a process of it still runs: say so, do not hide it
+            warnings.warn(f"userdel {user.name}: {done.stderr.strip()}", stacklevel=2)
 
 
 def unit_environment() -> tuple[dict[str, str], int, str, int, int]:
@@ -199,6 +203,7 @@ class Deployment:
             stdout=subprocess.DEVNULL,
             stderr=log,
             preexec_fn=self.agent.preexec(self.umask, nproc),
+            start_new_session=True,
         )
         log.close()
         self.procs.append(proc)
@@ -237,11 +242,14 @@ class Deployment:
             text=True,
             preexec_fn=user.preexec(),
             cwd="/",
+            start_new_session=True,
         )
         self.procs.append(proc)
         return proc
 
     def close(self) -> None:
+        """Stop what this deployment started: each process and, by its process group (each
+        was started in a session of its own), whatever it left running."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -250,10 +258,13 @@ class Deployment:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(10)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
         shutil.rmtree(self.top, ignore_errors=True)
 
 
 def users(names: Sequence[str]) -> Iterator[dict[str, User]]:
+    stash_made = not os.path.isdir(STASH)
     os.makedirs(STASH, mode=0o755, exist_ok=True)
     made = {name: ensure_user(PREFIX + name) for name in names}
     try:
@@ -261,3 +272,6 @@ def users(names: Sequence[str]) -> Iterator[dict[str, User]]:
     finally:
         for user in made.values():
             remove_user(user)
+        if stash_made:
+            with contextlib.suppress(OSError):
+                os.rmdir(STASH)
