@@ -488,8 +488,10 @@ class ClaimRegistry:
         self.path = path
         self.lock_path = os.path.join(path, LOCK_NAME)
         self._trusted = None if trusted_owners is None else frozenset(trusted_owners)
-        # (name, inode) -> (owner, mode) of the last scan: the agent lstats only new names.
-        self._seen: Dict[Tuple[str, int], Tuple[int, int]] = {}
+        # What the agent's scans remember (see scan / _names): owner and mode by name, and the
+        # last listing with the directory state it was taken in.
+        self._seen: Dict[str, Tuple[int, int]] = {}
+        self._listing: Optional[Tuple[Tuple[int, ...], List[str]]] = None
 
     @classmethod
     def for_settings(cls, settings: AgentSettings, agent: bool = False) -> ClaimRegistry:
@@ -869,53 +871,58 @@ class ClaimRegistry:
         out = RegistryScan()
         errors = _Errors(self.path)
         try:
-            entries = os.scandir(self.path)
+            directory = os.lstat(self.path)
         except FileNotFoundError:
             return out
         except OSError as e:
-            out.refused = f"cannot list the claims registry: {e.strerror}"
+            directory = None
+            out.refused = f"cannot reach the claims registry: {e.strerror}"
+        if directory is not None:
+            out.refused = self.trouble()
+        if out.refused is None:
+            try:
+                names = self._names(directory)
+            except FileNotFoundError:
+                return out
+            except OSError as e:
+                out.refused = f"cannot list the claims registry: {e.strerror}"
+        if out.refused is not None:
             out.errors = [ClaimFileError(self.path, out.refused)]
             return out
-        with entries:
-            out.refused = self.trouble()
-            if out.refused is not None:
-                out.errors = [ClaimFileError(self.path, out.refused)]
-                return out
-            # Who may delete in a sticky directory: the file's owner, the directory's, and root.
-            # The last two may replace any file here, so files they own are trusted as named.
-            cleaners = {0, _owner(self.path)}
-            by_owner: Dict[int, List[str]] = {}
-            seen: Dict[Tuple[str, int], Tuple[int, int]] = {}
-            for entry in entries:
-                name = entry.name
-                if name.startswith("."):
-                    continue
-                path = os.path.join(self.path, name)
-                m = _NAME_RE.match(name)
-                if m is None:
-                    errors.add(
-                        path, "not a claim file name (expected u<uid>-p<pid>-<hex>.json); ignored"
-                    )
-                    continue
-                key = (name, entry.inode())
-                known = self._seen.get(key)
-                if known is None:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue  # gone since the listing
-                    known = (st.st_uid, st.st_mode)
-                seen[key] = known
-                owner, mode = known
-                name_uid = int(m.group(1))
-                if stat.S_ISLNK(mode):
-                    errors.add(path, "a symlink; refused")
-                elif not stat.S_ISREG(mode):
-                    errors.add(path, f"not a regular file ({_file_kind(mode)}); refused")
-                elif owner != name_uid and owner not in cleaners:
-                    errors.add(path, f"owned by uid {owner} but named for uid {name_uid}; refused")
-                else:
-                    by_owner.setdefault(owner, []).append(name)
+        assert directory is not None
+        # Who may delete in a sticky directory: the file's owner, the directory's, and root.
+        # The last two may replace any file here, so files they own are trusted as named.
+        cleaners = {0, directory.st_uid}
+        by_owner: Dict[int, List[str]] = {}
+        seen: Dict[str, Tuple[int, int]] = {}
+        for name in names:
+            path = os.path.join(self.path, name)
+            m = _NAME_RE.match(name)
+            if m is None:
+                errors.add(
+                    path, "not a claim file name (expected u<uid>-p<pid>-<hex>.json); ignored"
+                )
+                continue
+            # Owner and type, remembered by name: they only order the reading (read() checks
+            # the open file again), so a name reused by someone else costs fairness, not trust.
+            known = self._seen.get(name)
+            if known is None:
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue  # gone since the listing
+                known = (st.st_uid, st.st_mode)
+            seen[name] = known
+            owner, mode = known
+            name_uid = int(m.group(1))
+            if stat.S_ISLNK(mode):
+                errors.add(path, "a symlink; refused")
+            elif not stat.S_ISREG(mode):
+                errors.add(path, f"not a regular file ({_file_kind(mode)}); refused")
+            elif owner != name_uid and owner not in cleaners:
+                errors.add(path, f"owned by uid {owner} but named for uid {name_uid}; refused")
+            else:
+                by_owner.setdefault(owner, []).append(name)
         self._seen = seen
         turns = _in_turns(by_owner)
         for _owner_uid, name in turns[:limit]:
@@ -943,6 +950,29 @@ class ClaimRegistry:
             )
         out.errors = errors.done()
         return out
+
+    def _names(self, directory: os.stat_result) -> List[str]:
+        """The registry's names, dot files (the lock, writers' temporary files) left out.
+
+        The listing is reused while the directory is unchanged (same inode, times, size and
+        link count: any name added, removed or renamed changes them), so junk that just sits
+        there costs one lstat per sample, not a listing. Only a listing taken a second or more
+        after the directory last changed is reused: a change within the same timestamp tick
+        as the one before would leave the times as they were."""
+        key = (
+            directory.st_ino,
+            directory.st_mtime_ns,
+            directory.st_ctime_ns,
+            directory.st_size,
+            directory.st_nlink,
+        )
+        if self._listing is not None and self._listing[0] == key:
+            return self._listing[1]
+        started = time.time()
+        names = [name for name in os.listdir(self.path) if not name.startswith(".")]
+        still = started - directory.st_mtime > 1.0 and started - directory.st_ctime > 1.0
+        self._listing = (key, names) if still else None
+        return names
 
     def _remove_stale(self, path: str, owner_uid: int, cleaners: Set[int]) -> None:
         if os.geteuid() in cleaners | {owner_uid}:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -170,3 +171,30 @@ def test_30000_temporary_file_names_cost_no_process_lookup_each(tmp_path, monkey
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_agents_remembered_listing_never_misses_a_new_or_removed_claim(tmp_path):
+    # The daemon keeps one registry across samples and reuses its listing while the directory
+    # is unchanged; every change must still be seen at the next scan.
+    reg = ClaimRegistry(str(tmp_path / "claims"))
+    reg.ensure()
+    holders = [subprocess.Popen(["sleep", "300"]) for _ in range(3)]
+    try:
+        assert reg.live_claims() == ([], [])
+        first = new_record("at once", "cmd", GPUS[:1], pid=holders[0].pid)
+        reg.create(first)  # right after a listing, maybe in the same timestamp tick
+        assert [c.job for c in reg.live_claims()[0]] == ["at once"]
+        time.sleep(1.2)
+        assert len(reg.live_claims()[0]) == 1  # this listing is one to reuse
+        assert reg._listing is not None
+        second = new_record("later", "cmd", GPUS[1:2], pid=holders[1].pid)
+        reg.create(second)
+        assert sorted(c.job for c in reg.live_claims()[0]) == ["at once", "later"]
+        time.sleep(1.2)
+        reg.live_claims()
+        reg.release(first)
+        assert [c.job for c in reg.live_claims()[0]] == ["later"]
+    finally:
+        for proc in holders:
+            proc.kill()
+            proc.wait()
