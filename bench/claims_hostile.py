@@ -14,10 +14,10 @@ in the same run:
    registry.
 
 Targets: the agent's scan with 30,000 still junk names <= 5x the clean scan; listed afresh
-<= 1.5x a bare os.listdir of the directory; the claim <= 2x the clean claim; the daemon's CPU <= 1 % of a core.
-Printed, not asserted. Before the fix (same machine, load 3): scan 2,044 ms (x5233), claim
-2,590 ms (x10.4), daemon 52.6 % of a core (x263), and the live claim was hidden by the 130 junk
-names.
+<= 1.5x a bare os.listdir of the directory; the claim <= 2x the clean claim; the daemon's CPU
+<= 1 % of a core. Printed, not asserted. Before the fix (same machine, load 3): scan
+2,044 ms (x5233), claim 2,590 ms (x10.4), daemon 52.6 % of a core (x263), and the live claim
+was hidden by the 130 junk names.
 
     .venv/bin/python bench/claims_hostile.py [--repeat 20] [--duration 20]
 """
