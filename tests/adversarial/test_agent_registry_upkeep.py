@@ -152,3 +152,30 @@ def forced_enospc_is_logged_once() -> None:
         f"writing {top}/report.json failed: OSError: No space left on device (errno 28)",
         f"writing {top}/report.json works again after 10 failure(s)",
     ]
+
+
+def test_a_lock_file_a_user_owns_is_replaced_by_the_agent(deployment, lab_users):
+    # A user whose claim made the lock (the registry had none) could chmod it 0 and lock every
+    # other claimer out. The agent replaces such a lock with its own at the next sample.
+    agent, alice, bob = lab_users["agent"], lab_users["alice"], lab_users["bob"]
+    deployment.start_agent()
+    lock = deployment.claims / ".lock"
+    wait_for("the registry", lock.exists)
+    planted = deployment.claims / ".alice-lock"
+    fd = os.open(planted, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o000)
+    os.fchown(fd, alice.uid, alice.gid)
+    os.close(fd)
+    os.rename(planted, lock)  # in one step: the agent never sees the registry without a lock
+
+    def agents_again() -> bool:
+        st = os.lstat(lock)
+        return (st.st_uid, stat.S_IMODE(st.st_mode)) == (agent.uid, 0o644)
+
+    wait_for("the agent's lock back", agents_again, timeout=20)
+    done = deployment.run_as(bob, [str(AGENT), "claim", "--", "true"])
+    assert done.returncode == 0, done.stderr
+    replaced = [line for line in log_lines(deployment.agent_log()) if "lock file" in line]
+    assert replaced == [
+        f"WARNING the claims registry {deployment.claims}: lock file owned by gpumon-t-alice"
+        " → replaced"
+    ]
