@@ -27,6 +27,7 @@ could lock others out with (``upkeep``), and clears dead writers' temporary file
 Entry points: ``ClaimRegistry`` (files), ``choose_gpus`` (allocation, pure), ``annotate`` and
 ``IdleTracker`` (per-GPU claim status in a Report), ``print_claims`` (``gpumon-agent claims``).
 """
+
 from __future__ import annotations
 
 import contextlib
