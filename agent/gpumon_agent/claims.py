@@ -731,8 +731,9 @@ class ClaimRegistry:
     def _write_file(self, final: str, data: bytes) -> None:
         """Publish ``data`` at ``final`` atomically (gpumon_agent.atomic), 0644 whatever the
         umask: readers see the old content or the new, never a part. Renaming over a file of
-        another user fails (EPERM): the sticky bit guards other people's claims."""
-        write_atomic(final, data, 0o644)
+        another user fails (EPERM): the sticky bit guards other people's claims. No fsync: a
+        claim means nothing after a crash (its process is gone)."""
+        write_atomic(final, data, 0o644, durable=False)
 
     def create(self, record: ClaimRecord) -> None:
         """Publish a new claim (sets record.path). Call under lock()."""
