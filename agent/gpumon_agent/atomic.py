@@ -23,13 +23,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
     PathLike = Union[str, "os.PathLike[str]"]
 
-_TMP_MARK = ".gpumon-tmp-"
+# Temporary names are ".<name>.gpumon-tmp-<writer pid>-<random>" (the claims registry's
+# clean-up reads them too).
+TMP_MARK = ".gpumon-tmp-"
 _FLAGS = os.O_WRONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 
 
-def write_atomic(path: PathLike, data: bytes, mode: Optional[int] = 0o644) -> None:
+def write_atomic(
+    path: PathLike, data: bytes, mode: Optional[int] = 0o644, durable: bool = True
+) -> None:
     """Replace ``path`` with ``data`` (``mode=None``: keep the current file's mode)."""
-    with atomic_file(path, mode) as f:
+    with atomic_file(path, mode, durable) as f:
         f.write(data)
 
 
@@ -38,10 +42,13 @@ class atomic_file:
     exit it is flushed, fsynced and renamed over ``path`` (then the directory is fsynced); on an
     exception nothing at ``path`` changes and the temporary data is gone.
 
-    ``mode=None`` keeps the mode of the file being replaced (0o644 when there is none)."""
+    ``mode=None`` keeps the mode of the file being replaced (0o644 when there is none).
+    ``durable=False`` skips the fsyncs, for files that mean nothing after a crash (a GPU claim
+    is stale once its process is gone): still atomic, ~10 ms cheaper on a disk."""
 
-    def __init__(self, path: PathLike, mode: Optional[int] = 0o644) -> None:
+    def __init__(self, path: PathLike, mode: Optional[int] = 0o644, durable: bool = True) -> None:
         self.path = os.fspath(path)
+        self.durable = durable
         self.directory = os.path.dirname(self.path) or "."
         self.mode = mode
         self._file: Optional[BinaryIO] = None
@@ -58,7 +65,7 @@ class atomic_file:
         _remove_orphans(self.directory, os.path.basename(self.path))
         self._named = os.path.join(
             self.directory,
-            f".{os.path.basename(self.path)}{_TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}",
+            f".{os.path.basename(self.path)}{TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}",
         )
         fd = os.open(self._named, _FLAGS | os.O_CREAT | os.O_EXCL, mode)
         try:
@@ -76,16 +83,21 @@ class atomic_file:
         try:
             if kind is None:
                 f.flush()
-                os.fsync(f.fileno())
+                if self.durable:
+                    os.fsync(f.fileno())
             f.close()
             if kind is None:
                 assert self._named is not None
                 os.replace(self._named, self.path)
                 self._named = None
-                _fsync_directory(self.directory)
+                if self.durable:
+                    _fsync_directory(self.directory)
         finally:
             if not f.closed:
-                f.close()
+                try:
+                    f.close()  # after a failed flush (a full disk) this raises again: the
+                except OSError:  # first error is the one that propagates
+                    pass
             self._discard()
 
     def _discard(self) -> None:
@@ -99,7 +111,7 @@ class atomic_file:
 
 def _remove_orphans(directory: str, name: str) -> None:
     """Remove temporary files of ``name`` left by writers that no longer run."""
-    prefix = f".{name}{_TMP_MARK}"
+    prefix = f".{name}{TMP_MARK}"
     try:
         entries = os.listdir(directory)
     except OSError:

@@ -3,20 +3,26 @@
 Layout (``AgentSettings.claims_path``, default ``/run/gpumon/claims``; docs/claims.md)::
 
     claims/                     mode 1777 (sticky, world-writable, like /tmp), made by the agent
-      .lock                     flock(2) target serialising allocation; never deleted
+      .lock                     flock(2) target serialising allocation (0644, the agent's)
       u1000-p4242-9f3a1c.json   one claim: u<uid>-p<pid>-<random>.json, owned by that uid
-      .u1000-p4242-….tmp…       a claim being written (readers skip dot files)
+      .u1000-p4242-….json.gpumon-tmp-<pid>-…   a claim being written (gpumon_agent.atomic)
 
-Trust model: any user may write here, so every file is checked before it counts. The file's
-owner, the uid in its name and the uid inside must agree (the sticky bit stops users from
-replacing each other's files, the uid check stops them from forging someone else's); symlinks
-and non-regular files are refused (O_NOFOLLOW, fstat); size and fields are capped. A bad file
-becomes a ``ClaimFileError`` in the Report, never an exception.
+Trust model (docs/security.md): any user may write here, so every file is checked before it
+counts. The directory and those above it must be owned by root or the agent's user (whoever
+owns it could delete and forge every claim). A file's owner, the uid in its name and the uid
+inside must agree (the sticky bit stops users from replacing each other's files, the uid check
+stops them from forging someone else's); symlinks and non-regular files are refused
+(O_NOFOLLOW, fstat); size, nesting depth, numbers and fields are bounded. Files are read in
+turns per owner, at most MAX_CLAIM_FILES a scan, so a user who floods the registry hides only
+their own claims; allocation reads every claim or refuses. A bad file becomes a
+``ClaimFileError`` in the Report (at most MAX_CLAIM_ERRORS), never an exception.
 
-A claim is live while the process that made it runs: same pid, same process start time (so a
-reused pid does not revive it), same uid, not a zombie. A dead claim is ignored, and removed by
-whoever may: its owner, root, or the registry's owner (the agent, which made the directory;
-in a sticky directory its owner may delete any file).
+A claim is live while the process that made it runs: same pid, same boot-relative start time
+(gpumon_agent.pidstat: a reused pid does not revive it, a wall-clock step does not kill it),
+same uid, not a zombie. A dead claim is ignored, and removed by whoever may: its owner, root, or
+the registry's owner (the agent, which made the directory; in a sticky directory its owner may
+delete any file). The agent also remakes a deleted registry and replaces a lock file a user
+could lock others out with (``upkeep``), and clears dead writers' temporary files.
 
 Entry points: ``ClaimRegistry`` (files), ``choose_gpus`` (allocation, pure), ``annotate`` and
 ``IdleTracker`` (per-GPU claim status in a Report), ``print_claims`` (``gpumon-agent claims``).
@@ -26,12 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import math
 import os
-import pwd
-import random
 import re
 import secrets
 import socket
@@ -39,8 +42,23 @@ import stat
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    AbstractSet,
+    Any,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
+from gpumon_agent import pidstat
+from gpumon_agent.atomic import TMP_MARK, write_atomic
+from gpumon_agent.filelock import FileLock, LockBusy, LockFileError, open_lock_file
 from gpumon_agent.report import (
     GPU_OK,
     ClaimFileError,
@@ -50,6 +68,7 @@ from gpumon_agent.report import (
     parse_utc_iso,
     utc_iso,
 )
+from gpumon_agent.safedir import make_dirs, untrusted, user_name
 from gpumon_agent.settings import AgentSettings
 from gpumon_agent.usage import judge_use
 
@@ -59,16 +78,43 @@ MAX_CLAIM_BYTES = 64 * 1024  # a claim file larger than this is refused unread
 MAX_PROGRESS_BYTES = 4 * 1024  # progress, as compact JSON
 MAX_JOB_CHARS = 200
 MAX_COMMAND_CHARS = 4096
-# Files read per scan: bounds the agent's work and the Report's size whatever users drop here.
+# Nesting of a whole claim file (checked before it is parsed: deep nesting is what makes a
+# parser recurse) and of its progress (which the writer checks, so it always fits the first).
+MAX_JSON_DEPTH = 16
+MAX_PROGRESS_DEPTH = 8
+MAX_CLAIM_GPUS = 64
+MAX_GPU_INDEX = 4095
+MAX_UUID_CHARS = 96
+MAX_PID = 4194304  # the kernel's PID_MAX_LIMIT
+MAX_UID = 2**32 - 2
+# Claim files read per agent scan: bounds the agent's work and the Report's size whatever users
+# drop here. Only well-formed names whose owner checks out count, taken in turns per owner, so a
+# user who floods the registry hides only their own claims.
 MAX_CLAIM_FILES = 128
+# Claim files read before allocating: every claim must be seen to never hand out a claimed GPU;
+# past this many the claimer refuses rather than guess.
+MAX_ALLOCATION_FILES = 4096
+MAX_CLAIM_ERRORS = 32  # claim_errors entries per scan (the rest are counted in one more)
 LOCK_NAME = ".lock"
 DEFAULT_LOCK_TIMEOUT_S = 10.0
-# psutil derives a start time from boot time + clock ticks; the same process reads the same
-# value, a new process with the recycled pid differs by far more than this.
+# Claims written by gpumon-agent 0.1, which recorded only the wall-clock start (pid_started),
+# are compared that way, with this slack. Newer claims compare boot-relative ticks, exactly.
 START_TIME_SLACK_S = 1.0
+# Leftover temporary files of dead writers: distinct writer pids checked per clean-up pass.
+MAX_TMP_PIDS = 1024
 
-_NAME_RE = re.compile(r"^u(\d+)-p(\d+)-([0-9a-f]{6,32})\.json$")
-_TMP_RE = re.compile(r"^\.u(\d+)-p(\d+)-[0-9a-f]+\.json\.tmp[0-9a-f]+$")
+_NAME_RE = re.compile(r"^u(\d{1,10})-p(\d{1,7})-([0-9a-f]{6,32})\.json$")
+# A claim being written: gpumon_agent.atomic's temporary name for it, ".<claim name>.gpumon-tmp-
+# <writer pid>-<random>"; groups: the claimer's uid, the writer's pid.
+_TMP_RE = re.compile(
+    r"^\.u(\d{1,10})-p\d{1,7}-[0-9a-f]{6,32}\.json"
+    + re.escape(TMP_MARK)
+    + r"(\d{1,7})-[0-9a-f]{1,32}$"
+)
+# JSON strings (closed, or running to the end of the text: always a match from a quote, so the
+# scan stays linear), and innermost brackets, for the depth check.
+_JSON_STRING_RE = re.compile(rb'"[^"\\]*(?:\\(?:.|\Z)[^"\\]*)*(?:"|\Z)', re.DOTALL)
+_INNERMOST_RE = re.compile(rb"\[[^\[\]{}]*\]|\{[^\[\]{}]*\}")
 
 # A GPU request: "auto" or explicit indices / UUIDs (see parse_gpu_request).
 GpuRequest = Optional[List[Union[int, str]]]
@@ -111,7 +157,7 @@ class ClaimRecord:
     user: str
     uid: int
     pid: int
-    pid_started: float  # psutil create_time() of pid: tells a reused pid apart
+    pid_started: float  # wall-clock start of pid (informational; 0.1 agents compare it)
     hostname: str
     command: str
     started_at: str  # utc_iso
@@ -119,6 +165,9 @@ class ClaimRecord:
     updated_at: Optional[str] = None
     progress: Dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    # Start of pid in clock ticks since boot (/proc/PID/stat field 22): tells a reused pid
+    # apart whatever the wall clock does. None in claims of gpumon-agent 0.1.
+    pid_start_ticks: Optional[int] = None
 
     @property
     def file_name(self) -> str:
@@ -153,6 +202,7 @@ class ClaimRecord:
             "uid": self.uid,
             "pid": self.pid,
             "pid_started": self.pid_started,
+            "pid_start_ticks": self.pid_start_ticks,
             "hostname": self.hostname,
             "command": self.command,
             "started_at": self.started_at,
@@ -179,24 +229,34 @@ class ClaimRecord:
         gpus_raw = _field(data, "gpus", list)
         if not gpus_raw:
             raise InvalidClaimFile("field 'gpus': claims no GPU")
+        if len(gpus_raw) > MAX_CLAIM_GPUS:
+            raise InvalidClaimFile(f"field 'gpus': more than {MAX_CLAIM_GPUS} GPUs")
         gpus = []
         for i, g in enumerate(gpus_raw):
             if not isinstance(g, dict):
                 raise InvalidClaimFile(f"field 'gpus[{i}]': expected an object")
-            index = _field(g, "index", int, f"gpus[{i}].")
+            index = _bounded(g, "index", 0, MAX_GPU_INDEX, f"gpus[{i}].")
             uuid = _field(g, "uuid", str, f"gpus[{i}].", optional=True)
-            if index < 0:
-                raise InvalidClaimFile(f"field 'gpus[{i}].index': negative")
+            if uuid is not None and len(uuid) > MAX_UUID_CHARS:
+                raise InvalidClaimFile(f"field 'gpus[{i}].uuid': longer than {MAX_UUID_CHARS}")
             gpus.append(ClaimedGpu(index=index, uuid=uuid))
         progress = _field(data, "progress", dict)
+        if _depth(progress) > MAX_PROGRESS_DEPTH:
+            raise InvalidClaimFile(f"field 'progress': nested deeper than {MAX_PROGRESS_DEPTH}")
         if len(_compact(progress)) > MAX_PROGRESS_BYTES:
             raise InvalidClaimFile(f"field 'progress': larger than {MAX_PROGRESS_BYTES} bytes")
+        pid_started = float(_field(data, "pid_started", float))
+        if not math.isfinite(pid_started):
+            raise InvalidClaimFile("field 'pid_started': not a finite number")
+        ticks = None
+        if data.get("pid_start_ticks") is not None:
+            ticks = _bounded(data, "pid_start_ticks", 0, 2**63 - 1)
         record = cls(
             job=_capped(data, "job", MAX_JOB_CHARS),
             user=_capped(data, "user", 64),
-            uid=_field(data, "uid", int),
-            pid=_field(data, "pid", int),
-            pid_started=float(_field(data, "pid_started", float)),
+            uid=_bounded(data, "uid", 0, MAX_UID),
+            pid=_bounded(data, "pid", 1, MAX_PID),
+            pid_started=pid_started,
             hostname=_capped(data, "hostname", 255),
             command=_capped(data, "command", MAX_COMMAND_CHARS),
             started_at=_capped(data, "started_at", 40),
@@ -204,7 +264,10 @@ class ClaimRecord:
             gpus=gpus,
             progress=progress,
             path=path,
+            pid_start_ticks=ticks,
         )
+        if record.updated_at is not None and len(record.updated_at) > 40:
+            raise InvalidClaimFile("field 'updated_at': longer than 40 characters")
         for name in ("started_at", "updated_at"):
             value = getattr(record, name)
             if value is not None:
@@ -212,8 +275,6 @@ class ClaimRecord:
                     parse_utc_iso(value)
                 except ValueError:
                     raise InvalidClaimFile(f"field {name!r}: not an ISO-8601 time") from None
-        if record.uid < 0 or record.pid <= 0:
-            raise InvalidClaimFile("fields 'uid'/'pid': out of range")
         return record
 
 
@@ -238,6 +299,46 @@ def _field(
     return value
 
 
+def _bounded(data: Dict[str, Any], name: str, low: int, high: int, prefix: str = "") -> int:
+    value = _field(data, name, int, prefix)
+    if not low <= value <= high:
+        shown = str(value) if -(10**20) < value < 10**20 else "a huge number"
+        raise InvalidClaimFile(f"field '{prefix}{name}': {shown} is not in {low}..{high}")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def json_depth_ok(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON text ``raw`` nests at most ``limit`` arrays/objects deep, checked before
+    parsing and in linear time at C speed: strings are blanked out, then innermost bracket pairs
+    are removed, one level per pass; brackets left after ``limit`` passes are too deep (or do not
+    pair up, which the parser would refuse anyway)."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return True  # fewer brackets than levels: nothing to scan
+    text = _JSON_STRING_RE.sub(b'""', raw)
+    for _ in range(limit):
+        text, removed = _INNERMOST_RE.subn(b"", text)
+        if not removed:
+            break
+    return not any(bracket in text for bracket in (b"[", b"]", b"{", b"}"))
+
+
 def _capped(data: Dict[str, Any], name: str, limit: int) -> str:
     value = _field(data, name, str)
     if len(value) > limit:
@@ -258,6 +359,11 @@ def clean_progress(progress: Dict[str, Any]) -> Dict[str, Any]:
     ValueError when the whole is over MAX_PROGRESS_BYTES.
     """
     cleaned = {str(k): _clean_value(v, str(k)) for k, v in progress.items()}
+    if _depth(cleaned) > MAX_PROGRESS_DEPTH:
+        raise ValueError(
+            f"claim progress nests deeper than {MAX_PROGRESS_DEPTH} levels: report a few "
+            "numbers (epoch, loss, accuracy), not nested structures"
+        )
     size = len(_compact(cleaned))
     if size > MAX_PROGRESS_BYTES:
         raise ValueError(
@@ -267,7 +373,11 @@ def clean_progress(progress: Dict[str, Any]) -> Dict[str, Any]:
     return cleaned
 
 
-def _clean_value(value: Any, where: str) -> Any:
+def _clean_value(value: Any, where: str, depth: int = 0) -> Any:
+    if depth > MAX_PROGRESS_DEPTH:
+        raise ValueError(
+            f"claim progress {where!r}: nested deeper than {MAX_PROGRESS_DEPTH} levels"
+        )
     if value is None or isinstance(value, (bool, str, int)):
         return value
     if isinstance(value, float):
@@ -277,13 +387,13 @@ def _clean_value(value: Any, where: str) -> Any:
             return "inf" if value > 0 else "-inf"
         return value
     if isinstance(value, (list, tuple)):
-        return [_clean_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_clean_value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {str(k): _clean_value(v, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): _clean_value(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
     item = getattr(value, "item", None)  # numpy / torch scalars
     if callable(item):
         try:
-            return _clean_value(item(), where)
+            return _clean_value(item(), where, depth)
         except (TypeError, ValueError):
             pass
     raise TypeError(
@@ -295,43 +405,26 @@ def _clean_value(value: Any, where: str) -> Any:
 # --- process identity --------------------------------------------------------------------------
 
 
-def process_start_time(pid: int) -> Optional[float]:
-    """psutil's create_time() for pid, or None if there is no such (live) process."""
-    import psutil  # lazy: keeps `import gpumon_agent.claims` cheap
-
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
-
-
 def check_owner_process(record: ClaimRecord) -> Optional[str]:
     """None if the claim's process is alive and is the one that wrote it, "stale" if it is gone
-    (dead, zombie, or the pid now belongs to a newer process), else why the claim is bogus."""
-    import psutil
+    (dead, zombie, or the pid now belongs to a newer process), else why the claim is bogus.
 
-    try:
-        proc = psutil.Process(record.pid)
-        with proc.oneshot():
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return "stale"
-            if abs(proc.create_time() - record.pid_started) > START_TIME_SLACK_S:
-                return "stale"
-            uids = proc.uids()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+    Compares the boot-relative start time (pidstat), so a wall-clock step changes nothing."""
+    proc = pidstat.proc_stat(record.pid)
+    if proc is None:
         return "stale"
-    except psutil.AccessDenied:  # hidepid=2 on /proc: cannot tell, trust the file
+    if not proc.visible:  # /proc hides other users' processes (hidepid=): trust the file
         return None
-    if record.uid not in (uids.real, uids.effective):
-        return f"pid {record.pid} runs as uid {uids.real}, not the claim's uid {record.uid}"
+    if proc.state in pidstat.ZOMBIE_STATES or proc.start_ticks is None:
+        return "stale"
+    if record.pid_start_ticks is not None:
+        if proc.start_ticks != record.pid_start_ticks:
+            return "stale"
+    elif abs(pidstat.wall_start(proc.start_ticks) - record.pid_started) > START_TIME_SLACK_S:
+        return "stale"  # a claim of gpumon-agent 0.1: only its wall-clock start is known
+    if proc.uids and record.uid not in proc.uids[:2]:
+        return f"pid {record.pid} runs as uid {proc.uids[0]}, not the claim's uid {record.uid}"
     return None
-
-
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid{uid}"
 
 
 # --- the registry directory -------------------------------------------------------------------
@@ -340,67 +433,165 @@ def user_name(uid: int) -> str:
 def _missing_hint(path: str) -> str:
     return (
         "start the gpumon agent on this server (it creates the registry: "
-        "`systemctl start gpumon-agent`), or set GPUMON_CLAIMS_DIR to a directory shared by "
-        f"all users (mode 1777) — it is {path}"
+        "`systemctl start gpumon-agent`), or set GPUMON_CLAIMS_DIR to a registry root made "
+        f"for all users (`sudo install -d -m 1777 DIR`) — it is {path}"
     )
+
+
+def agent_uid(settings: AgentSettings) -> Optional[int]:
+    """The agent's user: the owner of the state directory (systemd gives a service's
+    RuntimeDirectory to its user; a daemon started by hand makes it its own), or None when
+    there is none."""
+    try:
+        st = os.lstat(settings.state_dir)
+    except OSError:
+        return None
+    return st.st_uid if stat.S_ISDIR(st.st_mode) else None
+
+
+@dataclass
+class RegistryScan:
+    """One pass over the registry: the live claims, a ClaimFileError per file that does not
+    count (at most MAX_CLAIM_ERRORS, then one counting the rest), ``unread``: owner uid → claim
+    files left unread past the limit, and ``refused``: why the whole registry was not read."""
+
+    claims: List[ClaimRecord] = field(default_factory=list)
+    errors: List[ClaimFileError] = field(default_factory=list)
+    unread: Dict[int, int] = field(default_factory=dict)
+    refused: Optional[str] = None
+
+
+class _Errors:
+    """ClaimFileErrors, capped: the Report stays small whatever users drop in the registry."""
+
+    def __init__(self, registry: str) -> None:
+        self.registry = registry
+        self.items: List[ClaimFileError] = []
+        self.dropped = 0
+
+    def add(self, path: str, error: str) -> None:
+        if len(self.items) < MAX_CLAIM_ERRORS:
+            self.items.append(ClaimFileError(path, error))
+        else:
+            self.dropped += 1
+
+    def done(self) -> List[ClaimFileError]:
+        if self.dropped:
+            more = f"{self.dropped} more bad files in the registry, not listed"
+            return [*self.items, ClaimFileError(self.registry, more)]
+        return self.items
 
 
 class ClaimRegistry:
     """The claim files in one directory. Reading never raises for a bad file; writing raises
-    ClaimError with what to do."""
+    ClaimError with what to do.
 
-    def __init__(self, path: str) -> None:
+    ``trusted_owners``: who besides root may own the directory (and the directories above it):
+    the agent's user. A directory anyone else owns is refused — its owner could delete and forge
+    every claim in it. Default: this process's user (for the agent itself and for tests);
+    commands use ``for_settings``."""
+
+    def __init__(self, path: str, trusted_owners: Optional[Iterable[int]] = None) -> None:
         self.path = path
         self.lock_path = os.path.join(path, LOCK_NAME)
+        self._trusted = None if trusted_owners is None else frozenset(trusted_owners)
+        # What the agent's scans remember (see scan / _names): owner and mode by name, and the
+        # last listing with the directory state it was taken in.
+        self._seen: Dict[str, Tuple[int, int]] = {}
+        self._listing: Optional[Tuple[Tuple[int, ...], List[str]]] = None
+
+    @classmethod
+    def for_settings(cls, settings: AgentSettings, agent: bool = False) -> ClaimRegistry:
+        """The registry of ``settings``; ``agent``: as the agent daemon (its own user is the
+        agent's user), else trusting the owner of the state directory (``agent_uid``)."""
+        if agent:
+            return cls(settings.claims_path, {os.geteuid()})
+        uid = agent_uid(settings)
+        return cls(settings.claims_path, () if uid is None else {uid})
+
+    @property
+    def trusted_owners(self) -> AbstractSet[int]:
+        return (self._trusted if self._trusted is not None else {os.geteuid()}) | {0}
+
+    def _trusted_text(self) -> str:
+        others = sorted(self.trusted_owners - {0})
+        names = [f"{user_name(uid)} (uid {uid})" for uid in others]
+        return "root" + (" or the agent's user " + ", ".join(names) if names else "")
 
     # -- directory ------------------------------------------------------------------------
 
     def ensure(self, create: bool = True) -> None:
         """Make sure the registry exists and is safe to write in; create it (1777) if missing
         and ``create``. The agent calls this at start, claimers before claiming."""
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
+        if not os.path.lexists(self.path):
             if not create:
                 raise RegistryError(
                     f"the claims registry {self.path} does not exist: " + _missing_hint(self.path)
-                ) from None
+                )
             self._create_dir()
-            st = os.lstat(self.path)
-        except OSError as e:
-            raise RegistryError(
-                f"cannot reach the claims registry {self.path} ({e.strerror}): "
-                + _missing_hint(self.path)
-            ) from None
-        if stat.S_ISLNK(st.st_mode):
-            raise RegistryError(
-                f"the claims registry {self.path} is a symlink; refusing it (ask root to "
-                "remove it and restart the gpumon agent)"
-            )
-        if not stat.S_ISDIR(st.st_mode):
-            raise RegistryError(f"the claims registry {self.path} is not a directory")
-        shared_write = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        if shared_write and not st.st_mode & stat.S_ISVTX:
-            raise RegistryError(
-                f"the claims registry {self.path} is writable by others without the sticky bit, "
-                f"so users could delete each other's claims: run `chmod 1777 {self.path}`"
-            )
+        why = self.trouble()
+        if why is not None:
+            raise RegistryError(why)
         if not os.access(self.path, os.W_OK | os.X_OK):
+            st = os.stat(self.path)
             raise RegistryError(
                 f"you cannot write in the claims registry {self.path} (mode "
                 f"{stat.S_IMODE(st.st_mode):o}, owner uid {st.st_uid}): it should be mode 1777 "
                 "like /tmp — restart the gpumon agent, or set GPUMON_CLAIMS_DIR"
             )
-        # Made now, by whoever comes first (ideally the agent, at start): see _open_lock.
-        os.close(self._open_lock())
+        # Made now, by whoever comes first (ideally the agent, at start): see open_lock_file.
+        try:
+            os.close(open_lock_file(self.lock_path, mode=0o644))
+        except LockFileError as e:
+            raise RegistryError(self._lock_trouble(e.reason)) from None
+
+    def trouble(self) -> Optional[str]:
+        """Why the registry must not be used, with the fix; None when it may."""
+        problem = untrusted(self.path, self.trusted_owners, shared=True)
+        if problem is None:
+            return None
+        where = f"the claims registry {self.path}"
+        if problem.kind == "missing":
+            return f"{where} does not exist: " + _missing_hint(self.path)
+        if problem.kind == "unreadable":
+            return f"{where} cannot be reached ({problem}): " + _missing_hint(self.path)
+        if problem.kind == "symlink" and problem.path == os.path.abspath(self.path):
+            return f"{where} is a symlink; refusing it (ask root to remove it and restart the " + (
+                "gpumon agent)"
+            )
+        if problem.kind == "not_dir":
+            return f"{where} is not a directory ({problem})"
+        if problem.kind == "writable" and problem.path == os.path.abspath(self.path):
+            return (
+                f"{where} is writable by others without the sticky bit, so users could delete "
+                f"each other's claims: run `chmod 1777 {self.path}`"
+            )
+        who = "its owner" if problem.kind == "owner" else "whoever may write there"
+        return (
+            f"{where} is not safe: {problem}, so {who} could delete or forge other users' "
+            f"claims in it (only {self._trusted_text()} may own the registry and the "
+            "directories above it, none of them writable by others unless sticky like /tmp). "
+            "Fix: unset GPUMON_CLAIMS_DIR to use the agent's registry, or have root make this "
+            f"one: `sudo install -d -o root -g root -m 1777 {self.path}` in a directory only "
+            "root can change"
+        )
 
     def _create_dir(self) -> None:
+        if os.geteuid() not in self.trusted_owners:
+            raise RegistryError(
+                f"the claims registry {self.path} does not exist, and only "
+                f"{self._trusted_text()} may create it: " + _missing_hint(self.path)
+            )
         parent = os.path.dirname(os.path.abspath(self.path))
         try:
-            os.makedirs(parent, exist_ok=True)
-            os.mkdir(self.path, 0o700)
+            make_dirs(parent, 0o755)
             # Private until it is fully set up, then shared like /tmp.
-            os.chmod(self.path, 0o1777)
+            os.mkdir(self.path, 0o700)
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                os.fchmod(fd, 0o1777)
+            finally:
+                os.close(fd)
         except FileExistsError:
             return  # someone else made it just now; ensure() checks what they made
         except OSError as e:
@@ -409,31 +600,101 @@ class ClaimRegistry:
                 f"({e.strerror}): " + _missing_hint(self.path)
             ) from None
 
-    # -- the allocation lock --------------------------------------------------------------
+    def upkeep(self, starting: bool = False) -> Optional[str]:
+        """The agent's care of its registry, at every sample: recreate it if it was deleted,
+        give it back mode 1777, and replace a lock file that is not a plain 0644 file of root's
+        or the agent's (a user who owns the lock could chmod it and lock everyone out).
 
-    def _open_lock(self) -> int:
-        """An fd on the lock file, created (0644) if missing. O_NOFOLLOW refuses a symlink and
-        O_NONBLOCK keeps a FIFO planted there from hanging the open; flock works on a read-only
-        fd, so the file's owner does not matter (it is never written)."""
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-        for _ in range(10):
-            try:
-                fd = os.open(self.lock_path, flags)
-            except FileNotFoundError:
+        Returns what was repaired (for the log), None when all was well (or, ``starting``, the
+        registry was simply made); raises RegistryError when it is unsafe or cannot be
+        repaired."""
+        if not os.path.lexists(self.path):
+            self.ensure(create=True)
+            if starting:
+                return None  # made at start, as expected: not news
+            return f"the claims registry {self.path} was missing: recreated it (mode 1777)"
+        why = self.trouble()
+        if why is not None:
+            raise RegistryError(why)
+        repaired = []
+        st = os.lstat(self.path)
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != 0o1777:
+            os.chmod(self.path, 0o1777)
+            repaired.append(f"mode {stat.S_IMODE(st.st_mode):04o} → 1777")
+        try:
+            lock = os.lstat(self.lock_path)
+        except FileNotFoundError:
+            lock = None
+        if lock is not None:
+            bad = None
+            if not stat.S_ISREG(lock.st_mode):
+                bad = _file_kind(lock.st_mode) if not stat.S_ISLNK(lock.st_mode) else "a symlink"
+            elif lock.st_uid not in self.trusted_owners:
+                bad = f"owned by {user_name(lock.st_uid)}"
+            elif stat.S_IMODE(lock.st_mode) != 0o644 and lock.st_uid != os.geteuid():
+                bad = f"mode {stat.S_IMODE(lock.st_mode):04o}"
+            if bad is not None:
                 try:
-                    # Never O_CREAT on an existing file: fs.protected_regular refuses that in a
-                    # sticky directory when someone else owns the file.
-                    fd = os.open(self.lock_path, flags | os.O_CREAT | os.O_EXCL, 0o644)
-                except FileExistsError:
+                    if stat.S_ISDIR(lock.st_mode):
+                        os.rmdir(self.lock_path)
+                    else:
+                        os.unlink(self.lock_path)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    trouble = self._lock_trouble(f"{bad}, cannot remove it ({e.strerror})")
+                    raise RegistryError(trouble) from None
+                repaired.append(f"lock file {bad} → replaced")
+        try:
+            fd = open_lock_file(self.lock_path, mode=0o644)
+        except LockFileError as e:
+            raise RegistryError(self._lock_trouble(e.reason)) from None
+        if lock is None:
+            repaired.append("lock file missing → made")
+        elif stat.S_IMODE(lock.st_mode) != 0o644 and not repaired:
+            repaired.append(f"lock file mode {stat.S_IMODE(lock.st_mode):04o} → 0644")
+        os.close(fd)
+        if not repaired:
+            return None
+        return f"the claims registry {self.path}: " + "; ".join(repaired)
+
+    def clean_temporary(self) -> int:
+        """Remove temporary files (``.u<uid>-p<pid>-….json.gpumon-tmp-<pid>-…``) of writers that
+        died between writing and renaming (SIGKILL). Cheap whatever is there: names only, one
+        kill(pid, 0) per distinct writer pid, at most MAX_TMP_PIDS pids a call. Returns how
+        many went."""
+        try:
+            names = os.listdir(self.path)
+            owner = os.lstat(self.path).st_uid
+        except OSError:
+            return 0
+        me = os.geteuid()
+        cleaner = me in (0, owner)  # may delete anyone's file in a sticky directory
+        dead: Dict[int, bool] = {}
+        removed = 0
+        for name in names:
+            if not name.startswith(".u"):
+                continue
+            m = _TMP_RE.match(name)
+            if m is None:
+                continue
+            uid, pid = int(m.group(1)), int(m.group(2))
+            if not cleaner and uid != me:
+                continue
+            if pid not in dead:
+                if len(dead) >= MAX_TMP_PIDS:
                     continue
-            except OSError as e:
-                raise RegistryError(self._lock_trouble(f"cannot open it ({e.strerror})")) from None
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                os.close(fd)
-                raise RegistryError(self._lock_trouble("it is not a regular file"))
-            return fd
-        raise RegistryError(self._lock_trouble("it keeps vanishing"))  # pragma: no cover
+                dead[pid] = not pidstat.alive(pid)
+            if not dead[pid]:
+                continue
+            path = os.path.join(self.path, name)
+            with contextlib.suppress(OSError):
+                if os.lstat(path).st_uid == uid:
+                    os.unlink(path)
+                    removed += 1
+        return removed
+
+    # -- the allocation lock --------------------------------------------------------------
 
     def _lock_trouble(self, what: str) -> str:
         owner = ""
@@ -447,40 +708,21 @@ class ClaimRegistry:
     @contextlib.contextmanager
     def lock(self, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Iterator[None]:
         """Hold the registry's allocation lock (flock), waiting at most ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        delay = 0.002
-        while True:
-            fd = self._open_lock()
-            try:
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() >= deadline:
-                            raise LockTimeout(
-                                f"waited {timeout_s:g} s for the claims lock {self.lock_path} "
-                                "(another claimer holds it; if this lasts, find it with "
-                                f"`fuser -v {self.lock_path}`) — try again"
-                            ) from None
-                        time.sleep(delay * (0.5 + random.random()))
-                        delay = min(delay * 2, 0.05)
-                # The owner of a lock file may delete it while we wait; a lock on a deleted
-                # inode excludes nobody, so take the lock again on the file now there.
-                try:
-                    now = os.stat(self.lock_path, follow_symlinks=False)
-                except FileNotFoundError:
-                    now = None
-                mine = os.fstat(fd)
-                if now is None or (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev):
-                    os.close(fd)
-                    fd = -1
-                    continue
-                yield
-                return
-            finally:
-                if fd >= 0:
-                    os.close(fd)  # closing releases the flock
+        lock = FileLock(self.lock_path, mode=0o644)
+        try:
+            lock.acquire(timeout_s)
+        except LockBusy:
+            raise LockTimeout(
+                f"waited {timeout_s:g} s for the claims lock {self.lock_path} "
+                "(another claimer holds it; if this lasts, find it with "
+                f"`fuser -v {self.lock_path}`) — try again"
+            ) from None
+        except LockFileError as e:
+            raise RegistryError(self._lock_trouble(e.reason)) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     # -- writing my claims ----------------------------------------------------------------
 
@@ -488,28 +730,11 @@ class ClaimRegistry:
         return f"u{uid}-p{pid}-{secrets.token_hex(4)}.json"
 
     def _write_file(self, final: str, data: bytes) -> None:
-        """Write ``data`` to a fresh dot file (O_EXCL|O_NOFOLLOW) and rename it to ``final``:
-        readers see the old content or the new, never a half-written file. Renaming over a
-        file of another user fails (EPERM): the sticky bit guards other people's claims."""
-        tmp = os.path.join(self.path, f".{os.path.basename(final)}.tmp{secrets.token_hex(4)}")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(tmp, flags, 0o644)
-        renamed = False
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fchmod(fd, 0o644)  # readable by the agent and `gpumon-agent claims` whatever umask
-            os.close(fd)
-            fd = -1
-            os.rename(tmp, final)
-            renamed = True
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            if not renamed:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+        """Publish ``data`` at ``final`` atomically (gpumon_agent.atomic), 0644 whatever the
+        umask: readers see the old content or the new, never a part. Renaming over a file of
+        another user fails (EPERM): the sticky bit guards other people's claims. No fsync: a
+        claim means nothing after a crash (its process is gone)."""
+        write_atomic(final, data, 0o644, durable=False)
 
     def create(self, record: ClaimRecord) -> None:
         """Publish a new claim (sets record.path). Call under lock()."""
@@ -517,8 +742,12 @@ class ClaimRegistry:
         try:
             self._write_file(record.path, record.to_json())
         except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                hint = "the file system is full; tell root"
+            else:
+                hint = _missing_hint(self.path)
             raise RegistryError(
-                f"cannot write a claim in {self.path} ({e.strerror}): " + _missing_hint(self.path)
+                f"cannot write a claim in {self.path} ({e.strerror}): {hint}"
             ) from None
 
     def rewrite(self, record: ClaimRecord) -> None:
@@ -560,13 +789,14 @@ class ClaimRegistry:
 
     # -- reading everyone's claims --------------------------------------------------------
 
-    def read(self, path: str, trusted: Optional[Set[int]] = None) -> ClaimRecord:
+    def read(self, path: str, trusted: Optional[AbstractSet[int]] = None) -> ClaimRecord:
         """One claim file, checked (raises InvalidClaimFile with the reason).
 
         The file's owner must be the uid its name and content give — or one of ``trusted``
         (default: root and the registry's owner, who may replace any file here anyway). That
         covers systemd, which chowns a service's RuntimeDirectory to the service's user,
-        recursively, when a DynamicUser= uid changes."""
+        recursively, when a DynamicUser= uid changes. Parsing is bounded: at most
+        MAX_CLAIM_BYTES, nested at most MAX_JSON_DEPTH deep (checked before parsing)."""
         if trusted is None:
             trusted = {0, _owner(self.path)}
         name = os.path.basename(path)
@@ -608,10 +838,12 @@ class ClaimRegistry:
         raw = b"".join(chunks)
         if len(raw) > MAX_CLAIM_BYTES:
             raise InvalidClaimFile(f"over the {MAX_CLAIM_BYTES}-byte limit; refused")
+        if not json_depth_ok(raw):
+            raise InvalidClaimFile(f"JSON nested deeper than {MAX_JSON_DEPTH} levels; refused")
         try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise InvalidClaimFile(f"not JSON ({e})") from None
+            data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise InvalidClaimFile(f"not JSON ({str(e)[:200]})") from None
         record = ClaimRecord.from_dict(data, path)
         if record.uid != name_uid:
             raise InvalidClaimFile(
@@ -625,68 +857,151 @@ class ClaimRegistry:
             raise InvalidClaimFile(f"records pid {record.pid} but is named for pid {name_pid}")
         return record
 
-    def live_claims(self) -> Tuple[List[ClaimRecord], List[ClaimFileError]]:
+    def live_claims(
+        self, limit: int = MAX_CLAIM_FILES
+    ) -> Tuple[List[ClaimRecord], List[ClaimFileError]]:
         """The live claims, and a ClaimFileError per file that does not count. Never raises.
+        See ``scan``."""
+        scan = self.scan(limit)
+        return scan.claims, scan.errors
 
-        Stale claims (their process is gone) are skipped, and deleted when this process may
-        (it owns them, or is root); leftover temporary files of dead writers likewise. A
-        missing registry means no claims (the agent creates it)."""
+    def scan(self, limit: int = MAX_CLAIM_FILES) -> RegistryScan:
+        """Read the registry. Never raises.
+
+        Names that are not claim names (``u<uid>-p<pid>-<hex>.json``) are reported; dot files
+        (the lock, writers' temporary files) are skipped unread. The rest are checked by owner
+        (lstat, remembered per name and inode across scans) and read in turns per owner — each
+        owner's first file, then each one's second, … — at most ``limit`` in all, so whoever
+        floods the registry hides only their own claims. Stale claims (their process is gone)
+        are skipped and deleted when this process may (it owns them, or is root, or owns the
+        registry). A missing registry means no claims (the agent recreates it); an unsafe one
+        is not read at all (``refused``)."""
+        out = RegistryScan()
+        errors = _Errors(self.path)
         try:
-            names = sorted(os.listdir(self.path))
+            directory = os.lstat(self.path)
         except FileNotFoundError:
-            return [], []
+            return out
         except OSError as e:
-            return [], [ClaimFileError(self.path, f"cannot list the claims registry: {e.strerror}")]
-        claims: List[ClaimRecord] = []
-        errors: List[ClaimFileError] = []
-        counted = 0
+            directory = None
+            out.refused = f"cannot reach the claims registry: {e.strerror}"
+        if directory is not None:
+            out.refused = self.trouble()
+        if out.refused is None:
+            try:
+                names = self._names(directory)
+            except FileNotFoundError:
+                return out
+            except OSError as e:
+                out.refused = f"cannot list the claims registry: {e.strerror}"
+        if out.refused is not None:
+            out.errors = [ClaimFileError(self.path, out.refused)]
+            return out
+        assert directory is not None
         # Who may delete in a sticky directory: the file's owner, the directory's, and root.
         # The last two may replace any file here, so files they own are trusted as named.
-        cleaners = {0, _owner(self.path)}
+        cleaners = {0, directory.st_uid}
+        by_owner: Dict[int, List[str]] = {}
+        seen: Dict[str, Tuple[int, int]] = {}
         for name in names:
             path = os.path.join(self.path, name)
-            if name.startswith("."):
-                self._clean_tmp(name, path, cleaners)
-                continue
-            counted += 1
-            if counted > MAX_CLAIM_FILES:
-                errors.append(
-                    ClaimFileError(
-                        self.path,
-                        f"more than {MAX_CLAIM_FILES} claim files; the rest were not read "
-                        "(ask root to look at the registry)",
-                    )
+            m = _NAME_RE.match(name)
+            if m is None:
+                errors.add(
+                    path, "not a claim file name (expected u<uid>-p<pid>-<hex>.json); ignored"
                 )
-                break
+                continue
+            # Owner and type, remembered by name: they only order the reading (read() checks
+            # the open file again), so a name reused by someone else costs fairness, not trust.
+            known = self._seen.get(name)
+            if known is None:
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue  # gone since the listing
+                known = (st.st_uid, st.st_mode)
+            seen[name] = known
+            owner, mode = known
+            name_uid = int(m.group(1))
+            if stat.S_ISLNK(mode):
+                errors.add(path, "a symlink; refused")
+            elif not stat.S_ISREG(mode):
+                errors.add(path, f"not a regular file ({_file_kind(mode)}); refused")
+            elif owner != name_uid and owner not in cleaners:
+                errors.add(path, f"owned by uid {owner} but named for uid {name_uid}; refused")
+            else:
+                by_owner.setdefault(owner, []).append(name)
+        self._seen = seen
+        turns = _in_turns(by_owner)
+        for _owner_uid, name in turns[:limit]:
+            path = os.path.join(self.path, name)
             try:
                 record = self.read(path, cleaners)
             except InvalidClaimFile as e:
-                errors.append(ClaimFileError(path, str(e)))
+                errors.add(path, str(e))
                 continue
             verdict = check_owner_process(record)
             if verdict == "stale":
                 self._remove_stale(path, record.uid, cleaners)
             elif verdict is not None:
-                errors.append(ClaimFileError(path, verdict + "; refused"))
+                errors.add(path, verdict + "; refused")
             else:
-                claims.append(record)
-        return claims, errors
+                out.claims.append(record)
+        for owner, _name in turns[limit:]:
+            out.unread[owner] = out.unread.get(owner, 0) + 1
+        for owner, count in sorted(out.unread.items()):
+            errors.add(
+                self.path,
+                f"{user_name(owner)} (uid {owner}) has {count} more claim file"
+                f"{'s' if count != 1 else ''} than gpumon reads at once ({limit} in all, taken "
+                "in turns per user); those were not read — ask root to look at the registry",
+            )
+        out.errors = errors.done()
+        return out
+
+    def _names(self, directory: os.stat_result) -> List[str]:
+        """The registry's names, dot files (the lock, writers' temporary files) left out.
+
+        The listing is reused while the directory is unchanged (same inode, times, size and
+        link count: any name added, removed or renamed changes them), so junk that just sits
+        there costs one lstat per sample, not a listing. Only a listing taken a second or more
+        after the directory last changed is reused: a change within the same timestamp tick
+        as the one before would leave the times as they were."""
+        key = (
+            directory.st_ino,
+            directory.st_mtime_ns,
+            directory.st_ctime_ns,
+            directory.st_size,
+            directory.st_nlink,
+        )
+        if self._listing is not None and self._listing[0] == key:
+            return self._listing[1]
+        started = time.time()
+        names = [name for name in os.listdir(self.path) if not name.startswith(".")]
+        still = started - directory.st_mtime > 1.0 and started - directory.st_ctime > 1.0
+        self._listing = (key, names) if still else None
+        return names
 
     def _remove_stale(self, path: str, owner_uid: int, cleaners: Set[int]) -> None:
         if os.geteuid() in cleaners | {owner_uid}:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    def _clean_tmp(self, name: str, path: str, cleaners: Set[int]) -> None:
-        m = _TMP_RE.match(name)
-        if m is None:
-            return
-        uid, pid = int(m.group(1)), int(m.group(2))
-        if os.geteuid() not in cleaners | {uid} or process_start_time(pid) is not None:
-            return
-        with contextlib.suppress(OSError):
-            if os.lstat(path).st_uid == uid:
-                os.unlink(path)
+
+def _in_turns(by_owner: Dict[int, List[str]]) -> List[Tuple[int, str]]:
+    """(owner, name) pairs: every owner's first name (by uid), then every owner's second, …"""
+    queues = [(owner, sorted(names)) for owner, names in sorted(by_owner.items())]
+    out: List[Tuple[int, str]] = []
+    depth = 0
+    while queues:
+        queues = [(owner, names) for owner, names in queues if depth < len(names)]
+        out.extend((owner, names[depth]) for owner, names in queues)
+        depth += 1
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _owner(path: str) -> int:
@@ -714,8 +1029,8 @@ def new_record(
 ) -> ClaimRecord:
     """A claim by this process (or ``pid``, one of this user's) on ``gpus``, started now."""
     pid = os.getpid() if pid is None else pid
-    started = process_start_time(pid)
-    if started is None:
+    ticks = pidstat.start_ticks(pid)
+    if ticks is None:
         raise ClaimError(f"process {pid} is not running; cannot claim GPUs for it")
     uid = os.geteuid()
     return ClaimRecord(
@@ -723,7 +1038,8 @@ def new_record(
         user=user_name(uid)[:64],
         uid=uid,
         pid=pid,
-        pid_started=started,
+        pid_started=pidstat.wall_start(ticks),
+        pid_start_ticks=ticks,
         hostname=socket.gethostname()[:255],
         command=command[:MAX_COMMAND_CHARS],
         started_at=utc_iso(),
@@ -852,8 +1168,20 @@ def claim_gpus(
     """Choose and record, atomically among claimers: the lock is held across reading the live
     claims, choosing, and publishing the new claim file."""
     with registry.lock(lock_timeout_s):
-        live, _errors = registry.live_claims()
-        chosen = choose_gpus(gpus, live, request, count)
+        # Every claim must be seen, or a claimed GPU could be handed out again: refuse rather
+        # than guess when the registry cannot be read whole.
+        scan = registry.scan(MAX_ALLOCATION_FILES)
+        if scan.refused is not None:
+            raise RegistryError(scan.refused)
+        if scan.unread:
+            owner, count_left = max(scan.unread.items(), key=lambda item: item[1])
+            raise RegistryError(
+                f"the claims registry {registry.path} holds more claim files than gpumon reads "
+                f"before allocating ({MAX_ALLOCATION_FILES}; {count_left} unread of "
+                f"{user_name(owner)}'s), so it cannot tell which GPUs are free — ask root to "
+                "clean it up"
+            )
+        chosen = choose_gpus(gpus, scan.claims, request, count)
         record = new_record(job, command, chosen)
         registry.create(record)
     return record
@@ -980,9 +1308,10 @@ def apply_claims(
 
 def print_claims(settings: AgentSettings, as_json: bool = False) -> int:
     """List the live claims (and unreadable claim files) of this server. Returns 0, or 1 when
-    the registry cannot be read."""
-    registry = ClaimRegistry(settings.claims_path)
-    claims, errors = registry.live_claims()
+    the registry cannot be read (or is refused as unsafe)."""
+    registry = ClaimRegistry.for_settings(settings)
+    scan = registry.scan()
+    claims, errors = scan.claims, scan.errors
     if as_json:
         out = {
             "registry": registry.path,
@@ -1015,9 +1344,8 @@ def print_claims(settings: AgentSettings, as_json: bool = False) -> int:
             for r in rows:
                 print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
         for e in errors:
-            print(f"bad claim file {_printable(e.path)}: {e.error}", file=sys.stderr)
-    unreadable = any(e.path == registry.path for e in errors)
-    return 1 if unreadable else 0
+            print(f"bad claim file {_printable(e.path)}: {_printable(e.error)}", file=sys.stderr)
+    return 1 if scan.refused is not None else 0
 
 
 def _printable(text: str) -> str:

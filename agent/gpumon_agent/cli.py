@@ -6,12 +6,11 @@ Each subcommand imports its module only when chosen, so `report --json` stays fa
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from typing import List, Optional
 
 from gpumon_agent import __version__
-from gpumon_agent.settings import AgentSettings
+from gpumon_agent.settings import AgentSettings, SettingsError
 
 
 def build_parser(prog: str = "gpumon-agent") -> argparse.ArgumentParser:
@@ -72,8 +71,7 @@ def build_parser(prog: str = "gpumon-agent") -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> AgentSettings:
-    """Environment first, then the flags given."""
-    settings = AgentSettings.from_env()
+    """Environment first, then the flags given; both checked (raises SettingsError)."""
     overrides = {}
     for attr, name in (
         ("state_dir", "state_dir"),
@@ -84,12 +82,9 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         ("max_age", "max_age_s"),
     ):
         value = getattr(args, attr, None)
-        if value is None:
-            continue
-        if isinstance(value, float) and value <= 0:
-            raise SystemExit("gpumon-agent: --{} must be positive".format(attr.replace("_", "-")))
-        overrides[name] = value
-    return dataclasses.replace(settings, **overrides)
+        if value is not None:
+            overrides[name] = value
+    return AgentSettings.from_env().checked(overrides)
 
 
 def main(argv: Optional[List[str]] = None, prog: str = "gpumon-agent") -> int:
@@ -98,7 +93,11 @@ def main(argv: Optional[List[str]] = None, prog: str = "gpumon-agent") -> int:
     if command == "run" and args.command is None:
         # Bare `gpumon-agent`: the daemon with default options.
         args = build_parser(prog).parse_args(["run"])
-    settings = settings_from(args)
+    try:
+        settings = settings_from(args)
+    except SettingsError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
 
     if command == "report":
         from gpumon_agent.snapshot import print_report

@@ -2,6 +2,12 @@
 over them, and the health warnings. Used by the daemon (every interval) and by `report` when it
 has to sample once itself.
 
+The daemon (not a one-shot `report`, which runs as any user) also keeps the claims registry: it
+makes it at the first sample, remakes it if it is deleted, repairs its lock file, and clears
+temporary files of dead claimers once a minute (ClaimRegistry.upkeep / clean_temporary). Trouble
+with it is logged once per change (gpumon_agent.statelog) and shown in the Report's
+``claim_errors``; it never fails the sample.
+
 The GPU count is remembered in ``<state_dir>/gpu-count`` so that a GPU that falls off the bus is
 noticed across daemon restarts. It holds the highest count seen since boot (/run is cleared at
 boot): a lost GPU keeps warning until it is back, or until someone removes the file after taking
@@ -16,14 +22,17 @@ import time
 from typing import Optional
 
 from gpumon_agent import health
-from gpumon_agent.claims import ClaimRegistry, IdleTracker, apply_claims
-from gpumon_agent.report import Report
+from gpumon_agent.claims import ClaimError, ClaimRegistry, IdleTracker, apply_claims
+from gpumon_agent.report import ClaimFileError, Report
 from gpumon_agent.sampler import Sampler
 from gpumon_agent.settings import AgentSettings
+from gpumon_agent.statelog import StateLog
 
 log = logging.getLogger("gpumon_agent")
 
 GPU_COUNT_FILE = "gpu-count"
+# Leftover temporary files of killed claimers are looked for this often (seconds).
+CLEAN_TEMPORARY_EVERY_S = 60.0
 
 
 class Collector:
@@ -40,7 +49,10 @@ class Collector:
         self.settings = settings
         self.oneshot = oneshot
         self.sampler = Sampler(settings)
-        self.registry = ClaimRegistry(settings.claims_path)
+        self.registry = ClaimRegistry.for_settings(settings, agent=not oneshot)
+        self.registry_log = StateLog(log)
+        self.next_clean = 0.0
+        self.registry_kept = False  # upkeep has run once (the first makes the registry)
         self.tracker = IdleTracker.from_report(previous)
         self.count_path = os.path.join(settings.state_dir, GPU_COUNT_FILE)
         self.expected_gpus = read_gpu_count(self.count_path)
@@ -49,7 +61,10 @@ class Collector:
         now = time.time() if now is None else now
         report = self.sampler.sample()
 
+        trouble = None if self.oneshot else self.keep_registry()
         apply_claims(report, self.registry, self.tracker, self.settings.idle_after_s, now)
+        if trouble is not None and all(e.error != trouble for e in report.claim_errors):
+            report.claim_errors.insert(0, ClaimFileError(self.registry.path, trouble))
 
         report.warnings.extend(health.evaluate(report, self.expected_gpus))
         if report.nvml.available:
@@ -60,6 +75,26 @@ class Collector:
                 if not self.oneshot:
                     write_gpu_count(self.count_path, count)
         return report
+
+    def keep_registry(self) -> Optional[str]:
+        """The daemon's upkeep of the claims registry; what is wrong with it, or None."""
+        what = "keeping the claims registry " + self.registry.path
+        try:
+            repaired = self.registry.upkeep(starting=not self.registry_kept)
+            self.registry_kept = True
+        except (ClaimError, OSError) as e:
+            self.registry_log.failed(what, e)
+            return str(e)
+        self.registry_log.ok(what)
+        if repaired is not None:
+            log.warning("%s", repaired)
+        started = time.monotonic()
+        if started >= self.next_clean:
+            self.next_clean = started + CLEAN_TEMPORARY_EVERY_S
+            removed = self.registry.clean_temporary()
+            if removed:
+                log.info("removed %d temporary file(s) of killed claimers", removed)
+        return None
 
     @property
     def hung_nvml_calls(self) -> int:
@@ -72,10 +107,15 @@ class Collector:
 
 def read_gpu_count(path: str) -> Optional[int]:
     try:
-        with open(path) as f:
-            text = f.read().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        text = os.read(fd, 64).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     try:
         count = int(text)
     except ValueError:

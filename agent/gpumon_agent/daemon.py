@@ -3,12 +3,17 @@
 - Ticks are scheduled on a fixed grid (start + k * interval, monotonic clock), so the period does
   not drift by the sampling time; ticks missed (a suspended machine, a slow sample) are skipped,
   not caught up in a burst.
-- A sample that raises never stops the daemon: it is logged (once per distinct error, then every
-  few minutes), and the last good Report is rewritten with a note saying the values are old.
+- A sample that raises never stops the daemon: it is logged (when it starts failing, when the
+  error changes, when it works again: gpumon_agent.statelog), and the last good Report is
+  rewritten with a note saying the values are old. A snapshot that cannot be written (a full
+  disk) is logged the same way, never once per sample.
 - SIGTERM / SIGINT stop it after the current tick. The snapshot stays (complete: every write is
   a rename), goes stale after GPUMON_MAX_AGE, and then `report` samples itself and says so. A
   restarted daemon reads it back to know since when each GPU has been idle.
 - An flock on ``<state_dir>/agent.lock`` keeps a second daemon from fighting over the snapshot.
+- The state dir must be changeable by the agent's user (and root) alone, with every directory
+  above it (gpumon_agent.safedir): a root daemon in a directory others may write would follow
+  what they plant there. Files in it are opened ``O_NOFOLLOW``.
 - Logs go to stderr (journald under systemd, which stamps the time itself).
 
 Must stay importable on Python 3.8.
@@ -17,7 +22,6 @@ Must stay importable on Python 3.8.
 from __future__ import annotations
 
 import copy
-import fcntl
 import logging
 import os
 import signal
@@ -25,17 +29,18 @@ import socket
 import sys
 import threading
 import time
-from typing import IO, Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from gpumon_agent import __version__
+from gpumon_agent.filelock import FileLock, LockBusy, LockFileError
 from gpumon_agent.report import Host, Nvml, Report, utc_iso
+from gpumon_agent.safedir import make_dirs, untrusted
 from gpumon_agent.settings import AgentSettings
+from gpumon_agent.statelog import StateLog
 
 log = logging.getLogger("gpumon_agent")
 
 LOCK_FILE = "agent.lock"
-# A failing sample is logged when its message changes, else at most this often.
-_REPEAT_LOG_S = 300.0
 
 
 class Collects(Protocol):
@@ -117,7 +122,7 @@ def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
         if server is not None:
             server.shutdown()
             server.server_close()
-        lock.close()
+        lock.release()
 
 
 def loop(
@@ -134,7 +139,7 @@ def loop(
     interval = settings.interval_s
     start = clock()
     tick = 0
-    failure = _FailureLog()
+    failure = StateLog()
     while not stop.is_set():
         tick_once(settings, collector, state, failure)
         tick += 1
@@ -147,7 +152,7 @@ def loop(
 
 
 def tick_once(
-    settings: AgentSettings, collector: Collects, state: DaemonState, failure: _FailureLog
+    settings: AgentSettings, collector: Collects, state: DaemonState, failure: StateLog
 ) -> None:
     began = time.monotonic()
     try:
@@ -155,21 +160,24 @@ def tick_once(
     except Exception as e:
         state.sample_errors += 1
         state.sample_ok = False
-        failure.failed(e)
+        failure.failed("sample", e)
         report = _failed_report(state.report, e)
     else:
         state.sample_ok = True
-        failure.recovered()
+        failure.ok("sample")
     state.samples += 1
     state.sample_seconds = time.monotonic() - began
     state.hung_nvml_calls = getattr(collector, "hung_nvml_calls", 0)
     state.report = report
+    what = "writing " + settings.snapshot_path
     try:
         from gpumon_agent.snapshot import write_snapshot
 
         write_snapshot(settings, report)
     except (OSError, ValueError) as e:
-        failure.failed(e, what="writing " + settings.snapshot_path)
+        failure.failed(what, e)
+    else:
+        failure.ok(what)
 
 
 def _failed_report(last_good: Optional[Report], error: Exception) -> Report:
@@ -189,79 +197,46 @@ def _failed_report(last_good: Optional[Report], error: Exception) -> Report:
     return report
 
 
-class _FailureLog:
-    """Logs a failing sample with its traceback once, repeats at most every few minutes."""
-
-    def __init__(self) -> None:
-        self.last_message: Optional[str] = None
-        self.last_logged = 0.0
-        self.count = 0
-
-    def failed(self, error: BaseException, what: str = "sample") -> None:
-        message = f"{what} failed: {type(error).__name__}: {error}"
-        self.count += 1
-        now = time.monotonic()
-        if message != self.last_message:
-            log.error("%s", message, exc_info=error)
-        elif now - self.last_logged >= _REPEAT_LOG_S:
-            log.error("%s (%d times so far)", message, self.count)
-        else:
-            return
-        self.last_message = message
-        self.last_logged = now
-
-    def recovered(self) -> None:
-        if self.last_message is not None:
-            log.info("sampling works again after %d failure(s)", self.count)
-        self.last_message = None
-        self.count = 0
-
-
 class DaemonError(Exception):
     pass
 
 
 def prepare_dirs(settings: AgentSettings) -> None:
-    """The state dir (0755: `report` runs as any user) and the claims registry (1777, like /tmp:
-    any user's trainer may register a claim, none may remove another's)."""
+    """The state dir: made 0755 if missing (`report` runs as any user), and refused unless only
+    this user (and root) can change it and the directories above it. The claims registry is the
+    collector's: it makes it, and remakes it if deleted, at every sample."""
     try:
-        if not os.path.isdir(settings.state_dir):
-            os.makedirs(settings.state_dir)
-            os.chmod(settings.state_dir, 0o755)  # whatever the umask
+        make_dirs(settings.state_dir, 0o755)  # whatever the umask
     except OSError as e:
         raise DaemonError(
             f"cannot create the state dir {settings.state_dir}: {e.strerror or e} "
             "(set GPUMON_STATE_DIR or --state-dir to a directory this user may write)"
         ) from None
-    from gpumon_agent.claims import ClaimError, ClaimRegistry
-
-    try:
-        ClaimRegistry(settings.claims_path).ensure(create=True)
-    except ClaimError as e:
-        raise DaemonError(str(e)) from None
-
-
-def take_lock(settings: AgentSettings) -> IO[str]:
-    path = os.path.join(settings.state_dir, LOCK_FILE)
-    try:
-        f = open(path, "a+")  # noqa: SIM115 -- held open for the daemon's life
-    except OSError as e:
-        raise DaemonError(f"cannot open {path}: {e.strerror or e}") from None
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        other = f.read().strip() or "?"
-        f.close()
+    problem = untrusted(settings.state_dir, {os.geteuid()})
+    if problem is not None:
         raise DaemonError(
-            f"another gpumon-agent daemon (pid {other}) already runs on "
+            f"refusing the state dir {settings.state_dir}: {problem}, so another user could "
+            "plant files there that the agent then opens or writes through (a symlink at "
+            f"{LOCK_FILE}). Fix: make it and the directories above it writable by this user "
+            f"alone (e.g. `chmod 755 {problem.path}`, `chown` it to the agent's user), or set "
+            "GPUMON_STATE_DIR to such a directory (the systemd unit uses /run/gpumon)"
+        )
+
+
+def take_lock(settings: AgentSettings) -> FileLock:
+    """Hold ``<state_dir>/agent.lock`` (O_NOFOLLOW, pid recorded) or raise DaemonError."""
+    path = os.path.join(settings.state_dir, LOCK_FILE)
+    lock = FileLock(path, mode=0o644, record_pid=True)
+    try:
+        lock.acquire()
+    except LockBusy as e:
+        raise DaemonError(
+            f"another gpumon-agent daemon (pid {e.holder or '?'}) already runs on "
             f"{settings.state_dir}; stop it first"
         ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
+    except (LockFileError, OSError) as e:
+        raise DaemonError(f"cannot use the lock file {path}: {getattr(e, 'reason', e)}") from None
+    return lock
 
 
 def previous_report(settings: AgentSettings) -> Optional[Report]:

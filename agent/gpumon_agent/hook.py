@@ -45,7 +45,7 @@ from gpumon_agent.claims import (
     parse_gpu_request,
 )
 from gpumon_agent.report import Gpu, utc_iso
-from gpumon_agent.settings import AgentSettings
+from gpumon_agent.settings import AgentSettings, SettingsError
 
 # Set for the command under `gpumon claim`: a claim() inside it adopts that claim.
 CLAIM_FILE_ENV = "GPUMON_CLAIM_FILE"
@@ -181,8 +181,11 @@ class Claim:
     # -- acquiring and releasing ----------------------------------------------------------
 
     def _acquire(self) -> None:
-        settings = self.settings or AgentSettings.from_env()
-        self._registry = ClaimRegistry(settings.claims_path)
+        try:
+            settings = self.settings or AgentSettings.from_env()
+        except SettingsError as e:  # a trainer gets a ClaimError, never SystemExit
+            raise ClaimError(f"gpumon: {e}") from None
+        self._registry = ClaimRegistry.for_settings(settings)
         if self._adopt():
             return
         try:

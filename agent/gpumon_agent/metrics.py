@@ -26,6 +26,10 @@ Metric names (all gauges unless noted; per-GPU ones carry labels ``gpu`` (index)
   ``gpumon_agent_info{version,driver_version}``
 - plus prometheus_client's ``process_*`` metrics of the daemon itself (RSS, CPU seconds, fds).
 
+The listener is one thread over ``selectors`` (``MetricsServer``), not a thread per connection:
+idle connections cannot use up the unit's ``TasksMax``; each has ``REQUEST_TIMEOUT_S`` to send its
+request and read the answer, and at most ``MAX_CONNECTIONS`` stay open.
+
 Must stay importable on Python 3.8.
 """
 
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from gpumon_agent.report import GPU_OK, Report, parse_utc_iso
 
@@ -79,39 +83,201 @@ def _bad_listen(spec: str) -> str:
     )
 
 
-def start_server(state: DaemonState, host: str, port: int) -> Any:
+# One thread serves every connection: idle or slow clients cost a socket each, never a thread,
+# so 60 idle local connections cannot use up the unit's TasksMax=32 and lock real scrapes out.
+REQUEST_TIMEOUT_S = 10.0  # to send the request and read the answer, from the connect
+MAX_CONNECTIONS = 64  # open at once; a new one beyond this closes the oldest
+MAX_REQUEST_BYTES = 8192  # request line and headers
+
+
+def start_server(state: DaemonState, host: str, port: int) -> MetricsServer:
     """Serves /metrics from a daemon thread; returns the server (``.shutdown()``,
-    ``.server_address``)."""
+    ``.server_close()``, ``.server_address``)."""
     try:
-        from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+        from prometheus_client import CollectorRegistry, ProcessCollector
     except ImportError:
         raise MetricsError(
             "--metrics needs prometheus_client: pip install 'gpumon-agent[metrics]'"
         ) from None
-    import socket
-    import socketserver
     import threading
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
     registry = CollectorRegistry(auto_describe=True)
     registry.register(ReportCollector(state))
     ProcessCollector(registry=registry)
-
-    class Server(socketserver.ThreadingMixIn, WSGIServer):
-        daemon_threads = True
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-    class QuietHandler(WSGIRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
-            pass
-
-    try:
-        server = make_server(host, port, make_wsgi_app(registry), Server, QuietHandler)
-    except OSError as e:
-        raise MetricsError(f"cannot serve /metrics on {host}:{port}: {e.strerror or e}") from None
+    server = MetricsServer(registry, host, port)
     thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     thread.start()
     return server
+
+
+class _Connection:
+    __slots__ = ("deadline", "inbox", "outbox", "sock")
+
+    def __init__(self, sock: Any, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.inbox = b""
+        self.outbox = b""
+
+
+class MetricsServer:
+    """A minimal HTTP/1.0 server for GET/HEAD /metrics on one thread (``selectors``).
+
+    Each connection has REQUEST_TIMEOUT_S from its connect to send a request (at most
+    MAX_REQUEST_BYTES of head) and take the answer, then it is closed; at most MAX_CONNECTIONS
+    are open (a new one closes the oldest). The answer is prometheus_client's exposition in the
+    format the client's Accept header asks for (text or OpenMetrics)."""
+
+    def __init__(self, registry: Any, host: str, port: int) -> None:
+        import selectors
+        import socket
+
+        self.registry = registry
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.listener.bind((host, port))
+            self.listener.listen(128)
+            self.listener.setblocking(False)
+        except OSError as e:
+            self.listener.close()
+            raise MetricsError(
+                f"cannot serve /metrics on {host}:{port}: {e.strerror or e}"
+            ) from None
+        self.server_address = self.listener.getsockname()
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        self.connections: Dict[int, _Connection] = {}
+        self._stop = False
+        self._waker_r, self._waker_w = socket.socketpair()
+        self._waker_r.setblocking(False)
+        self.selector.register(self._waker_r, selectors.EVENT_READ, "wake")
+        self._stopped: Any = None
+
+    def serve_forever(self) -> None:
+        import threading
+
+        self._stopped = threading.Event()
+        try:
+            while not self._stop:
+                now = time.monotonic()
+                timeout = min([c.deadline for c in self.connections.values()], default=now + 1)
+                for key, mask in self.selector.select(max(0.0, min(timeout - now, 1.0))):
+                    if key.data == "wake":
+                        continue
+                    if key.data is None:
+                        self._accept()
+                    else:
+                        self._serve(key.data, mask)
+                now = time.monotonic()
+                for conn in [c for c in self.connections.values() if c.deadline <= now]:
+                    self._close(conn)
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        self._stop = True
+        try:
+            self._waker_w.send(b"x")
+        except OSError:
+            pass
+        if self._stopped is not None:
+            self._stopped.wait(5)
+
+    def server_close(self) -> None:
+        for conn in list(self.connections.values()):
+            self._close(conn)
+        for sock in (self.listener, self._waker_r, self._waker_w):
+            sock.close()
+        self.selector.close()
+
+    def _accept(self) -> None:
+        import selectors
+
+        for _ in range(MAX_CONNECTIONS):  # take what is queued, a bounded batch at a time
+            try:
+                sock, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of file descriptors, a reset before accept: try later
+                return
+            if len(self.connections) >= MAX_CONNECTIONS:
+                self._close(min(self.connections.values(), key=lambda c: c.deadline))
+            sock.setblocking(False)
+            conn = _Connection(sock, time.monotonic() + REQUEST_TIMEOUT_S)
+            self.connections[sock.fileno()] = conn
+            self.selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _serve(self, conn: _Connection, mask: int) -> None:
+        import selectors
+
+        try:
+            if mask & selectors.EVENT_READ and not conn.outbox:
+                data = conn.sock.recv(4096)
+                if not data:
+                    self._close(conn)
+                    return
+                conn.inbox += data
+                end = conn.inbox.find(b"\r\n\r\n")
+                if end < 0 and len(conn.inbox) > MAX_REQUEST_BYTES:
+                    conn.outbox = _response(431, "text/plain", b"request head too large\n")
+                elif end >= 0:
+                    conn.outbox = self._answer(conn.inbox[:end])
+                else:
+                    return
+                self.selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
+            if mask & selectors.EVENT_WRITE or conn.outbox:
+                sent = conn.sock.send(conn.outbox)
+                conn.outbox = conn.outbox[sent:]
+                if not conn.outbox:
+                    self._close(conn)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+
+    def _answer(self, head: bytes) -> bytes:
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return _response(400, "text/plain", b"bad request\n")
+        method, target = parts[0], parts[1]
+        if method not in ("GET", "HEAD"):
+            return _response(405, "text/plain", b"GET /metrics\n")
+        path = target.split("?", 1)[0]
+        if path not in ("/metrics", "/"):
+            return _response(404, "text/plain", b"not found: try /metrics\n")
+        accept = ""
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "accept":
+                accept = value.strip()
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, content_type = choose_encoder(accept)
+        body = encoder(self.registry)
+        return _response(200, content_type, body, head_only=method == "HEAD")
+
+    def _close(self, conn: _Connection) -> None:
+        self.connections.pop(conn.sock.fileno(), None)
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+_REASONS[431] = "Request Header Fields Too Large"
+
+
+def _response(code: int, content_type: str, body: bytes, head_only: bool = False) -> bytes:
+    head = (
+        f"HTTP/1.0 {code} {_REASONS[code]}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + (b"" if head_only else body)
 
 
 class ReportCollector:

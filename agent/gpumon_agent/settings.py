@@ -1,16 +1,47 @@
 """Where the agent keeps its files, and its tunables: defaults, overridden by environment.
 
 The agent has no config file (it must run on Python 3.8 with only nvidia-ml-py and psutil);
-the systemd unit sets these variables, command-line flags override them.
+the systemd unit sets these variables, command-line flags override them. Every value, from
+either, goes through ``AgentSettings.checked`` here: finite numbers within the bounds below, or a
+``SettingsError`` that names the variable (or flag) and says what to give. Library code raises
+it (a trainer's ``with claim()`` gets a ClaimError carrying it, never SystemExit); commands
+print it.
+
+    variable             flag            default  bounds (seconds)
+    GPUMON_STATE_DIR     --state-dir     /run/gpumon
+    GPUMON_CLAIMS_DIR    --claims-dir    STATE_DIR/claims
+    GPUMON_INTERVAL      --interval      2        0.1 .. 3600
+    GPUMON_WINDOW        --window        60       1 .. 86400
+    GPUMON_IDLE_AFTER    --idle-after    600      1 .. 2678400 (31 days)
+    GPUMON_MAX_AGE       --max-age       10       0.1 .. 86400
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 DEFAULT_STATE_DIR = "/run/gpumon"
+MAX_PATH_CHARS = 4096  # PATH_MAX
+
+# field -> (variable, flag, default, lowest, highest)
+BOUNDS: Dict[str, Tuple[str, str, float, float, float]] = {
+    "interval_s": ("GPUMON_INTERVAL", "--interval", 2.0, 0.1, 3600.0),
+    "window_s": ("GPUMON_WINDOW", "--window", 60.0, 1.0, 86400.0),
+    "idle_after_s": ("GPUMON_IDLE_AFTER", "--idle-after", 600.0, 1.0, 31 * 86400.0),
+    "max_age_s": ("GPUMON_MAX_AGE", "--max-age", 10.0, 0.1, 86400.0),
+}
+PATHS: Dict[str, Tuple[str, str]] = {
+    "state_dir": ("GPUMON_STATE_DIR", "--state-dir"),
+    "claims_dir": ("GPUMON_CLAIMS_DIR", "--claims-dir"),
+}
+
+
+class SettingsError(ValueError):
+    """A setting is out of bounds or not a number; the message names it and what to give."""
 
 
 @dataclass
@@ -32,28 +63,47 @@ class AgentSettings:
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> AgentSettings:
+        """The settings the environment gives (defaults for what it leaves unset or empty).
+        Raises SettingsError naming the variable."""
         env = os.environ if environ is None else environ
-        state_dir = env.get("GPUMON_STATE_DIR") or DEFAULT_STATE_DIR
-        return cls(
-            state_dir=state_dir,
-            claims_dir=env.get("GPUMON_CLAIMS_DIR") or None,
-            interval_s=_float(env, "GPUMON_INTERVAL", 2.0),
-            window_s=_float(env, "GPUMON_WINDOW", 60.0),
-            idle_after_s=_float(env, "GPUMON_IDLE_AFTER", 600.0),
-            max_age_s=_float(env, "GPUMON_MAX_AGE", 10.0),
-        )
+        values: Dict[str, Any] = {}
+        for name, (variable, _flag, _default, _low, _high) in BOUNDS.items():
+            raw = env.get(variable)
+            if raw:
+                values[name] = _number(raw, variable)
+        for name, (variable, _flag) in PATHS.items():
+            raw = env.get(variable)
+            if raw:
+                values[name] = raw
+        return cls().checked(values, flags=False)
+
+    def checked(self, changes: Mapping[str, Any], flags: bool = True) -> AgentSettings:
+        """A copy with ``changes`` applied, each checked; errors name the flag (``flags``) or
+        the variable. Raises SettingsError."""
+        for name, value in changes.items():
+            if name in BOUNDS:
+                variable, flag, _default, low, high = BOUNDS[name]
+                where = flag if flags else variable
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    raise SettingsError(f"{where}={value!r}: not a number of seconds")
+                if not math.isfinite(value) or not low <= value <= high:
+                    raise SettingsError(
+                        f"{where}={value!r}: give seconds from {low:g} to {high:g}"
+                        f" (default {_default:g})"
+                    )
+            elif name in PATHS:
+                where = PATHS[name][1 if flags else 0]
+                if not isinstance(value, str) or "\0" in value or len(value) > MAX_PATH_CHARS:
+                    raise SettingsError(f"{where}: not a usable path ({str(value)[:80]!r}…)")
+            else:
+                raise SettingsError(f"unknown agent setting {name!r}")
+        return dataclasses.replace(self, **changes)
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
+def _number(raw: str, variable: str) -> float:
     try:
-        value = float(raw)
+        return float(raw)
     except ValueError:
-        raise SystemExit(
-            f"gpumon-agent: {name}={raw!r} is not a number (unset it or give seconds)"
+        raise SettingsError(
+            f"{variable}={raw[:80]!r} is not a number (unset it or give seconds)"
         ) from None
-    if value <= 0:
-        raise SystemExit(f"gpumon-agent: {name}={raw!r} must be positive")
-    return value

@@ -33,6 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
 # Mirrors gpumon_agent.settings (imported only off the fast path; a test keeps them equal).
 DEFAULT_STATE_DIR = "/run/gpumon"
 DEFAULT_MAX_AGE_S = 10.0
+MAX_AGE_BOUNDS = (0.1, 86400.0)
+# Never follow a symlink planted at report.json, never hang on a FIFO there.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 # A snapshot larger than this is not ours (the Report reader refuses it too).
 _MAX_SNAPSHOT_BYTES = 1024 * 1024
@@ -59,12 +62,17 @@ def read_snapshot(
     one-shot sample how long claimed GPUs have been idle."""
     path = settings.snapshot_path
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
+        fd = os.open(path, _READ_FLAGS)
+        try:
+            st = os.fstat(fd)
+            if st.st_mode & 0o170000 != 0o100000:  # not S_ISREG (stat is not imported here)
+                return None, False, f"snapshot {path} is not a regular file: sampled once"
             if st.st_size > _MAX_SNAPSHOT_BYTES:
                 why = f"snapshot {path} is {st.st_size} bytes, too big for a report: sampled once"
                 return None, False, why
-            data = f.read()
+            data = os.read(fd, _MAX_SNAPSHOT_BYTES + 1)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         if not os.path.isdir(settings.state_dir):
             why = f"no agent daemon running ({settings.state_dir} does not exist): sampled once"
@@ -264,8 +272,8 @@ def fast_report(argv: List[str], environ: Optional[Mapping[str, str]] = None) ->
         max_age_s = float(max_age) if max_age else DEFAULT_MAX_AGE_S
     except ValueError:
         return None
-    if not max_age_s > 0:
-        return None
+    if not MAX_AGE_BOUNDS[0] <= max_age_s <= MAX_AGE_BOUNDS[1]:  # NaN fails this too
+        return None  # the full CLI says what is wrong
     data, fresh, _why = read_snapshot(_FastSettings(state_dir, max_age_s))
     if data is None or not fresh:
         return None

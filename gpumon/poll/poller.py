@@ -236,7 +236,7 @@ class Poller:
         """``local = true``: this machine's agent, in-process (no SSH)."""
         attempt.enter("local", self.config.poll.command_timeout_s)
         try:
-            from gpumon_agent.settings import AgentSettings
+            from gpumon_agent.settings import AgentSettings, SettingsError
             from gpumon_agent.snapshot import latest_report
         except ImportError as e:
             raise PollFailure(
@@ -246,7 +246,7 @@ class Poller:
             ) from None
         try:
             return latest_report(AgentSettings.from_env())
-        except SystemExit as e:  # AgentSettings rejects bad GPUMON_* variables this way
+        except SettingsError as e:  # a bad GPUMON_* variable in this process's environment
             raise PollFailure(codes.AGENT_FAILED, f"local agent: {e}", "local") from None
         except Exception as e:
             raise PollFailure(

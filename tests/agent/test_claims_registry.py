@@ -19,6 +19,7 @@ import pytest
 
 from gpumon_agent.claims import (
     MAX_CLAIM_BYTES,
+    MAX_CLAIM_ERRORS,
     MAX_CLAIM_FILES,
     ClaimError,
     ClaimRegistry,
@@ -203,7 +204,8 @@ def test_claim_of_an_unreaped_zombie_is_stale(registry, sleeper):
 
 def test_a_reused_pid_does_not_revive_a_claim(registry):
     record = new_record("old", "cmd", GPUS[:1])
-    record.pid_started -= 3600  # the pid belonged to a process that started an hour earlier
+    # The pid belonged to an earlier process: one clock tick apart is apart (exact compare).
+    record.pid_start_ticks -= 1
     registry.create(record)
     assert registry.live_claims() == ([], [])
     assert not os.path.exists(record.path)
@@ -212,11 +214,13 @@ def test_a_reused_pid_does_not_revive_a_claim(registry):
 def test_leftover_temporary_file_of_a_dead_writer_is_cleaned(registry):
     writer = subprocess.Popen(["true"])
     writer.wait()  # the writer died between writing its temporary file and renaming it
-    name = f".u{os.geteuid()}-p{writer.pid}-abcdef12.json.tmp0011aabb"
-    live_name = f".u{os.geteuid()}-p{os.getpid()}-abcdef12.json.tmp0011aabb"
+    claim = f"u{os.geteuid()}-p{writer.pid}-abcdef12.json"
+    name = f".{claim}.gpumon-tmp-{writer.pid}-0011aabb"
+    live_name = f".{claim}.gpumon-tmp-{os.getpid()}-0011aabb"
     write_raw(registry, name, b"{")
     write_raw(registry, live_name, b"{")  # a live writer's is left alone
-    assert registry.live_claims() == ([], [])
+    assert registry.live_claims() == ([], [])  # the scan skips them, unread
+    assert registry.clean_temporary() == 1  # the agent's clean-up, once a minute
     assert not os.path.exists(os.path.join(registry.path, name))
     assert os.path.exists(os.path.join(registry.path, live_name))
 
@@ -295,13 +299,18 @@ def test_a_file_claiming_someone_elses_uid_is_refused(registry, sleeper):
     assert "runs as uid 0, not the claim's uid 65534" in by_path[hijack]
 
 
-def test_too_many_files_are_cut_off_with_one_error(registry):
+def test_too_many_files_are_cut_off_and_the_errors_capped(registry):
+    me, pid = os.geteuid(), os.getpid()
     for i in range(MAX_CLAIM_FILES + 5):
+        write_raw(registry, f"u{me}-p{pid}-{i:06x}.json", b"")
+    for i in range(100):
         write_raw(registry, f"junk{i:04d}", b"")
     live, errors = registry.live_claims()
     assert live == []
-    assert len(errors) == MAX_CLAIM_FILES + 1
-    assert "more than 128 claim files" in errors[-1].error
+    assert len(errors) == MAX_CLAIM_ERRORS + 1
+    assert errors[-1].error == (
+        f"{100 + MAX_CLAIM_FILES + 1 - MAX_CLAIM_ERRORS} more bad files in the registry, not listed"
+    )
 
 
 # --- other users ---------------------------------------------------------------------------------
@@ -462,8 +471,8 @@ def test_the_registrys_owner_cleans_other_users_stale_claims(shared_registry):
 def test_claims_chowned_to_the_registry_owner_still_count(shared_registry, sleeper):
     # systemd chowns a service's RuntimeDirectory recursively to the service's user when a
     # DynamicUser= uid changes: claim files then belong to the agent, not to their makers.
-    reg = shared_registry
     agent_uid = 4321
+    reg = ClaimRegistry(shared_registry.path, trusted_owners={agent_uid})  # the agent's user
     os.chown(reg.path, agent_uid, agent_uid)
     proc = sleeper()
     chowned = new_record("root's job", "cmd", GPUS[:1], pid=proc.pid)

@@ -13,7 +13,7 @@ import threading
 import pytest
 from agent_proc import AGENT, Daemon, agent_env, report_json, wait_for
 
-from gpumon_agent.daemon import DaemonState, _FailureLog, loop, tick_once
+from gpumon_agent.daemon import DaemonState, loop, tick_once
 from gpumon_agent.report import (
     SOURCE_DAEMON,
     SOURCE_ONESHOT,
@@ -23,6 +23,7 @@ from gpumon_agent.report import (
     utc_iso,
 )
 from gpumon_agent.settings import AgentSettings
+from gpumon_agent.statelog import StateLog
 from harness.fakenvml import FakeState
 
 FAST = ("--interval", "0.2")
@@ -290,7 +291,7 @@ def test_a_failing_sample_keeps_the_last_good_values_and_says_so(tmp_path, caplo
     settings = AgentSettings(state_dir=str(tmp_path))
     state = DaemonState()
     collector = FlakyCollector(fail_on={1, 3, 4})
-    failures = _FailureLog()
+    failures = StateLog()
 
     def tick() -> Report:
         tick_once(settings, collector, state, failures)
