@@ -43,6 +43,13 @@ def build_parser(prog: str = "gpumon-agent") -> argparse.ArgumentParser:
         metavar="[ADDR:]PORT",
         help="serve Prometheus /metrics here (default address 127.0.0.1; off unless given)",
     )
+    run.add_argument(
+        "--metrics-dcgm-names",
+        action="store_true",
+        default=None,
+        help="/metrics also under dcgm-exporter's names and labels (env "
+        "GPUMON_METRICS_DCGM_NAMES=1), for dashboards made for it",
+    )
 
     report = sub.add_parser("report", parents=[common], help="print the latest Report")
     report.add_argument("--json", action="store_true", help="the Report as JSON (for the poller)")
@@ -80,6 +87,7 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         ("window", "window_s"),
         ("idle_after", "idle_after_s"),
         ("max_age", "max_age_s"),
+        ("metrics_dcgm_names", "metrics_dcgm_names"),
     ):
         value = getattr(args, attr, None)
         if value is not None:

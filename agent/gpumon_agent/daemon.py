@@ -59,6 +59,7 @@ class DaemonState:
         self.samples = 0
         self.sample_seconds = 0.0  # duration of the last sample
         self.hung_nvml_calls = 0  # NVML calls past their deadline, not returned yet
+        self.expected_gpus: Optional[int] = None  # the most GPUs seen since boot (gpu-count)
 
 
 def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
@@ -95,7 +96,9 @@ def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
             from gpumon_agent.metrics import MetricsError, start_server
 
             try:
-                server = start_server(state, listen[0], listen[1])
+                server = start_server(
+                    state, listen[0], listen[1], dcgm_names=settings.metrics_dcgm_names
+                )
             except MetricsError as e:
                 log.error("%s", e)
                 return 1
@@ -168,6 +171,7 @@ def tick_once(
     state.samples += 1
     state.sample_seconds = time.monotonic() - began
     state.hung_nvml_calls = getattr(collector, "hung_nvml_calls", 0)
+    state.expected_gpus = getattr(collector, "expected_gpus", None)
     state.report = report
     what = "writing " + settings.snapshot_path
     try:

@@ -4,27 +4,11 @@ prometheus_client is optional (`pip install 'gpumon-agent[metrics]'`) and import
 /metrics is asked for. Values come from the Report the daemon last wrote, so /metrics and
 `report --json` never disagree. A value the agent could not read is left out, not exported as 0.
 
-Metric names (all gauges unless noted; per-GPU ones carry labels ``gpu`` (index) and ``uuid``):
-
-- ``gpumon_gpu_utilization_percent``, ``gpumon_gpu_utilization_mean_percent`` (over the window),
-  ``gpumon_gpu_memory_utilization_percent``
-- ``gpumon_gpu_memory_used_bytes``, ``gpumon_gpu_memory_total_bytes``
-- ``gpumon_gpu_temperature_celsius``, ``gpumon_gpu_power_watts``, ``gpumon_gpu_power_limit_watts``
-- ``gpumon_gpu_processes`` (count), ``gpumon_gpu_claims`` (live claims),
-  ``gpumon_gpu_unclaimed_use`` / ``gpumon_gpu_claimed_idle`` (0/1), ``gpumon_gpu_ok`` (1 when the
-  GPU answers), ``gpumon_gpu_info`` (1; labels ``name``, ``pci_bus_id``, ``state``)
-- ``gpumon_host_load_average{period="1m|5m|15m"}``, ``gpumon_host_cpu_percent``,
-  ``gpumon_host_memory_used_bytes``, ``gpumon_host_memory_total_bytes``,
-  ``gpumon_host_swap_used_bytes``, ``gpumon_host_disk_root_used_bytes``,
-  ``gpumon_host_disk_root_total_bytes``, ``gpumon_host_logged_in_users``
-- ``gpumon_nvml_up`` (1 when NVML answers), ``gpumon_warnings{code}`` (active health warnings),
-  ``gpumon_claim_errors`` (unreadable claim files)
-- ``gpumon_report_age_seconds`` (now − generated_at of the values served),
-  ``gpumon_last_sample_ok`` (0/1), ``gpumon_sample_duration_seconds``,
-  ``gpumon_nvml_hung_calls`` (NVML calls past their deadline, not returned: a wedged driver),
-  ``gpumon_samples_total`` and ``gpumon_sample_errors_total`` (counters),
-  ``gpumon_agent_info{version,driver_version}``
-- plus prometheus_client's ``process_*`` metrics of the daemon itself (RSS, CPU seconds, fds).
+docs/metrics.md lists every metric and label, and the cardinality bound (MAX_PROCESS_GROUPS,
+MAX_CLAIMS_PER_GPU, MAX_PROGRESS_KEYS, MAX_CLAIM_ERRORS, LABEL_CHARS below): processes are
+exported by user and program, never by pid. ``dcgm_names`` (GPUMON_METRICS_DCGM_NAMES) adds
+dcgm-exporter's names and labels for the fields gpumon has. The answer's own cost is exported
+(``gpumon_scrape_duration_seconds`` and friends, from ScrapeStats).
 
 The listener is one thread over ``selectors`` (``MetricsServer``), not a thread per connection:
 idle connections cannot use up the unit's ``TasksMax``; each has ``REQUEST_TIMEOUT_S`` to send its
@@ -37,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from gpumon_agent.report import GPU_OK, Report, parse_utc_iso
 
@@ -90,9 +74,11 @@ MAX_CONNECTIONS = 64  # open at once; a new one beyond this closes the oldest
 MAX_REQUEST_BYTES = 8192  # request line and headers
 
 
-def start_server(state: DaemonState, host: str, port: int) -> MetricsServer:
+def start_server(
+    state: DaemonState, host: str, port: int, dcgm_names: bool = False
+) -> MetricsServer:
     """Serves /metrics from a daemon thread; returns the server (``.shutdown()``,
-    ``.server_close()``, ``.server_address``)."""
+    ``.server_close()``, ``.server_address``). ``dcgm_names``: dcgm-exporter's names too."""
     try:
         from prometheus_client import CollectorRegistry, ProcessCollector
     except ImportError:
@@ -102,12 +88,28 @@ def start_server(state: DaemonState, host: str, port: int) -> MetricsServer:
     import threading
 
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(ReportCollector(state))
+    stats = ScrapeStats()
+    registry.register(ReportCollector(state, dcgm_names=dcgm_names, stats=stats))
     ProcessCollector(registry=registry)
-    server = MetricsServer(registry, host, port)
+    server = MetricsServer(registry, host, port, stats)
     thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     thread.start()
     return server
+
+
+class ScrapeStats:
+    """What answering /metrics has cost so far (the answer being built reports the ones before)."""
+
+    def __init__(self) -> None:
+        self.scrapes = 0
+        self.seconds_total = 0.0
+        self.last_seconds: Optional[float] = None
+        self.last_bytes: Optional[int] = None
+
+    def record(self, seconds: float, size: int) -> None:
+        self.scrapes += 1
+        self.seconds_total += seconds
+        self.last_seconds, self.last_bytes = seconds, size
 
 
 class _Connection:
@@ -128,11 +130,14 @@ class MetricsServer:
     are open (a new one closes the oldest). The answer is prometheus_client's exposition in the
     format the client's Accept header asks for (text or OpenMetrics)."""
 
-    def __init__(self, registry: Any, host: str, port: int) -> None:
+    def __init__(
+        self, registry: Any, host: str, port: int, stats: Optional[ScrapeStats] = None
+    ) -> None:
         import selectors
         import socket
 
         self.registry = registry
+        self.stats = stats if stats is not None else ScrapeStats()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -256,7 +261,9 @@ class MetricsServer:
         from prometheus_client.exposition import choose_encoder
 
         encoder, content_type = choose_encoder(accept)
+        began = time.monotonic()
         body = encoder(self.registry)
+        self.stats.record(time.monotonic() - began, len(body))
         return _response(200, content_type, body, head_only=method == "HEAD")
 
     def _close(self, conn: _Connection) -> None:
@@ -280,137 +287,485 @@ def _response(code: int, content_type: str, body: bytes, head_only: bool = False
     return head.encode("latin-1") + (b"" if head_only else body)
 
 
+# --- what /metrics says ----------------------------------------------------------------------
+
+# Cardinality: what one agent's answer holds at most, whatever its users do (docs/metrics.md).
+LABEL_CHARS = 128  # a label value (user, job, command, GPU name, ...) is cut to this
+ERROR_CHARS = 200  # error texts in labels
+MAX_PROCESS_GROUPS = 8  # (user, command) series per GPU; beyond, the smallest are folded
+MAX_CLAIMS_PER_GPU = 4  # claim series per GPU (gpumon_gpu_claims still counts them all)
+MAX_PROGRESS_KEYS = 6  # numeric progress values per claim
+MAX_CLAIM_ERRORS = 4  # unreadable claim files named one by one (gpumon_claim_errors counts all)
+FOLDED = "…"  # user and command of the series that holds the groups beyond the bound
+MIB = 2**20
+# Progress keys the sheet shows first (gpumon.sheet.cells.format_progress): exported first.
+KNOWN_PROGRESS = ("epoch", "epochs", "step", "steps", "percent", "pct")
+
+
 class ReportCollector:
     """A prometheus_client collector over the daemon's latest Report."""
 
-    def __init__(self, state: DaemonState, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        state: DaemonState,
+        clock: Callable[[], float] = time.time,
+        dcgm_names: bool = False,
+        stats: Optional[ScrapeStats] = None,
+    ) -> None:
         self.state = state
         self.clock = clock
+        self.dcgm_names = dcgm_names
+        self.stats = stats
 
     def describe(self) -> List[Any]:
         return []  # names depend on what the Report holds; no up-front description
 
     def collect(self) -> Iterator[Any]:
-        return iter(families(self.state, self.clock()))
+        return iter(families(self.state, self.clock(), self.dcgm_names, self.stats))
 
 
-def families(state: DaemonState, now: float) -> List[Any]:
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+Labels = Tuple[Tuple[str, str], ...]
 
-    out: List[Any] = []
+
+class _Families:
+    """Metric families in the order first used; a family appears only once it has a sample,
+    and every sample of one family has the same label names."""
+
+    def __init__(self) -> None:
+        self.families: Dict[str, Any] = {}
+
+    def gauge(self, name: str, doc: str, labels: Labels, value: Optional[float]) -> None:
+        self._add("gauge", name, doc, labels, value)
+
+    def counter(self, name: str, doc: str, labels: Labels, value: float) -> None:
+        self._add("counter", name, doc, labels, value)
+
+    def _add(self, kind: str, name: str, doc: str, labels: Labels, value: Optional[float]) -> None:
+        if value is None:  # unknown: left out, never 0
+            return
+        family = self.families.get(name)
+        if family is None:
+            from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+            names = [k for k, _ in labels]
+            if kind == "counter":  # prometheus_client appends _total itself
+                family = CounterMetricFamily(name[: -len("_total")], doc, labels=names)
+            else:
+                family = GaugeMetricFamily(name, doc, labels=names)
+            self.families[name] = family
+        family.add_metric([v for _, v in labels], float(value))
+
+    def out(self) -> List[Any]:
+        return list(self.families.values())
+
+
+def families(
+    state: DaemonState,
+    now: float,
+    dcgm_names: bool = False,
+    stats: Optional[ScrapeStats] = None,
+) -> List[Any]:
+    out = _Families()
     report = state.report  # one read: the daemon replaces it whole
+    server = (("server", _label(report.host.hostname if report else _hostname())),)
 
-    def gauge(name: str, doc: str, labels: Optional[List[str]] = None) -> Any:
-        fam = GaugeMetricFamily(name, doc, labels=labels or [])
-        out.append(fam)
-        return fam
-
-    samples = CounterMetricFamily("gpumon_samples", "Samples taken since the daemon started.")
-    samples.add_metric([], state.samples)
-    errors = CounterMetricFamily("gpumon_sample_errors", "Samples that failed (values kept).")
-    errors.add_metric([], state.sample_errors)
-    out.extend([samples, errors])
-    gauge("gpumon_last_sample_ok", "1 when the latest sample succeeded.").add_metric(
-        [], 1.0 if state.sample_ok else 0.0
+    out.counter(
+        "gpumon_samples_total", "Samples taken since the daemon started.", server, state.samples
     )
-    gauge("gpumon_sample_duration_seconds", "How long the latest sample took.").add_metric(
-        [], state.sample_seconds
+    out.counter(
+        "gpumon_sample_errors_total",
+        "Samples that failed (values kept).",
+        server,
+        state.sample_errors,
     )
-    gauge(
-        "gpumon_nvml_hung_calls", "NVML calls past their deadline that have not returned."
-    ).add_metric([], float(state.hung_nvml_calls))
+    out.gauge(
+        "gpumon_last_sample_ok",
+        "1 when the latest sample succeeded.",
+        server,
+        1.0 if state.sample_ok else 0.0,
+    )
+    out.gauge(
+        "gpumon_sample_duration_seconds",
+        "How long the latest sample took.",
+        server,
+        state.sample_seconds,
+    )
+    out.gauge(
+        "gpumon_nvml_hung_calls",
+        "NVML calls past their deadline that have not returned.",
+        server,
+        float(state.hung_nvml_calls),
+    )
+    if stats is not None:
+        out.counter(
+            "gpumon_scrapes_total", "/metrics answers built before this one.", server, stats.scrapes
+        )
+        out.counter(
+            "gpumon_scrape_duration_seconds_total",
+            "Time spent building those answers.",
+            server,
+            stats.seconds_total,
+        )
+        out.gauge(
+            "gpumon_scrape_duration_seconds",
+            "How long the previous answer took to build.",
+            server,
+            stats.last_seconds,
+        )
+        out.gauge(
+            "gpumon_scrape_size_bytes", "Size of the previous answer.", server, stats.last_bytes
+        )
     if report is None:
-        return out
+        return out.out()
 
-    gauge("gpumon_report_age_seconds", "Seconds since the values served were sampled.").add_metric(
-        [], max(0.0, now - parse_utc_iso(report.generated_at).timestamp())
+    generated = parse_utc_iso(report.generated_at).timestamp()
+    out.gauge(
+        "gpumon_report_timestamp_seconds",
+        "When the values served were sampled (Unix time).",
+        server,
+        generated,
     )
-    gauge(
-        "gpumon_agent_info", "The agent's version and the NVIDIA driver's.", ["version", "driver"]
-    ).add_metric([report.agent_version or "", report.nvml.driver_version or ""], 1.0)
-    gauge("gpumon_nvml_up", "1 when NVML answered the latest sample.").add_metric(
-        [], 1.0 if report.nvml.available else 0.0
+    out.gauge(
+        "gpumon_report_age_seconds",
+        "Seconds since the values served were sampled.",
+        server,
+        max(0.0, now - generated),
     )
-
-    by_code = {}
-    for w in report.warnings:
-        by_code[w.code] = by_code.get(w.code, 0) + 1
-    warn = gauge("gpumon_warnings", "Active health warnings, by code.", ["code"])
-    for code, n in sorted(by_code.items()):
-        warn.add_metric([code], float(n))
-    gauge("gpumon_claim_errors", "Claim files that could not be read.").add_metric(
-        [], float(len(report.claim_errors))
+    out.gauge(
+        "gpumon_sample_interval_seconds",
+        "The daemon's sampling interval.",
+        server,
+        report.interval_s,
     )
+    out.gauge(
+        "gpumon_utilization_window_seconds",
+        "Window of the *_mean_ratio values.",
+        server,
+        report.window_s,
+    )
+    version = (("version", _label(report.agent_version or "")),)
+    driver = (("driver_version", _label(report.nvml.driver_version or "")),)
+    out.gauge(
+        "gpumon_agent_info",
+        "The agent's version and the NVIDIA driver's.",
+        server + version + driver,
+        1.0,
+    )
+    out.gauge(
+        "gpumon_nvml_up",
+        "1 when NVML answered the latest sample.",
+        server,
+        1.0 if report.nvml.available else 0.0,
+    )
+    if not report.nvml.available and (report.nvml.error or report.nvml.error_code):
+        why = (
+            ("code", _label(report.nvml.error_code or "")),
+            ("error", _label(report.nvml.error or "", ERROR_CHARS)),
+        )
+        out.gauge("gpumon_nvml_error_info", "Why NVML cannot be used.", server + why, 1.0)
 
-    _host_families(report, gauge)
-    _gpu_families(report, gauge)
-    return out
+    folded: Dict[str, int] = {}
+    _host(out, report, server, state)
+    _warnings(out, report, server)
+    _claim_errors(out, report, server, folded)
+    _gpus(out, report, server, folded)
+    for what, count in sorted(folded.items()):
+        out.gauge(
+            "gpumon_metrics_folded",
+            "Entries beyond the cardinality bound, folded or counted only.",
+            (*server, ("what", what)),
+            float(count),
+        )
+    if dcgm_names:
+        _dcgm(out, report)
+    return out.out()
 
 
-def _host_families(report: Report, gauge: Any) -> None:
+def _host(out: _Families, report: Report, server: Labels, state: DaemonState) -> None:
     h = report.host
-    if h.load_avg:
-        load = gauge("gpumon_host_load_average", "Load average.", ["period"])
-        for period, value in zip(("1m", "5m", "15m"), h.load_avg):
-            load.add_metric([period], value)
+    ids = (("hostname", _label(h.hostname)), ("primary_ip", _label(h.primary_ip or "")))
+    out.gauge("gpumon_host_info", "1; the host's name and primary address.", (*server, *ids), 1.0)
+    if h.boot_time:
+        out.gauge(
+            "gpumon_host_boot_timestamp_seconds",
+            "When the host booted (Unix time).",
+            server,
+            parse_utc_iso(h.boot_time).timestamp(),
+        )
+    for period, value in zip(("1m", "5m", "15m"), h.load_avg or []):
+        out.gauge("gpumon_host_load_average", "Load average.", (*server, ("period", period)), value)
     for name, doc, value in (
-        ("gpumon_host_cpu_percent", "CPU use over the last interval, %.", h.cpu_percent),
-        ("gpumon_host_cpu_count", "Logical CPUs.", h.cpu_count),
+        ("gpumon_host_cpus", "Logical CPUs.", h.cpu_count),
+        (
+            "gpumon_host_cpu_utilization_ratio",
+            "CPU busy over the last interval, 0-1.",
+            _ratio(h.cpu_percent),
+        ),
         ("gpumon_host_memory_used_bytes", "Memory in use.", h.memory_used_bytes),
         ("gpumon_host_memory_total_bytes", "Memory installed.", h.memory_total_bytes),
+        (
+            "gpumon_host_memory_used_ratio",
+            "Memory not available, 0-1 (psutil's percent).",
+            _ratio(h.memory_percent),
+        ),
         ("gpumon_host_swap_used_bytes", "Swap in use.", h.swap_used_bytes),
         ("gpumon_host_swap_total_bytes", "Swap configured.", h.swap_total_bytes),
+        ("gpumon_host_swap_used_ratio", "Swap in use, 0-1.", _ratio(h.swap_percent)),
         ("gpumon_host_disk_root_used_bytes", "Used bytes on /.", h.disk_root_used_bytes),
         ("gpumon_host_disk_root_total_bytes", "Size of /.", h.disk_root_total_bytes),
+        ("gpumon_host_disk_root_used_ratio", "/ in use, 0-1.", _ratio(h.disk_root_percent)),
+        (
+            "gpumon_host_gpus_expected",
+            "The most GPUs seen since boot (fewer: gpu_count_dropped).",
+            state.expected_gpus,
+        ),
     ):
-        if value is not None:
-            gauge(name, doc).add_metric([], float(value))
+        out.gauge(name, doc, server, value)
     if h.users is not None:  # None: not read
-        gauge("gpumon_host_logged_in_users", "Distinct users logged in.").add_metric(
-            [], float(len({u.name for u in h.users}))
+        out.gauge(
+            "gpumon_host_logged_in_users",
+            "Distinct users logged in.",
+            server,
+            float(len({u.name for u in h.users})),
         )
 
 
+def _warnings(out: _Families, report: Report, server: Labels) -> None:
+    seen = set()
+    for w in report.warnings:
+        key = (_label(w.code), "" if w.gpu_index is None else str(w.gpu_index))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.gauge(
+            "gpumon_health_warning",
+            "1 per active health warning (gpu empty: host-wide).",
+            (*server, ("code", key[0]), ("gpu", key[1])),
+            1.0,
+        )
+
+
+def _claim_errors(out: _Families, report: Report, server: Labels, folded: Dict[str, int]) -> None:
+    import os
+
+    errors = report.claim_errors
+    out.gauge(
+        "gpumon_claim_errors", "Claim files that could not be read.", server, float(len(errors))
+    )
+    for e in errors[:MAX_CLAIM_ERRORS]:
+        what = (("file", _label(os.path.basename(e.path))), ("error", _label(e.error, ERROR_CHARS)))
+        out.gauge(
+            "gpumon_claim_error_info",
+            "1 per unreadable claim file (the first few).",
+            (*server, *what),
+            1.0,
+        )
+    if len(errors) > MAX_CLAIM_ERRORS:
+        folded["claim_errors"] = len(errors) - MAX_CLAIM_ERRORS
+
+
 _GPU_VALUES = (
-    ("utilization_pct", "gpumon_gpu_utilization_percent", "GPU utilization as NVML last saw it."),
-    ("utilization_mean_pct", "gpumon_gpu_utilization_mean_percent", "GPU utilization, mean."),
-    ("memory_utilization_pct", "gpumon_gpu_memory_utilization_percent", "Memory bus busy, %."),
-    ("memory_used_bytes", "gpumon_gpu_memory_used_bytes", "GPU memory in use."),
-    ("memory_total_bytes", "gpumon_gpu_memory_total_bytes", "GPU memory installed."),
-    ("temperature_c", "gpumon_gpu_temperature_celsius", "GPU core temperature."),
-    ("power_w", "gpumon_gpu_power_watts", "Power draw."),
-    ("power_limit_w", "gpumon_gpu_power_limit_watts", "Power limit."),
+    ("utilization_pct", "gpumon_gpu_utilization_ratio", "GPU busy as NVML last saw it, 0-1.", 100),
+    ("utilization_mean_pct", "gpumon_gpu_utilization_mean_ratio", "GPU busy, window mean.", 100),
+    ("memory_utilization_pct", "gpumon_gpu_memory_utilization_ratio", "Memory bus busy, 0-1.", 100),
+    ("memory_used_bytes", "gpumon_gpu_memory_used_bytes", "GPU memory in use.", 1),
+    ("memory_total_bytes", "gpumon_gpu_memory_total_bytes", "GPU memory installed.", 1),
+    ("temperature_c", "gpumon_gpu_temperature_celsius", "GPU core temperature.", 1),
+    ("power_w", "gpumon_gpu_power_watts", "Power draw.", 1),
+    ("power_limit_w", "gpumon_gpu_power_limit_watts", "Power limit.", 1),
 )
 
 
-def _gpu_families(report: Report, gauge: Any) -> None:
-    labels = ["gpu", "uuid"]
-    gpus = [(g, [str(g.index), g.uuid or ""]) for g in report.gpus]
-    for attr, name, doc in _GPU_VALUES:
-        fam = None
-        for g, lv in gpus:
+def _gpus(out: _Families, report: Report, server: Labels, folded: Dict[str, int]) -> None:
+    for g in report.gpus:
+        base = (
+            ("gpu", str(g.index)),
+            ("uuid", _label(g.uuid or "")),
+            ("name", _label(g.name or "")),
+            *server,
+        )
+        detail = (
+            ("pci_bus_id", _label(g.pci_bus_id or "")),
+            ("state", _label(g.state)),
+            ("error", _label(g.error or "", ERROR_CHARS)),
+            ("processes_error", _label(g.processes_error or "", ERROR_CHARS)),
+        )
+        out.gauge("gpumon_gpu_info", "1 per GPU: its state and errors.", base + detail, 1.0)
+        out.gauge(
+            "gpumon_gpu_ok",
+            "1 when the GPU answers NVML (state ok).",
+            base,
+            1.0 if g.state == GPU_OK else 0.0,
+        )
+        for attr, name, doc, per in _GPU_VALUES:
             value = getattr(g, attr)
-            if value is None:
-                continue
-            if fam is None:
-                fam = gauge(name, doc, labels)
-            fam.add_metric(lv, float(value))
-    if not gpus:
-        return
-    info = gauge("gpumon_gpu_info", "1 per GPU.", [*labels, "name", "pci_bus_id", "state"])
-    ok = gauge("gpumon_gpu_ok", "1 when the GPU answers NVML.", labels)
-    procs = gauge("gpumon_gpu_processes", "Processes on the GPU.", labels)
-    claims = gauge("gpumon_gpu_claims", "Live claims on the GPU.", labels)
-    unclaimed = gauge("gpumon_gpu_unclaimed_use", "1 when a process runs without a claim.", labels)
-    idle = gauge("gpumon_gpu_claimed_idle", "1 when claimed but idle too long.", labels)
-    for g, lv in gpus:
-        info.add_metric([*lv, g.name or "", g.pci_bus_id or "", g.state], 1.0)
-        ok.add_metric(lv, 1.0 if g.state == GPU_OK else 0.0)
+            out.gauge(name, doc, base, None if value is None else float(value) / per)
+        if g.throttle_reasons is not None:  # None: unknown
+            out.gauge(
+                "gpumon_gpu_throttle_reasons",
+                "Active throttle reasons (count).",
+                base,
+                float(len(g.throttle_reasons)),
+            )
+            for reason in dict.fromkeys(g.throttle_reasons):
+                out.gauge(
+                    "gpumon_gpu_throttled",
+                    "1 per active throttle reason.",
+                    (*base, ("reason", _label(reason))),
+                    1.0,
+                )
         # Unknown (None) is left out: Prometheus must not read "no process" into "not listed".
         if g.processes is not None:
-            procs.add_metric(lv, float(len(g.processes)))
-        claims.add_metric(lv, float(len(g.claims)))
-        if g.unclaimed_use is not None:
-            unclaimed.add_metric(lv, 1.0 if g.unclaimed_use else 0.0)
-        if g.claimed_idle is not None:
-            idle.add_metric(lv, 1.0 if g.claimed_idle else 0.0)
+            out.gauge(
+                "gpumon_gpu_processes", "Processes on the GPU.", base, float(len(g.processes))
+            )
+            groups, beyond = process_groups(g.processes)
+            for (user, command), (count, memory) in groups:
+                who = (*base, ("user", user), ("command", command))
+                out.gauge(
+                    "gpumon_gpu_user_processes", "Processes by user and program.", who, float(count)
+                )
+                out.gauge(
+                    "gpumon_gpu_user_memory_used_bytes",
+                    "GPU memory of those processes (where NVML says).",
+                    who,
+                    None if memory is None else float(memory),
+                )
+            if beyond:
+                folded["process_groups"] = folded.get("process_groups", 0) + beyond
+        out.gauge("gpumon_gpu_claims", "Live claims on the GPU.", base, float(len(g.claims)))
+        for attr, name, doc in (
+            ("unclaimed_use", "gpumon_gpu_unclaimed_use", "1 when a process runs without a claim."),
+            ("claimed_idle", "gpumon_gpu_claimed_idle", "1 when claimed but idle too long."),
+        ):
+            verdict = getattr(g, attr)
+            out.gauge(name, doc, base, None if verdict is None else float(verdict))
+        if g.idle_since:
+            out.gauge(
+                "gpumon_gpu_idle_since_timestamp_seconds",
+                "When the last process left the GPU (Unix time).",
+                base,
+                parse_utc_iso(g.idle_since).timestamp(),
+            )
+        _claims(out, g.claims, base, folded)
+
+
+def process_groups(
+    processes: Sequence[Any],
+) -> Tuple[List[Tuple[Tuple[str, str], Tuple[int, Optional[int]]]], int]:
+    """Processes grouped by (user, program), sorted; at most MAX_PROCESS_GROUPS groups — beyond
+    that the largest MAX_PROCESS_GROUPS - 1 are kept and the rest are one (FOLDED, FOLDED)
+    group. Returns the groups and how many were folded."""
+    from gpumon_agent.command import short_command
+
+    groups: Dict[Tuple[str, str], List[Any]] = {}
+    for p in processes:
+        key = (_label(p.user), _label(short_command(p.command)))
+        entry = groups.setdefault(key, [0, None])
+        entry[0] += 1
+        if p.gpu_memory_bytes is not None:
+            entry[1] = (entry[1] or 0) + p.gpu_memory_bytes
+    ordered = sorted((k, (v[0], v[1])) for k, v in groups.items())
+    if len(ordered) <= MAX_PROCESS_GROUPS:
+        return ordered, 0
+    ranked = sorted(ordered, key=lambda kv: (-kv[1][0], -(kv[1][1] or 0), kv[0]))
+    kept, rest = ranked[: MAX_PROCESS_GROUPS - 1], ranked[MAX_PROCESS_GROUPS - 1 :]
+    memories = [m for _, (_, m) in rest if m is not None]
+    fold = (sum(n for _, (n, _) in rest), sum(memories) if memories else None)
+    return [*sorted(kept), ((FOLDED, FOLDED), fold)], len(rest)
+
+
+def _claims(out: _Families, claims: Sequence[Any], base: Labels, folded: Dict[str, int]) -> None:
+    merged: Dict[Tuple[str, str], List[Any]] = {}  # (user, job) -> [count, started, progress]
+    for c in claims:
+        key = (_label(c.user), _label(c.job))
+        if key not in merged and len(merged) >= MAX_CLAIMS_PER_GPU:
+            folded["claims"] = folded.get("claims", 0) + 1
+            continue
+        started = parse_utc_iso(c.started_at).timestamp() if c.started_at else None
+        entry = merged.setdefault(key, [0, started, c.progress])
+        entry[0] += 1
+        if started is not None and (entry[1] is None or started < entry[1]):
+            entry[1] = started
+    for (user, job), (count, started, progress) in merged.items():
+        who = (*base, ("user", user), ("job_name", job))
+        out.gauge("gpumon_claim_info", "Live claims by user and job on the GPU.", who, float(count))
+        out.gauge(
+            "gpumon_claim_started_timestamp_seconds",
+            "When the claim began (Unix time).",
+            who,
+            started,
+        )
+        for key, value in numeric_progress(progress):
+            out.gauge(
+                "gpumon_claim_progress",
+                "The trainer's numeric progress values.",
+                (*who, ("key", key)),
+                value,
+            )
+
+
+def numeric_progress(progress: Dict[str, Any]) -> List[Tuple[str, float]]:
+    """The claim's finite numeric progress values, the sheet's known keys first, then by name;
+    at most MAX_PROGRESS_KEYS (text, booleans and NaN are not numbers to graph)."""
+    import math
+
+    numbers = {}
+    for key, value in progress.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        try:
+            number = float(value)
+        except OverflowError:
+            continue
+        if math.isfinite(number):
+            numbers[_label(str(key), 64)] = number
+    known = [k for k in KNOWN_PROGRESS if k in numbers]
+    order = known + sorted(k for k in numbers if k not in known)
+    return [(k, numbers[k]) for k in order[:MAX_PROGRESS_KEYS]]
+
+
+def _dcgm(out: _Families, report: Report) -> None:
+    """dcgm-exporter's names, units and labels (its default counters) for what gpumon has."""
+    host = (("Hostname", _label(report.host.hostname)),)
+    driver = report.nvml.driver_version
+    for g in report.gpus:
+        labels = (
+            ("gpu", str(g.index)),
+            ("UUID", _label(g.uuid or "")),
+            ("pci_bus_id", _label(g.pci_bus_id or "")),
+            ("device", f"nvidia{g.index}"),
+            ("modelName", _label(g.name or "")),
+            *host,
+            ("DCGM_FI_DRIVER_VERSION", _label(driver or "")),
+        )
+        used, total = g.memory_used_bytes, g.memory_total_bytes
+        free = None if used is None or total is None else max(0, total - used)
+        for name, doc, value in (
+            ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", g.utilization_pct),
+            ("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", _mib(free)),
+            ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", _mib(used)),
+            ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", g.temperature_c),
+            ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", g.power_w),
+        ):
+            out.gauge(name, doc, labels, value)
+
+
+def _mib(size: Optional[int]) -> Optional[float]:
+    return None if size is None else float(round(size / MIB))
+
+
+def _ratio(percent: Optional[float]) -> Optional[float]:
+    return None if percent is None else percent / 100.0
+
+
+def _label(text: str, chars: int = LABEL_CHARS) -> str:
+    from gpumon_agent.bounds import cut
+
+    return cut(text, chars)
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()

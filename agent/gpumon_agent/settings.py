@@ -14,6 +14,12 @@ print it.
     GPUMON_WINDOW        --window        60       1 .. 86400
     GPUMON_IDLE_AFTER    --idle-after    600      1 .. 2678400 (31 days)
     GPUMON_MAX_AGE       --max-age       10       0.1 .. 86400
+
+    switch                      flag                   default  values
+    GPUMON_METRICS_DCGM_NAMES   --metrics-dcgm-names   off      1/true/yes/on, 0/false/no/off
+
+``GPUMON_METRICS_DCGM_NAMES`` is what docs/metrics.md calls ``[metrics] dcgm_names`` (the agent
+has no config file): /metrics also carries dcgm-exporter's names and labels.
 """
 
 from __future__ import annotations
@@ -34,6 +40,12 @@ BOUNDS: Dict[str, Tuple[str, str, float, float, float]] = {
     "idle_after_s": ("GPUMON_IDLE_AFTER", "--idle-after", 600.0, 1.0, 31 * 86400.0),
     "max_age_s": ("GPUMON_MAX_AGE", "--max-age", 10.0, 0.1, 86400.0),
 }
+# field -> (variable, flag, default): on/off settings.
+SWITCHES: Dict[str, Tuple[str, str, bool]] = {
+    "metrics_dcgm_names": ("GPUMON_METRICS_DCGM_NAMES", "--metrics-dcgm-names", False),
+}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 PATHS: Dict[str, Tuple[str, str]] = {
     "state_dir": ("GPUMON_STATE_DIR", "--state-dir"),
     "claims_dir": ("GPUMON_CLAIMS_DIR", "--claims-dir"),
@@ -52,6 +64,7 @@ class AgentSettings:
     window_s: float = 60.0  # window of the utilization means
     idle_after_s: float = 600.0  # a claimed GPU with no process this long is "claimed but idle"
     max_age_s: float = 10.0  # a snapshot older than this is stale: `report` samples itself
+    metrics_dcgm_names: bool = False  # /metrics also under dcgm-exporter's names
 
     @property
     def claims_path(self) -> str:
@@ -75,6 +88,10 @@ class AgentSettings:
             raw = env.get(variable)
             if raw:
                 values[name] = raw
+        for name, (variable, _flag, _default) in SWITCHES.items():
+            raw = env.get(variable)
+            if raw:
+                values[name] = _switch(raw, variable)
         return cls().checked(values, flags=False)
 
     def checked(self, changes: Mapping[str, Any], flags: bool = True) -> AgentSettings:
@@ -91,6 +108,10 @@ class AgentSettings:
                         f"{where}={value!r}: give seconds from {low:g} to {high:g}"
                         f" (default {_default:g})"
                     )
+            elif name in SWITCHES:
+                if not isinstance(value, bool):
+                    where = SWITCHES[name][1 if flags else 0]
+                    raise SettingsError(f"{where}={value!r}: give on or off")
             elif name in PATHS:
                 where = PATHS[name][1 if flags else 0]
                 if not isinstance(value, str) or "\0" in value or len(value) > MAX_PATH_CHARS:
@@ -98,6 +119,17 @@ class AgentSettings:
             else:
                 raise SettingsError(f"unknown agent setting {name!r}")
         return dataclasses.replace(self, **changes)
+
+
+def _switch(raw: str, variable: str) -> bool:
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise SettingsError(
+        f"{variable}={raw[:80]!r}: give 1 (or true, yes, on) or 0 (or false, no, off), or unset it"
+    )
 
 
 def _number(raw: str, variable: str) -> float:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
 from gpumon.poll.result import AGENT_STALE, ServerResult
+from gpumon_agent.command import short_command
 from gpumon_agent.health import in_gpu_error, processes_unknown
 from gpumon_agent.report import GPU_LOST, GPU_OK, ClaimInfo, Gpu, GpuProcess, parse_utc_iso
 
@@ -23,7 +23,6 @@ CELL_LIMIT = 120  # characters in a per-GPU cell
 HEALTH_LIMIT = 240
 HEALTH_OK = "OK"
 UNKNOWN = "?"
-_INTERPRETERS = {"python", "python2", "python3", "sh", "bash", "perl", "ruby", "node", "java"}
 
 
 @dataclass
@@ -112,35 +111,15 @@ def running_cell(gpu: Gpu) -> str:
 
 
 def format_running(processes: list[GpuProcess]) -> str:
-    """ "lww: python train.py; niv: jupyter-lab ×2", one entry per user and program."""
-    counts: dict[str, int] = {}
+    """ "lww: python train.py; niv: jupyter-lab ×2", one entry per user and program, sorted (so
+    the cell does not change with the order NVML lists them in, and reads the same whether the
+    processes came over SSH or as /metrics' per-user series)."""
+    counts: dict[tuple[str, str], int] = {}
     for process in processes:
-        entry = f"{process.user}: {short_command(process.command)}"
-        counts[entry] = counts.get(entry, 0) + 1
-    return "; ".join(entry if n == 1 else f"{entry} ×{n}" for entry, n in counts.items())
-
-
-def short_command(command: str) -> str:
-    """The program, plus the script for interpreters: "/usr/bin/python3 -u train.py --lr 1" →
-    "python3 train.py"."""
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        words = command.split()
-    if not words:
-        return "?"
-    program = os.path.basename(words[0]) or words[0]
-    if _base_interpreter(program) in _INTERPRETERS:
-        for word in words[1:]:
-            if word == "-m":
-                continue
-            if not word.startswith("-"):
-                return f"{program} {os.path.basename(word) or word}"
-    return program
-
-
-def _base_interpreter(program: str) -> str:
-    return program.rstrip("0123456789.")
+        key = (process.user, short_command(process.command))
+        counts[key] = counts.get(key, 0) + 1
+    entries = [(f"{user}: {program}", n) for (user, program), n in sorted(counts.items())]
+    return "; ".join(entry if n == 1 else f"{entry} ×{n}" for entry, n in entries)
 
 
 def format_job(claims: list[ClaimInfo]) -> str:

@@ -104,3 +104,20 @@ def test_the_local_poller_reports_a_bad_variable_as_that_servers_failure(tmp_pat
     assert result.reason == (
         "local agent: GPUMON_MAX_AGE=nan: give seconds from 0.1 to 86400 (default 10)"
     )
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2", "enabled", "tru", "-1", "１"])
+def test_a_bad_dcgm_names_switch_is_refused_naming_it(raw):
+    with pytest.raises(SettingsError) as err:
+        AgentSettings.from_env({"GPUMON_METRICS_DCGM_NAMES": raw})
+    assert str(err.value).startswith("GPUMON_METRICS_DCGM_NAMES=")
+    assert "give 1 (or true, yes, on) or 0 (or false, no, off)" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [("1", True), ("TRUE", True), (" yes ", True), ("on", True), ("0", False), ("off", False),
+     ("", False)],
+)  # fmt: skip
+def test_the_dcgm_names_switch_reads_the_usual_words(raw, expected):
+    assert AgentSettings.from_env({"GPUMON_METRICS_DCGM_NAMES": raw}).metrics_dcgm_names is expected

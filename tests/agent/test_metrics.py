@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpumon_agent import metrics
 from gpumon_agent.daemon import DaemonState
-from gpumon_agent.metrics import MetricsError, ReportCollector, parse_listen
+from gpumon_agent.metrics import MetricsError, ReportCollector, ScrapeStats, parse_listen
 from gpumon_agent.report import (
     ClaimFileError,
     ClaimInfo,
@@ -29,6 +29,9 @@ from gpumon_agent.report import (
     utc_iso,
 )
 from harness.fakenvml import FakeProcess, FakeState, make_gpu
+from harness.paths import REPO
+
+DOCS = REPO / "docs" / "metrics.md"
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -40,8 +43,20 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+def value(got: dict, metric: str, /, **labels: str) -> float:
+    """The one sample of ``metric`` whose labels include ``labels``."""
+    found = [v for (n, lv), v in got.items() if n == metric and set(labels.items()) <= set(lv)]
+    assert len(found) == 1, (metric, labels, found)
+    return found[0]
+
+
+def has(got: dict, metric: str, /, **labels: str) -> bool:
+    return any(n == metric and set(labels.items()) <= set(lv) for (n, lv) in got)
+
+
 def documented_names() -> set[str]:
-    return set(re.findall(r"``(gpumon_[a-z_0-9]+)", metrics.__doc__ or ""))
+    """Every gpumon metric docs/metrics.md lists."""
+    return set(re.findall(r"`(gpumon_[a-z_0-9]+)`", DOCS.read_text()))
 
 
 def test_daemon_serves_metrics_on_loopback_with_the_documented_names(tmp_path, fake_nvml):
@@ -56,38 +71,62 @@ def test_daemon_serves_metrics_on_loopback_with_the_documented_names(tmp_path, f
     ) as daemon:
         port = daemon.metrics_port()
         daemon.wait_snapshot()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            assert r.status == 200
-            assert r.headers["Content-Type"].startswith("text/plain")
-            text = r.read().decode()
+        for _ in range(2):  # the second answer reports the first one's cost
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                assert r.status == 200
+                assert r.headers["Content-Type"].startswith("text/plain")
+                text = r.read().decode()
         assert daemon.stop() == 0
 
     got = samples(text)
-    uuid0 = gpus[0].uuid
-    assert got[("gpumon_gpu_utilization_percent", (("gpu", "0"), ("uuid", uuid0)))] == 37.0
-    assert got[("gpumon_gpu_temperature_celsius", (("gpu", "0"), ("uuid", uuid0)))] == 61.0
-    assert got[("gpumon_gpu_power_watts", (("gpu", "0"), ("uuid", uuid0)))] == 123.0
-    assert got[("gpumon_gpu_processes", (("gpu", "1"), ("uuid", gpus[1].uuid)))] == 1.0
-    assert got[("gpumon_nvml_up", ())] == 1.0
-    assert got[("gpumon_last_sample_ok", ())] == 1.0
-    assert got[("gpumon_samples_total", ())] >= 1
-    assert 0 <= got[("gpumon_report_age_seconds", ())] < 30
+    gpu0 = {"gpu": "0", "uuid": gpus[0].uuid, "name": gpus[0].name}
+    assert value(got, "gpumon_gpu_utilization_ratio", **gpu0) == 0.37
+    assert value(got, "gpumon_gpu_temperature_celsius", **gpu0) == 61.0
+    assert value(got, "gpumon_gpu_power_watts", **gpu0) == 123.0
+    assert value(got, "gpumon_gpu_processes", gpu="1") == 1.0
+    assert value(got, "gpumon_nvml_up") == 1.0
+    assert value(got, "gpumon_last_sample_ok") == 1.0
+    assert value(got, "gpumon_samples_total") >= 1
+    assert 0 <= value(got, "gpumon_report_age_seconds") < 30
+    assert value(got, "gpumon_scrapes_total") >= 1
+    assert 0 < value(got, "gpumon_scrape_duration_seconds") < 5
+    assert value(got, "gpumon_scrape_size_bytes") > 1000
+    hostname = value_labels(got, "gpumon_host_info")["hostname"]
+    assert all(dict(lv).get("server") == hostname for n, lv in got if n.startswith("gpumon_"))
     names = {name for name, _ in got}
     assert {"gpumon_host_load_average", "gpumon_host_memory_used_bytes"} <= names
     assert "process_resident_memory_bytes" in names  # the daemon's own footprint
+    assert not any(n.startswith("DCGM_") for n in names)  # only when asked for
     assert names & documented_names() >= documented_names() - OPTIONAL_IN_A_PLAIN_SAMPLE
+
+
+def value_labels(got: dict, name: str) -> dict[str, str]:
+    found = [dict(lv) for (n, lv) in got if n == name]
+    assert len(found) == 1, (name, found)
+    return found[0]
 
 
 # Names that need something the plain fake sample lacks (a warning, a bad claim file, swap...).
 OPTIONAL_IN_A_PLAIN_SAMPLE = {
-    "gpumon_warnings",
+    "gpumon_health_warning",
     "gpumon_host_swap_used_bytes",
     "gpumon_host_swap_total_bytes",
-    "gpumon_host_cpu_percent",
-    "gpumon_gpu_utilization_mean_percent",
-    "gpumon_gpu_memory_utilization_percent",
+    "gpumon_host_swap_used_ratio",
+    "gpumon_host_cpu_utilization_ratio",
+    "gpumon_gpu_utilization_mean_ratio",
+    "gpumon_gpu_memory_utilization_ratio",
     "gpumon_gpu_power_limit_watts",
+    "gpumon_gpu_throttled",
+    "gpumon_gpu_user_memory_used_bytes",
+    "gpumon_gpu_idle_since_timestamp_seconds",
     "gpumon_host_logged_in_users",
+    "gpumon_host_gpus_expected",
+    "gpumon_claim_info",
+    "gpumon_claim_started_timestamp_seconds",
+    "gpumon_claim_progress",
+    "gpumon_claim_error_info",
+    "gpumon_nvml_error_info",
+    "gpumon_metrics_folded",
 }
 
 
@@ -105,76 +144,148 @@ def full_report() -> Report:
         temperature_c=70.0,
         power_w=300.0,
         power_limit_w=400.0,
-        processes=[GpuProcess(pid=4242, user="alice", command="python train.py")],
-        claims=[ClaimInfo(job="j", user="alice", pid=4242, started_at=utc_iso(0))],
+        throttle_reasons=["power_cap"],
+        processes=[
+            GpuProcess(
+                pid=4242,
+                user="alice",
+                command="/usr/bin/python3 -u train.py --lr 1",
+                gpu_memory_bytes=1 << 29,
+            ),
+            GpuProcess(
+                pid=4243, user="alice", command="python3 train.py", gpu_memory_bytes=1 << 29
+            ),
+        ],
+        claims=[
+            ClaimInfo(
+                job="j",
+                user="alice",
+                pid=4242,
+                started_at=utc_iso(1_600_000_000),
+                progress={"loss": 0.25, "epoch": 3, "epochs": 30, "note": "warm-up", "ok": True},
+            )
+        ],
         unclaimed_use=False,
         claimed_idle=False,
+        idle_since=utc_iso(1_650_000_000),
     )
     return Report(
         generated_at=utc_iso(1_700_000_000),
         host=Host(
             hostname="h",
+            primary_ip="192.0.2.7",
+            boot_time=utc_iso(1_500_000_000),
             load_avg=[1.0, 2.0, 3.0],
             cpu_count=8,
             cpu_percent=12.5,
             memory_total_bytes=64 << 30,
             memory_used_bytes=8 << 30,
+            memory_percent=15.0,
             swap_total_bytes=8 << 30,
             swap_used_bytes=0,
+            swap_percent=0.0,
             disk_root_total_bytes=100 << 30,
             disk_root_used_bytes=50 << 30,
+            disk_root_percent=50.0,
             users=[LoggedInUser(name="alice"), LoggedInUser(name="alice"), LoggedInUser("bob")],
         ),
         agent_version="0.1.0",
+        interval_s=2.0,
+        window_s=60.0,
         nvml=Nvml(available=True, driver_version="535.154.05"),
         gpus=[gpu, Gpu(index=1, uuid="GPU-lost", state="lost", error="fell off the bus")],
         warnings=[
-            HealthWarning(code="gpu_hot", message="hot", gpu_index=0),
-            HealthWarning(code="gpu_hot", message="hot", gpu_index=1),
+            HealthWarning(code="gpu_lost", message="GPU 1 lost", gpu_index=1),
+            HealthWarning(code="load_high", message="load"),
         ],
         claim_errors=[ClaimFileError(path="/run/gpumon/claims/x.json", error="bad")],
     )
 
 
-def exposition(report: Report | None, now: float = 1_700_000_010) -> str:
+def exposition(report: Report | None, now: float = 1_700_000_010, dcgm_names: bool = False) -> str:
     state = DaemonState()
     state.report = report
     state.samples, state.sample_errors, state.sample_ok = 7, 2, True
+    state.expected_gpus = 2
+    stats = ScrapeStats()
+    stats.record(0.003, 12345)
     registry = CollectorRegistry()
-    registry.register(ReportCollector(state, clock=lambda: now))
+    collector = ReportCollector(state, clock=lambda: now, dcgm_names=dcgm_names, stats=stats)
+    registry.register(collector)
     return generate_latest(registry).decode()
 
 
 def test_every_documented_name_is_exported_for_a_full_report():
-    names = {name for name, _ in samples(exposition(full_report()))}
-    missing = documented_names() - names - {"gpumon_samples_total", "gpumon_sample_errors_total"}
-    assert missing == set()
-    assert {"gpumon_samples_total", "gpumon_sample_errors_total"} <= names
+    report = full_report()
+    names = {name for name, _ in samples(exposition(report))}
+    report.nvml = Nvml(available=False, error="no driver", error_code="library_not_found")
+    names |= {name for name, _ in samples(exposition(report))}
+    assert documented_names() - names - {"gpumon_metrics_folded"} == set()
+
+
+def test_every_exported_name_is_documented():
+    report = full_report()
+    names = {name for name, _ in samples(exposition(report, dcgm_names=True))}
+    gpumon = {n for n in names if n.startswith("gpumon_")}
+    assert gpumon - documented_names() == set()
+    text = DOCS.read_text()
+    assert all(f"`{n}`" in text for n in names if n.startswith("DCGM_"))
 
 
 def test_values_and_labels_follow_the_report():
     got = samples(exposition(full_report()))
-    ok0 = (("gpu", "0"), ("uuid", "GPU-full"))
-    lost = (("gpu", "1"), ("uuid", "GPU-lost"))
-    assert got[("gpumon_gpu_memory_total_bytes", ok0)] == float(80 << 30)
-    assert got[("gpumon_gpu_utilization_mean_percent", ok0)] == 80.0
-    assert got[("gpumon_gpu_claims", ok0)] == 1.0
-    assert got[("gpumon_gpu_ok", ok0)] == 1.0 and got[("gpumon_gpu_ok", lost)] == 0.0
-    assert got[("gpumon_warnings", (("code", "gpu_hot"),))] == 2.0
-    assert got[("gpumon_claim_errors", ())] == 1.0
-    assert got[("gpumon_host_load_average", (("period", "15m"),))] == 3.0
-    assert got[("gpumon_host_logged_in_users", ())] == 2.0
-    assert got[("gpumon_report_age_seconds", ())] == 10.0
-    assert got[("gpumon_sample_errors_total", ())] == 2.0
-    info = (("driver", "535.154.05"), ("version", "0.1.0"))
-    assert got[("gpumon_agent_info", info)] == 1.0
+    ok0 = {"gpu": "0", "uuid": "GPU-full", "name": "NVIDIA A100", "server": "h"}
+    lost = {"gpu": "1", "uuid": "GPU-lost"}
+    assert value(got, "gpumon_gpu_memory_total_bytes", **ok0) == float(80 << 30)
+    assert value(got, "gpumon_gpu_utilization_mean_ratio", **ok0) == 0.8
+    assert value(got, "gpumon_gpu_claims", **ok0) == 1.0
+    assert value(got, "gpumon_gpu_ok", **ok0) == 1.0 and value(got, "gpumon_gpu_ok", **lost) == 0
+    assert value(got, "gpumon_gpu_info", **lost, state="lost", error="fell off the bus") == 1.0
+    assert value(got, "gpumon_gpu_throttled", **ok0, reason="power_cap") == 1.0
+    assert value(got, "gpumon_gpu_throttle_reasons", **ok0) == 1.0
+    assert value(got, "gpumon_health_warning", code="gpu_lost", gpu="1") == 1.0
+    assert value(got, "gpumon_health_warning", code="load_high", gpu="") == 1.0
+    assert value(got, "gpumon_claim_errors") == 1.0
+    assert value(got, "gpumon_claim_error_info", file="x.json", error="bad") == 1.0
+    assert value(got, "gpumon_host_load_average", period="15m") == 3.0
+    assert value(got, "gpumon_host_logged_in_users") == 2.0
+    assert value(got, "gpumon_host_memory_used_ratio") == 0.15
+    assert value(got, "gpumon_host_gpus_expected") == 2.0
+    assert value(got, "gpumon_host_info", hostname="h", primary_ip="192.0.2.7") == 1.0
+    assert value(got, "gpumon_report_age_seconds") == 10.0
+    assert value(got, "gpumon_report_timestamp_seconds") == 1_700_000_000
+    assert value(got, "gpumon_sample_errors_total") == 2.0
+    assert value(got, "gpumon_scrape_duration_seconds") == 0.003
+    assert value(got, "gpumon_agent_info", driver_version="535.154.05", version="0.1.0") == 1.0
+
+
+def test_processes_are_exported_by_user_and_program_never_by_pid():
+    got = samples(exposition(full_report()))
+    who = {"gpu": "0", "user": "alice", "command": "python3 train.py"}
+    assert value(got, "gpumon_gpu_user_processes", **who) == 2.0
+    assert value(got, "gpumon_gpu_user_memory_used_bytes", **who) == float(1 << 30)
+    assert value(got, "gpumon_gpu_processes", gpu="0") == 2.0
+    assert not any("pid" in dict(lv) for _, lv in got)
+
+
+def test_claims_are_info_series_per_gpu_with_numeric_progress_only():
+    got = samples(exposition(full_report()))
+    claim = {"gpu": "0", "user": "alice", "job_name": "j", "uuid": "GPU-full"}
+    assert value(got, "gpumon_claim_info", **claim) == 1.0
+    assert value(got, "gpumon_claim_started_timestamp_seconds", **claim) == 1_600_000_000
+    keys = {dict(lv)["key"]: v for (n, lv), v in got.items() if n == "gpumon_claim_progress"}
+    assert keys == {"epoch": 3.0, "epochs": 30.0, "loss": 0.25}  # not text, not booleans
 
 
 def test_values_the_agent_could_not_read_are_left_out_not_zero():
     got = samples(exposition(full_report()))
-    lost = (("gpu", "1"), ("uuid", "GPU-lost"))
-    assert ("gpumon_gpu_utilization_percent", lost) not in got
-    assert ("gpumon_gpu_temperature_celsius", lost) not in got
+    for name in (
+        "gpumon_gpu_utilization_ratio",
+        "gpumon_gpu_temperature_celsius",
+        "gpumon_gpu_throttle_reasons",
+        "gpumon_gpu_processes",
+    ):
+        assert not has(got, name, gpu="1"), name
 
 
 def test_unknown_processes_and_verdicts_are_left_out_not_exported_as_none():
@@ -182,15 +293,107 @@ def test_unknown_processes_and_verdicts_are_left_out_not_exported_as_none():
     gpu = report.gpus[0]
     gpu.processes, gpu.processes_error = None, "nvmlDeviceGetComputeRunningProcesses_v3: x"
     gpu.claims, gpu.unclaimed_use, gpu.claimed_idle = [], None, False
+    gpu.throttle_reasons = None
     report.host.users = None
 
     got = samples(exposition(report))
 
-    ok0 = (("gpu", "0"), ("uuid", "GPU-full"))
-    assert ("gpumon_gpu_processes", ok0) not in got  # 0 would read "nobody"
-    assert ("gpumon_gpu_unclaimed_use", ok0) not in got
-    assert got[("gpumon_gpu_claimed_idle", ok0)] == 0.0  # not claimed: that much is known
-    assert ("gpumon_host_logged_in_users", ()) not in got
+    assert not has(got, "gpumon_gpu_processes", gpu="0")  # 0 would read "nobody"
+    assert not has(got, "gpumon_gpu_user_processes", gpu="0")
+    assert not has(got, "gpumon_gpu_unclaimed_use", gpu="0")
+    assert not has(got, "gpumon_gpu_throttle_reasons", gpu="0")  # unknown, not "none"
+    assert value(got, "gpumon_gpu_claimed_idle", gpu="0") == 0.0  # not claimed: that much is known
+    assert value(got, "gpumon_gpu_info", gpu="0", processes_error=gpu.processes_error) == 1.0
+    assert not has(got, "gpumon_host_logged_in_users")
+
+
+def test_no_throttling_is_a_zero_count_not_a_missing_one():
+    report = full_report()
+    report.gpus[0].throttle_reasons = []
+    got = samples(exposition(report))
+    assert value(got, "gpumon_gpu_throttle_reasons", gpu="0") == 0.0
+    assert not has(got, "gpumon_gpu_throttled", gpu="0")
+
+
+def test_fifty_users_on_one_gpu_make_at_most_eight_series_and_the_rest_is_counted():
+    report = full_report()
+    gpu = report.gpus[0]
+    gpu.processes = [
+        GpuProcess(pid=100 + i, user=f"user{i:02d}", command=f"prog{i} --x", gpu_memory_bytes=i)
+        for i in range(50)
+    ] + [GpuProcess(pid=99, user="user49", command="prog49", gpu_memory_bytes=1000)]
+
+    got = samples(exposition(report))
+
+    series = {dict(lv)["user"]: v for (n, lv), v in got.items() if n == "gpumon_gpu_user_processes"}
+    assert len(series) == metrics.MAX_PROCESS_GROUPS
+    assert series["user49"] == 2.0  # the largest groups are the ones kept
+    assert series[metrics.FOLDED] == 51 - sum(v for u, v in series.items() if u != metrics.FOLDED)
+    assert sum(series.values()) == value(got, "gpumon_gpu_processes", gpu="0") == 51
+    assert value(got, "gpumon_metrics_folded", what="process_groups") == 50 - 7
+
+
+def test_fifty_thousand_character_names_are_cut_in_labels():
+    report = full_report()
+    long = "u" * 50_000
+    report.gpus[0].processes = [GpuProcess(pid=1, user=long, command="x" * 50_000)]
+    report.gpus[0].claims[0].job = "j" * 50_000
+    text = exposition(report)
+    got = samples(text)
+    labels = value_labels_of(got, "gpumon_gpu_user_processes")
+    assert len(labels["user"]) == len(labels["command"]) == metrics.LABEL_CHARS
+    assert labels["user"].endswith("…")
+    assert len(value_labels_of(got, "gpumon_claim_info")["job_name"]) == metrics.LABEL_CHARS
+    assert len(text) < 20_000
+
+
+def value_labels_of(got: dict, name: str) -> dict[str, str]:
+    return value_labels(got, name)
+
+
+def test_many_claims_on_one_gpu_are_capped_and_counted():
+    report = full_report()
+    report.gpus[0].claims = [
+        ClaimInfo(job=f"job{i}", user="alice", pid=i + 1, started_at=utc_iso(1_600_000_000 + i))
+        for i in range(10)
+    ]
+    got = samples(exposition(report))
+    assert sum(1 for n, _ in got if n == "gpumon_claim_info") == metrics.MAX_CLAIMS_PER_GPU
+    assert value(got, "gpumon_gpu_claims", gpu="0") == 10.0
+    assert value(got, "gpumon_metrics_folded", what="claims") == 10 - metrics.MAX_CLAIMS_PER_GPU
+
+
+def test_many_progress_keys_keep_the_sheets_known_ones_first():
+    report = full_report()
+    progress = {f"k{i:02d}": float(i) for i in range(20)}
+    progress.update(epoch=1, step=2, loss=float("nan"))
+    report.gpus[0].claims[0].progress = progress
+    got = samples(exposition(report))
+    keys = [dict(lv)["key"] for (n, lv) in got if n == "gpumon_claim_progress"]
+    assert len(keys) == metrics.MAX_PROGRESS_KEYS
+    assert {"epoch", "step"} <= set(keys) and "loss" not in keys
+
+
+def test_dcgm_names_carry_dcgm_exporters_labels_and_units():
+    got = samples(exposition(full_report(), dcgm_names=True))
+    labels = {
+        "gpu": "0",
+        "UUID": "GPU-full",
+        "pci_bus_id": "00000000:07:00.0",
+        "device": "nvidia0",
+        "modelName": "NVIDIA A100",
+        "Hostname": "h",
+        "DCGM_FI_DRIVER_VERSION": "535.154.05",
+    }
+    assert value(got, "DCGM_FI_DEV_GPU_UTIL", **labels) == 90.0  # percent, instant
+    assert value(got, "DCGM_FI_DEV_FB_USED", **labels) == 1024.0  # MiB
+    assert value(got, "DCGM_FI_DEV_FB_FREE", **labels) == 80 * 1024 - 1024.0
+    assert value(got, "DCGM_FI_DEV_GPU_TEMP", **labels) == 70.0
+    assert value(got, "DCGM_FI_DEV_POWER_USAGE", **labels) == 300.0
+    dcgm = [dict(lv) for (n, lv) in got if n.startswith("DCGM_")]
+    assert all("server" not in lv for lv in dcgm)
+    assert not has(got, "DCGM_FI_DEV_GPU_UTIL", gpu="1")  # the lost GPU: nothing to say
+    assert has(got, "gpumon_gpu_utilization_ratio")  # gpumon's own names stay
 
 
 def test_before_the_first_sample_only_the_daemons_own_figures():
@@ -201,7 +404,33 @@ def test_before_the_first_sample_only_the_daemons_own_figures():
         "gpumon_last_sample_ok",
         "gpumon_sample_duration_seconds",
         "gpumon_nvml_hung_calls",
+        "gpumon_scrapes_total",
+        "gpumon_scrape_duration_seconds_total",
+        "gpumon_scrape_duration_seconds",
+        "gpumon_scrape_size_bytes",
     }
+
+
+def test_daemon_with_dcgm_names_in_its_environment_serves_them(tmp_path, fake_nvml):
+    fake = fake_nvml(FakeState(gpus=[make_gpu(0, utilization_gpu=55)]))
+    state = tmp_path / "state"
+    env = dict(agent_env(fake.env(), state), GPUMON_METRICS_DCGM_NAMES="yes")
+    with Daemon(env, state, ("--interval", "0.2", "--metrics", "127.0.0.1:0")) as daemon:
+        port = daemon.metrics_port()
+        daemon.wait_snapshot()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            got = samples(r.read().decode())
+        assert daemon.stop() == 0
+    assert value(got, "DCGM_FI_DEV_GPU_UTIL", gpu="0", device="nvidia0") == 55.0
+
+
+def test_a_bad_dcgm_names_value_stops_the_agent_naming_the_variable(tmp_path, no_nvml_env):
+    env = dict(agent_env(no_nvml_env, tmp_path / "state"), GPUMON_METRICS_DCGM_NAMES="maybe")
+    done = subprocess.run(
+        [str(AGENT), "run", "--metrics", "0"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "GPUMON_METRICS_DCGM_NAMES='maybe': give 1 (or true, yes, on)" in done.stderr
 
 
 @pytest.mark.parametrize(
