@@ -47,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("host", metavar="HOST", help="server name as in the sheet or config")
     trust.add_argument("--yes", action="store_true", help="record without asking")
 
+    targets = sub.add_parser(
+        "prometheus-targets", help="the fleet as a Prometheus file_sd targets file"
+    )
+    targets.add_argument(
+        "--out",
+        metavar="FILE",
+        help="replace FILE atomically when the fleet changed (default: print to stdout)",
+    )
+
     sub.add_parser("agent", help="the agent (see `gpumon agent --help`)", add_help=False)
     sub.add_parser(
         "claim", help="run a command with GPUs claimed (see `gpumon claim --help`)", add_help=False
@@ -100,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         from gpumon.check import check
 
         return check(config)
+    if args.command == "prometheus-targets":
+        from gpumon.targets import prometheus_targets
+
+        return prometheus_targets(config, args.out)
     if args.command == "trust":
         from gpumon.poll.hostkeys import trust
 

@@ -36,7 +36,12 @@ NUMBER_BOUNDS: dict[str, tuple[float, float]] = {
     "sheet.timeout_s": (1, 600),
     "sheet.retry_budget_s": (1, 3600),
     "serve.interval_s": (0.1, 86400),  # with the google backend at least GOOGLE_MIN_INTERVAL_S
+    "source.timeout_s": (0.5, 300),
+    "metrics.port": (1, 65535),
 }
+SOURCE_KINDS = ("ssh", "prometheus")
+MAX_SELECTOR_CHARS = 1000
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # A push costs Google one read and one write; its quota is 60 of each a minute per account, and
 # set-ups, manual pushes and `gpumon check` share it.
 GOOGLE_MIN_INTERVAL_S = 10.0
@@ -58,6 +63,11 @@ DEFAULT_COLUMNS: dict[str, list[str]] = {
 }
 # Columns gpumon owns (writes). Every other column is people's.
 OWNED_COLUMNS = ("ip", "status", "time", "util", "memory", "running", "job", "health")
+
+
+def server_key(name: str) -> str:
+    """Host names are case-insensitive: "Sigbsp" and "sigbsp" are one server."""
+    return name.strip().casefold()
 
 
 class ConfigError(Exception):
@@ -121,12 +131,32 @@ class ServeConfig:
 
 
 @dataclass
+class SourceConfig:
+    """Where each server's state comes from: over SSH (the default), or from Prometheus."""
+
+    kind: str = "ssh"  # "ssh" | "prometheus"
+    url: str | None = None  # prometheus: "http://prometheus.lab:9090" (a path prefix is kept)
+    timeout_s: float = 10.0  # each query
+    server_label: str = "server"  # the label naming the server, as the sheet does
+    selector: str = ""  # label matchers added to every query, e.g. 'job=~"gpumon|dcgm"'
+
+
+@dataclass
+class MetricsConfig:
+    """The agents' /metrics, as `gpumon prometheus-targets` hands them to Prometheus."""
+
+    port: int = 9835  # gpumon-agent run --metrics ADDR:PORT on every server
+
+
+@dataclass
 class Config:
     path: str | None = None  # None: the embedded default
     state_dir: str = "~/.local/state/gpumon"  # push lock, last-seen times
     poll: PollConfig = field(default_factory=PollConfig)
     sheet: SheetConfig = field(default_factory=SheetConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     servers: dict[str, ServerEntry] = field(default_factory=dict)
 
     @property
@@ -195,6 +225,8 @@ def parse(text: str, origin: str) -> Config:
     config.sheet = _dataclass_section(where, "sheet", sheet_data, SheetConfig)
     config.sheet.columns = _columns(where, columns)
     config.serve = _dataclass_section(where, "serve", top.table("serve"), ServeConfig)
+    config.source = _dataclass_section(where, "source", top.table("source"), SourceConfig)
+    config.metrics = _dataclass_section(where, "metrics", top.table("metrics"), MetricsConfig)
     servers = top.table("servers")
     for name, entry in servers.items():
         if not isinstance(entry, dict):
@@ -204,7 +236,7 @@ def parse(text: str, origin: str) -> Config:
             )
         server = _dataclass_section(where, f"servers.{name}", dict(entry), ServerEntry, name=name)
         config.servers[name] = server
-    top.finish(("state_dir", "poll", "sheet", "serve", "servers"))
+    top.finish(("state_dir", "poll", "sheet", "serve", "source", "metrics", "servers"))
     _check_values(where, config)
     return config
 
@@ -358,7 +390,13 @@ def _check_values(where: _Where, config: Config) -> None:
             f"{where.at('sheet.url')}: the google backend needs the sheet, e.g. "
             'url = "https://docs.google.com/spreadsheets/d/KEY/edit#gid=0"'
         )
-    sections = {"poll": poll, "sheet": sheet, "serve": config.serve}
+    sections = {
+        "poll": poll,
+        "sheet": sheet,
+        "serve": config.serve,
+        "source": config.source,
+        "metrics": config.metrics,
+    }
     for dotted, (lo, hi) in NUMBER_BOUNDS.items():
         section, _, key = dotted.partition(".")
         value = getattr(sections[section], key)
@@ -382,8 +420,66 @@ def _check_values(where: _Where, config: Config) -> None:
             raise ConfigError(
                 f'{where.at("poll.sheet_names")}: an empty pattern; write e.g. ["*bsp", "gpu-*"]'
             )
+    _check_source(where, config.source)
     if not config.servers and not poll.servers_from_sheet:
         raise ConfigError(
             f"{config.origin}: no servers to poll — add [servers.NAME] tables or set "
             "[poll] servers_from_sheet = true"
+        )
+
+
+def _check_source(where: _Where, source: SourceConfig) -> None:
+    if source.kind not in SOURCE_KINDS:
+        raise ConfigError(
+            f'{where.at("source.kind")}: must be "ssh" (poll each server) or "prometheus" '
+            "(read them from a Prometheus that scrapes the agents)"
+        )
+    if source.kind == "ssh":
+        if source.url is not None:
+            raise ConfigError(
+                f'{where.at("source.url")}: only used with kind = "prometheus"; remove it or '
+                'set [source] kind = "prometheus"'
+            )
+        return
+    example = 'e.g. url = "http://prometheus.lab:9090"'
+    if not source.url:
+        raise ConfigError(f'{where.at("source.url")}: kind = "prometheus" needs its URL, {example}')
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(source.url)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError as e:
+        raise ConfigError(f"{where.at('source.url')}: not a URL ({e}); {example}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{where.at('source.url')}: {source.url[:80]!r} is not an http(s) URL with a host; "
+            f"{example}"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"{where.at('source.url')}: a user name or password in the URL would show in every "
+            "error message; put a reverse proxy or network rule in front of Prometheus instead"
+        )
+    if (
+        parts.query
+        or parts.fragment
+        or len(source.url) > 2048
+        or any(ord(c) < 33 or c == "\x7f" for c in source.url)
+    ):
+        raise ConfigError(
+            f"{where.at('source.url')}: give the server's base URL only (scheme, host, port and "
+            f"an optional path prefix), {example}"
+        )
+    label = source.server_label
+    if not _LABEL_NAME.fullmatch(label) or label.startswith("__"):
+        raise ConfigError(
+            f"{where.at('source.server_label')}: {label[:80]!r} is not a Prometheus label name "
+            '(letters, digits, _; not starting with a digit or "__"), e.g. "server" or "Hostname"'
+        )
+    selector = source.selector.strip()
+    if len(selector) > MAX_SELECTOR_CHARS or any(c in selector for c in "{}\n\r\0"):
+        raise ConfigError(
+            f"{where.at('source.selector')}: label matchers only, without braces, at most "
+            f"{MAX_SELECTOR_CHARS} characters, e.g. selector = 'job=~\"gpumon|dcgm\"'"
         )

@@ -387,6 +387,12 @@ def _maybe_lock(config: Config, locked: bool) -> Iterator[None]:
 
 
 def open_poller(config: Config):
+    """What sweeps the fleet: the SSH Poller, or with ``[source] kind = "prometheus"`` the
+    Prometheus source (gpumon.poll.prometheus) — the same sweep(names) / close()."""
+    if config.source.kind == "prometheus":
+        from gpumon.poll.prometheus import PrometheusSource
+
+        return PrometheusSource(config)
     from gpumon.poll.poller import Poller
 
     return Poller(config)

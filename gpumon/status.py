@@ -38,7 +38,7 @@ def status(
 
     ``names`` is the hook for callers that know more servers (e.g. the sheet's Server column).
     """
-    from gpumon.poll.poller import Poller
+    from gpumon.push import open_poller
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -51,7 +51,7 @@ def status(
         )
         return 2
     progress = Progress(err, len(names)) if is_terminal(err) else None
-    with Poller(config) as poller:
+    with open_poller(config) as poller:
         results = poller.sweep(names, progress=progress.update if progress else None)
     if progress:
         progress.clear()
@@ -134,7 +134,8 @@ def _server_health(result: ServerResult) -> list[str]:
     if result.reason_code == codes.AGENT_STALE and result.reason:
         issues.append(result.reason)
     if result.degraded:
-        issues.append("no agent: read through nvidia-smi")
+        dcgm_only = result.reason_code == codes.DCGM_ONLY
+        issues.append((result.reason or "") if dcgm_only else "no agent: read through nvidia-smi")
     if not report.nvml.available:
         issues.append(f"NVML: {report.nvml.error or 'unavailable'}")
     # NVML trouble is said once, above (the agent also words it as a warning).

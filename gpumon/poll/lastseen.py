@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from gpumon.filelock import LockTimeout, held
+from gpumon.poll.result import ServerResult
 from gpumon_agent.atomic import write_atomic
 from gpumon_agent.report import parse_utc_iso
 
@@ -75,6 +76,13 @@ class LastSeen:
                 moved = f"could not move it aside ({move_error})"
             log.warning("%s: damaged (%s); %s, starting afresh", self.path, e, moved)
             return {}
+
+
+def remember(last_seen: LastSeen, results: dict[str, ServerResult]) -> None:
+    """Record the ON results' times, and give every result its last-seen-ON time."""
+    last_seen.update({name: r.polled_at for name, r in results.items() if r.on})
+    for name, r in results.items():
+        r.last_seen_on = r.polled_at if r.on else last_seen.get(name)
 
 
 def _later(a: str, b: str) -> bool:

@@ -22,10 +22,10 @@ from gpumon.poll import result as codes
 from gpumon.poll.answer import bounded, interpret
 from gpumon.poll.hostkeys import KnownHosts, known_hosts_files
 from gpumon.poll.inventory import Destination, SshConfigFile, resolve
-from gpumon.poll.lastseen import LastSeen
-from gpumon.poll.result import ServerResult, human_duration
+from gpumon.poll.lastseen import LastSeen, remember
+from gpumon.poll.result import ServerResult, mark_stale
 from gpumon.poll.transport import Attempt, Connection, ConnectionLost, Opener, PollFailure
-from gpumon_agent.report import MAX_REPORT_BYTES, Report, parse_utc_iso, utc_iso
+from gpumon_agent.report import MAX_REPORT_BYTES, Report, utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -257,21 +257,7 @@ class Poller:
         result.on, result.report = True, report
         if result.degraded:
             result.reason_code, result.reason = codes.AGENTLESS, agentless.NOTE
-        try:
-            age = time.time() - parse_utc_iso(report.generated_at).timestamp()
-        except ValueError:
-            result.notes.append(f"report time {report.generated_at!r} unreadable")
-            return
-        stale_after = self.config.poll.stale_after_s
-        if age > stale_after:
-            result.reason_code = codes.AGENT_STALE
-            result.reason = (
-                f"agent stale: its report is {human_duration(age)} old (limit {stale_after:g} s) "
-                "— agent daemon stuck, or the server's clock is off"
-            )
+        mark_stale(result, report, self.config.poll.stale_after_s)
 
     def _remember(self, results: dict[str, ServerResult]) -> None:
-        seen = {name: r.polled_at for name, r in results.items() if r.on}
-        self.last_seen.update(seen)
-        for name, r in results.items():
-            r.last_seen_on = r.polled_at if r.on else self.last_seen.get(name)
+        remember(self.last_seen, results)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
-from gpumon_agent.report import Report
+from gpumon_agent.report import Report, parse_utc_iso
 
 # Stable reason codes (the human text is in ServerResult.reason).
 REFUSED = "refused"
@@ -19,6 +20,11 @@ BAD_OUTPUT = "bad_output"
 AGENT_STALE = "agent_stale"  # ON, but the Report is older than [poll] stale_after_s
 AGENTLESS = "agentless"  # ON, read through nvidia-smi + ps (no agent): degraded
 CONFIG_ERROR = "config_error"  # OFF: this server's entry (or its ssh config) is unusable
+# [source] kind = "prometheus" (gpumon.poll.prometheus):
+SOURCE_FAILED = "source_failed"  # OFF: Prometheus could not be asked (or answered nonsense)
+NO_METRICS = "no_metrics"  # OFF: Prometheus holds no series for this server
+SCRAPE_FAILED = "scrape_failed"  # OFF: Prometheus cannot scrape it (up == 0)
+DCGM_ONLY = "dcgm_only"  # ON, from dcgm-exporter's metrics alone: no processes, users, claims
 
 
 @dataclass
@@ -32,11 +38,26 @@ class ServerResult:
     reason: str | None = None  # short human text, e.g. "timed out at auth (5 s)"
     stage: str | None = None  # connect | banner | kex | auth | exec | read | local | sweep
     last_seen_on: str | None = None  # UTC ISO-8601 of the last ON poll, if ever
-    degraded: bool = False  # agentless: read through nvidia-smi + ps
+    degraded: bool = False  # agentless (nvidia-smi + ps), or dcgm-exporter's metrics alone
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)
     address: str | None = None  # the IP actually dialled (None via ProxyJump to a name)
     reused: bool = False  # polled over a connection kept open from an earlier sweep
+
+
+def mark_stale(result: ServerResult, report: Report, stale_after_s: float) -> None:
+    """AGENT_STALE (with the age in words) when ``report`` is older than ``stale_after_s``."""
+    try:
+        age = time.time() - parse_utc_iso(report.generated_at).timestamp()
+    except ValueError:
+        result.notes.append(f"report time {report.generated_at!r} unreadable")
+        return
+    if age > stale_after_s:
+        result.reason_code = AGENT_STALE
+        result.reason = (
+            f"agent stale: its report is {human_duration(age)} old (limit {stale_after_s:g} s) "
+            "— agent daemon stuck, or the server's clock is off"
+        )
 
 
 def human_duration(seconds: float) -> str:

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpumon.poll.result import AGENT_STALE, ServerResult
+from gpumon.poll.result import AGENT_STALE, DCGM_ONLY, ServerResult
 from gpumon_agent.command import short_command
 from gpumon_agent.health import in_gpu_error, processes_unknown
 from gpumon_agent.report import GPU_LOST, GPU_OK, ClaimInfo, Gpu, GpuProcess, parse_utc_iso
@@ -160,8 +160,11 @@ def health(result: ServerResult, sheet_gpus: set[int]) -> str:
     items: list[str] = []
     if result.reason_code == AGENT_STALE:
         items.append(result.reason or "agent stale")
+    dcgm_only = result.reason_code == DCGM_ONLY
     if result.degraded:
-        items.append("no agent (read through nvidia-smi)")
+        items.append(
+            (result.reason or DCGM_ONLY) if dcgm_only else "no agent (read through nvidia-smi)"
+        )
     if not report.nvml.available:
         if report.nvml.error_code == "library_not_found":
             items.append("no NVIDIA driver")
@@ -177,8 +180,13 @@ def health(result: ServerResult, sheet_gpus: set[int]) -> str:
         elif gpu.state not in (GPU_OK, GPU_LOST) and ("gpu_error", gpu.index) not in warned:
             items.append(f"GPU {gpu.index}: {gpu.error or gpu.state}")
         unknown = processes_unknown(gpu)
-        if unknown and gpu.state != GPU_LOST and not _processes_warned(gpu, warned):
-            items.append(unknown)  # why Running says "?"
+        if (
+            unknown
+            and gpu.state != GPU_LOST
+            and not dcgm_only
+            and not _processes_warned(gpu, warned)
+        ):
+            items.append(unknown)  # why Running says "?" (dcgm-exporter's: said once, above)
     for warning in report.warnings:
         if warning.code == "nvml_unavailable":
             continue

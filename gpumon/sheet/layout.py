@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from gpumon.config import DEFAULT_COLUMNS
+from gpumon.config import DEFAULT_COLUMNS, server_key
 from gpumon.sheet.grid import Grid, a1
 
 # A server name as people write it in the Server column: a host name or an ssh_config alias.
@@ -39,11 +39,6 @@ class LayoutError(Exception):
 def normalize(text: str) -> str:
     """Header comparison key: case- and space-insensitive ("ON / OFF" == "on/off")."""
     return "".join(text.split()).casefold()
-
-
-def server_key(name: str) -> str:
-    """Host names are case-insensitive: "Sigbsp" and "sigbsp" are one server."""
-    return name.strip().casefold()
 
 
 @dataclass
