@@ -226,7 +226,14 @@ def parse(text: str, origin: str) -> Config:
     config.sheet.columns = _columns(where, columns)
     config.serve = _dataclass_section(where, "serve", top.table("serve"), ServeConfig)
     config.source = _dataclass_section(where, "source", top.table("source"), SourceConfig)
-    config.metrics = _dataclass_section(where, "metrics", top.table("metrics"), MetricsConfig)
+    metrics = top.table("metrics")
+    if "dcgm_names" in metrics:  # the name for it; it lives on each server
+        raise ConfigError(
+            f"{where.at('metrics.dcgm_names')}: an agent setting — set "
+            "GPUMON_METRICS_DCGM_NAMES=1 in each server's gpumon-agent unit (or run it with "
+            "--metrics-dcgm-names); docs/metrics.md"
+        )
+    config.metrics = _dataclass_section(where, "metrics", metrics, MetricsConfig)
     servers = top.table("servers")
     for name, entry in servers.items():
         if not isinstance(entry, dict):
@@ -443,7 +450,8 @@ def _check_source(where: _Where, source: SourceConfig) -> None:
         return
     example = 'e.g. url = "http://prometheus.lab:9090"'
     if not source.url:
-        raise ConfigError(f'{where.at("source.url")}: kind = "prometheus" needs its URL, {example}')
+        at = where.at("source.url" if source.url is not None else "source.kind")
+        raise ConfigError(f'{at}: kind = "prometheus" needs the URL of Prometheus, {example}')
     from urllib.parse import urlsplit
 
     try:

@@ -49,6 +49,7 @@ def fleet(config: Config, warnings: list[str]) -> list[str]:
         layout = read_layout(backend.read(), config.sheet.columns)
     finally:
         close_backend(backend)
+    warnings.extend(layout.warnings)  # rows it leaves alone, names that are not server names
     return poll_names(config, layout.servers(), warnings)
 
 

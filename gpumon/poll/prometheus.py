@@ -246,6 +246,7 @@ class PrometheusSource:
 
     def _query(self, names: list[str]) -> dict[str, dict[tuple[str, str], Target]]:
         import requests
+        import urllib3
 
         query = self.query_text(names)
         began = time.monotonic()
@@ -259,13 +260,13 @@ class PrometheusSource:
                 body = _read_bounded(response, MAX_ANSWER_BYTES, self.source.timeout_s)
             finally:
                 response.close()
-        except requests.Timeout:
+        except (requests.Timeout, urllib3.exceptions.TimeoutError):
             raise PollFailure(
                 codes.SOURCE_FAILED,
                 f"no answer from {where} within {self.source.timeout_s:g} s ([source] timeout_s)",
                 "prometheus",
             ) from None
-        except requests.RequestException as e:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
             raise PollFailure(
                 codes.SOURCE_FAILED, f"cannot ask {where}: {_reason(e)}", "prometheus"
             ) from None
@@ -622,20 +623,28 @@ def dcgm_report(target: Target) -> Report:
 
 
 def _read_bounded(response: Any, limit: int, timeout_s: float) -> bytes | None:
-    """The body, or None when it is larger than ``limit``; the whole read within about
-    ``timeout_s`` more (requests' timeout bounds each read, not the sum)."""
+    """The body (decompressed), or None when it is larger than ``limit``; the whole read within
+    about ``timeout_s`` more. requests' timeout bounds each wait, not the sum, so a server
+    dripping a byte at a time is cut here: urllib3 2's ``read1`` returns after one receive."""
+    import requests
+
+    raw = response.raw
+    read1 = getattr(raw, "read1", None)
     chunks, size = [], 0
     deadline = time.monotonic() + timeout_s
-    for chunk in response.iter_content(64 * 1024):
+    while True:
+        if read1 is not None:
+            chunk = read1(64 * 1024, decode_content=True)
+        else:  # urllib3 1.x: reads block until the amount is in, so ask for little at a time
+            chunk = raw.read(4096, decode_content=True)
+        if not chunk:
+            return b"".join(chunks)
         size += len(chunk)
         if size > limit:
             return None
         chunks.append(chunk)
         if time.monotonic() > deadline:
-            import requests
-
             raise requests.Timeout("the answer took too long")
-    return b"".join(chunks)
 
 
 def _json(body: bytes, status: int, where: str) -> dict[str, Any]:
