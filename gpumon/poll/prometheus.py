@@ -11,9 +11,10 @@ which metric holds which field) and go through the same bounds as a Report over 
 (``gpumon_agent.bounds``): Prometheus' answers are untrusted input too — an exporter may send
 huge numbers, NaN, 50,000-character labels, or leave series out.
 
-- A gpumon agent's target: the Report as the agent had it, less what metrics do not carry (pids,
-  full command lines, text progress of claims, logged-in users). The health warnings are the
-  agent's own (``gpumon_health_warning``), worded again by ``gpumon_agent.health``.
+- A gpumon agent's target: the Report as the agent had it for what the sheet's cells, Health and
+  `gpumon status` show (AGENT_METRICS), less what metrics do not carry (pids, full command lines
+  — the program is there —, text progress of claims, logged-in users). The health warnings are
+  the agent's own (``gpumon_health_warning``), worded again by ``gpumon_agent.health``.
 - Only dcgm-exporter's series: an ON server marked degraded, without processes, users or claims,
   which Health says (``DCGM_ONLY``).
 - ``up == 0`` and nothing else: OFF, Prometheus cannot scrape it; no series at all: OFF, not in
@@ -70,39 +71,30 @@ DCGM_METRICS = (
     "DCGM_FI_DEV_GPU_TEMP",
     "DCGM_FI_DEV_POWER_USAGE",
 )
-# The agent's metrics the Report is read back from (agent/gpumon_agent/metrics.py).
+# The agent's metrics the Report is read back from (agent/gpumon_agent/metrics.py): what the
+# sheet's cells, their Health and `gpumon status` use. The rest (power, memory bus, boot time,
+# per-user memory, ...) stays in Prometheus for dashboards: at 500 servers each per-GPU metric is
+# 4,000 series, ~1 MB of every answer.
 HOST_VALUES = {  # metric -> (Host field, scale: the Report's percent from a 0-1 ratio)
     "gpumon_host_cpus": ("cpu_count", 0),
-    "gpumon_host_cpu_utilization_ratio": ("cpu_percent", 100),
-    "gpumon_host_memory_used_bytes": ("memory_used_bytes", 0),
-    "gpumon_host_memory_total_bytes": ("memory_total_bytes", 0),
     "gpumon_host_memory_used_ratio": ("memory_percent", 100),
-    "gpumon_host_swap_used_bytes": ("swap_used_bytes", 0),
     "gpumon_host_swap_total_bytes": ("swap_total_bytes", 0),
     "gpumon_host_swap_used_ratio": ("swap_percent", 100),
-    "gpumon_host_disk_root_used_bytes": ("disk_root_used_bytes", 0),
-    "gpumon_host_disk_root_total_bytes": ("disk_root_total_bytes", 0),
     "gpumon_host_disk_root_used_ratio": ("disk_root_percent", 100),
 }
 GPU_VALUES = {  # metric -> (Gpu field, scale); scale 0: an integer as it is, 1: a float
     "gpumon_gpu_utilization_ratio": ("utilization_pct", 100),
     "gpumon_gpu_utilization_mean_ratio": ("utilization_mean_pct", 100),
-    "gpumon_gpu_memory_utilization_ratio": ("memory_utilization_pct", 100),
     "gpumon_gpu_memory_used_bytes": ("memory_used_bytes", 0),
     "gpumon_gpu_memory_total_bytes": ("memory_total_bytes", 0),
     "gpumon_gpu_temperature_celsius": ("temperature_c", 1),
-    "gpumon_gpu_power_watts": ("power_w", 1),
-    "gpumon_gpu_power_limit_watts": ("power_limit_w", 1),
 }
 AGENT_METRICS = (
     "gpumon_report_timestamp_seconds",
     "gpumon_agent_info",
     "gpumon_nvml_up",
     "gpumon_nvml_error_info",
-    "gpumon_sample_interval_seconds",
-    "gpumon_utilization_window_seconds",
     "gpumon_host_info",
-    "gpumon_host_boot_timestamp_seconds",
     "gpumon_host_load_average",
     "gpumon_host_gpus_expected",
     *HOST_VALUES,
@@ -114,10 +106,8 @@ AGENT_METRICS = (
     "gpumon_gpu_throttled",
     "gpumon_gpu_processes",
     "gpumon_gpu_user_processes",
-    "gpumon_gpu_user_memory_used_bytes",
     "gpumon_gpu_unclaimed_use",
     "gpumon_gpu_claimed_idle",
-    "gpumon_gpu_idle_since_timestamp_seconds",
     "gpumon_claim_info",
     "gpumon_claim_started_timestamp_seconds",
     "gpumon_claim_progress",
@@ -134,27 +124,34 @@ class Sample:
 
 @dataclass
 class Target:
-    """The series one scrape target (job, instance) gave for one server."""
+    """The series one scrape target (job, instance) gave for one server, by metric name."""
 
     job: str
     instance: str
-    samples: list[Sample] = field(default_factory=list)
+    by_name: dict[str, list[Sample]] = field(default_factory=dict)
     up: float | None = None
 
+    def add(self, sample: Sample) -> None:
+        self.by_name.setdefault(sample.name, []).append(sample)
+
+    @property
+    def samples(self) -> list[Sample]:
+        return [s for found in self.by_name.values() for s in found]
+
     def named(self, name: str) -> list[Sample]:
-        return [s for s in self.samples if s.name == name]
+        return self.by_name.get(name, [])
 
     def first(self, name: str) -> Sample | None:
-        found = self.named(name)
+        found = self.by_name.get(name)
         return found[0] if found else None
 
     @property
     def agent(self) -> bool:
-        return self.first("gpumon_report_timestamp_seconds") is not None
+        return "gpumon_report_timestamp_seconds" in self.by_name
 
     @property
     def dcgm(self) -> bool:
-        return any(s.name in DCGM_METRICS for s in self.samples)
+        return any(name in self.by_name for name in DCGM_METRICS)
 
 
 @dataclass
@@ -320,7 +317,7 @@ class PrometheusSource:
             if sample.name == "up":
                 target.up = sample.value
             else:
-                target.samples.append(sample)
+                target.add(sample)
         return out
 
     # --- one server -------------------------------------------------------------------------
@@ -410,8 +407,6 @@ def agent_report(target: Target) -> Report:
     host_info = target.first("gpumon_host_info")
     host = Host(hostname=_text(host_info, "hostname") or _text(host_info, "server") or "?")
     host.primary_ip = _text(host_info, "primary_ip") or None
-    boot = target.first("gpumon_host_boot_timestamp_seconds")
-    host.boot_time = _time(boot.value) if boot else None
     loads = {s.labels.get("period"): s.value for s in target.named("gpumon_host_load_average")}
     if all(p in loads for p in ("1m", "5m", "15m")):
         host.load_avg = [loads["1m"], loads["5m"], loads["15m"]]
@@ -433,13 +428,6 @@ def agent_report(target: Target) -> Report:
         agent_version=_text(info, "version") or None,
         nvml=nvml,
     )
-    for metric, attr in (
-        ("gpumon_sample_interval_seconds", "interval_s"),
-        ("gpumon_utilization_window_seconds", "window_s"),
-    ):
-        sample = target.first(metric)
-        if sample is not None:
-            setattr(report, attr, sample.value)
     report.gpus = _gpus(target)
     report.claim_errors = [
         ClaimFileError(path=s.labels.get("file", "?"), error=s.labels.get("error", "?"))
@@ -483,8 +471,6 @@ def _gpus(target: Target) -> list[Gpu]:
         gpu.unclaimed_use = s.value == 1
     for gpu, s in each("gpumon_gpu_claimed_idle"):
         gpu.claimed_idle = s.value == 1
-    for gpu, s in each("gpumon_gpu_idle_since_timestamp_seconds"):
-        gpu.idle_since = _time(s.value)
     _processes(gpus, each)
     _claims(gpus, each)
     return sorted(gpus.values(), key=lambda g: g.index)
@@ -492,11 +478,7 @@ def _gpus(target: Target) -> list[Gpu]:
 
 def _processes(gpus: dict[str, Gpu], each: Any) -> None:
     """Processes back from the per-(user, program) counts: ``n`` entries per group, without
-    pids, each with an equal share of the group's memory."""
-    memory = {
-        (gpu.index, s.labels.get("user", "?"), s.labels.get("command", "?")): s.value
-        for gpu, s in each("gpumon_gpu_user_memory_used_bytes")
-    }
+    pids or memory."""
     groups: dict[int, list[tuple[str, str, int]]] = {}
     for gpu, s in each("gpumon_gpu_user_processes"):
         count = _count(s.value)
@@ -507,10 +489,8 @@ def _processes(gpus: dict[str, Gpu], each: Any) -> None:
         total = _count(s.value)
         processes: list[GpuProcess] = []
         for user, command, count in sorted(groups.get(gpu.index, [])):
-            share = memory.get((gpu.index, user, command))
-            each_memory = None if share is None else _integer(share / count) if count else None
             processes += [
-                GpuProcess(pid=0, user=user, command=command, gpu_memory_bytes=each_memory)
+                GpuProcess(pid=0, user=user, command=command)
                 for _ in range(min(count, total - len(processes)))
             ]
         processes += [GpuProcess(pid=0) for _ in range(max(0, total - len(processes)))]
@@ -666,22 +646,26 @@ def _json(body: bytes, status: int, where: str) -> dict[str, Any]:
 
 
 def _sample(row: Any) -> Sample | None:
+    """One series of the answer, or None when it is malformed (it costs itself only)."""
     if not isinstance(row, dict):
         return None
     metric, value = row.get("metric"), row.get("value")
     if not isinstance(metric, dict) or not isinstance(value, list) or len(value) != 2:
         return None
-    if not isinstance(value[1], str) or len(value[1]) > 64:
+    text = value[1]
+    if not isinstance(text, str) or len(text) > 64:
         return None
     try:
-        number = float(value[1])  # "NaN", "+Inf" included: the bounds judge them
+        number = float(text)  # "NaN", "+Inf" included: the bounds judge them
     except ValueError:
         return None
     labels = {}
-    for k, v in metric.items():
-        if not isinstance(v, str):
+    for k, v in metric.items():  # the answer's own dict, read once (hot: every series)
+        if type(v) is not str:
             return None
-        labels[cut(str(k), 256)] = cut(v, LABEL_CHARS)
+        labels[k if len(k) <= 256 else cut(k, 256)] = (
+            v if len(v) <= LABEL_CHARS else cut(v, LABEL_CHARS)
+        )
     name = labels.pop("__name__", "")
     return Sample(name=name, labels=labels, value=number) if name else None
 
