@@ -125,7 +125,8 @@ def scrape_cost(work: Path, calls: int) -> None:
             for s in family.samples
         }
         series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
-        own = values["gpumon_scrape_duration_seconds"]
+        # The agent's own mean over every answer it built (the counters, not one noisy last one).
+        own = values["gpumon_scrape_duration_seconds_total"] / values["gpumon_scrapes_total"]
         sample = values["gpumon_sample_duration_seconds"]
         print(f"\n1. one agent, 8 GPUs, 16 processes of 2 users, 4 GPUs claimed ({calls} GETs)")
         print(f"   /metrics answer: {len(body)} bytes, {series} series")
@@ -133,7 +134,7 @@ def scrape_cost(work: Path, calls: int) -> None:
               f"{statistics.quantiles(metrics, n=10)[-1] * 1000:.2f} ms)")  # fmt: skip
         print(f"   baseline GET /nope (404, same listener) p50 {p50(missing) * 1000:.2f} ms: "
               f"{p50(metrics) / p50(missing):.1f}x")  # fmt: skip
-        print(f"   the agent's own figure for building it: {own * 1000:.2f} ms; "
+        print(f"   the agent's own figure for building it (mean): {own * 1000:.2f} ms; "
               f"one sample of the 8 GPUs: {sample * 1000:.2f} ms")  # fmt: skip
         print(f"   at a 15 s scrape interval: {own / 15 * 100:.3f} % of a core")
     finally:
@@ -234,11 +235,12 @@ def timed_pushes(config, runs: int) -> dict[str, float]:
     try:
         outcome = push_once(config, backend, poller, add_rows=True)  # adopt: rows, anchors
         assert all(r.on for r in outcome.results), [r.reason for r in outcome.results][:3]
-        sweeps, pushes = [], []
+        sweeps, pushes, cpu = [], [], []
         for _ in range(runs):
-            started = time.perf_counter()
+            started, began = time.perf_counter(), time.process_time()
             results = poller.sweep(outcome.names)
             sweeps.append(time.perf_counter() - started)
+            cpu.append(time.process_time() - began)  # gpumon's own CPU, all its threads
             assert all(r.on for r in results)
             started = time.perf_counter()
             outcome = push_once(config, backend, poller, add_rows=True)
@@ -246,6 +248,7 @@ def timed_pushes(config, runs: int) -> dict[str, float]:
         stats = getattr(poller, "stats", None)
         return {
             "sweep": p50(sweeps),
+            "cpu": p50(cpu),
             "push": p50(pushes),
             "cells": float(len(outcome.changes)),
             "requests": float(stats.requests) if stats else 0.0,
@@ -335,7 +338,8 @@ def main() -> int:
 
     per_sweep = prom_big["requests"] / prom_big["sweeps"]
     print(f"\n2./3. steady pushes into an .xlsx sheet, 8 GPU rows per server, p50 of {args.runs}")
-    print(f"{'':34} {'sweep s':>8} {'push s':>8} {'requests/sweep':>15} {'answer':>10}")
+    print(f"{'':34} {'sweep s':>8} {'cpu s':>6} {'push s':>8} {'requests/sweep':>15} "
+          f"{'answer':>10}")  # fmt: skip
     for label, f in (
         (f"Prometheus, {args.servers} servers", prom_big),
         (f"Prometheus, {args.ssh_servers} servers", prom_small),
@@ -345,11 +349,13 @@ def main() -> int:
             f"{f['requests'] / f['sweeps']:.0f}" if f["requests"] else f"{args.ssh_servers} execs"
         )
         answer = f"{f['bytes'] / f['sweeps'] / 1e6:.1f} MB" if f["bytes"] else ""
-        print(f"{label:34} {f['sweep']:8.3f} {f['push']:8.3f} {requests:>15} {answer:>10}")
+        print(f"{label:34} {f['sweep']:8.3f} {f['cpu']:6.3f} {f['push']:8.3f} {requests:>15} "
+              f"{answer:>10}")  # fmt: skip
     print(f"   Prometheus counted {prom_big['prometheus_requests']:.0f} /api/v1/query requests "
           f"for {prom_big['sweeps']:.0f} sweeps at {args.servers} servers "
           f"({per_sweep:.0f} per sweep); the query is {prom_big['query_chars']:.0f} characters, "
           f"the answer {prom_big['series'] / prom_big['sweeps']:.0f} series")  # fmt: skip
+    print("   cpu: gpumon's own CPU time during the sweep (Prometheus' and sshd's are not in it)")
     print(f"   sweep ratio Prometheus/SSH at {args.ssh_servers} servers: "
           f"{prom_small['sweep'] / ssh['sweep']:.2f}x; Prometheus at {args.servers} vs SSH at "
           f"{args.ssh_servers}: {prom_big['sweep'] / ssh['sweep']:.2f}x the time for "

@@ -40,6 +40,12 @@ FIXES = {
     codes.AGENT_STALE: "the agent daemon is not sampling: systemctl restart gpumon-agent on {name}",
     "agentless": "install gpumon-agent on {name} for users, claims and health",
     "config_error": "fix [servers.{name}] in the config",
+    codes.SOURCE_FAILED: "check [source] url and that Prometheus runs (curl URL/-/ready)",
+    codes.NO_METRICS: "add {name} to Prometheus' targets (gpumon prometheus-targets --out FILE) "
+    "and run its agent with --metrics ADDR:PORT",
+    codes.SCRAPE_FAILED: "is {name} up, and its agent serving --metrics on that address and "
+    "[metrics] port? (Prometheus' Status → Targets says why)",
+    codes.DCGM_ONLY: "run gpumon-agent on {name} too for users, claims and health",
 }
 
 

@@ -4,7 +4,8 @@
 interface push uses for the SSH Poller — from ONE instant query (``POST /api/v1/query``) per
 sweep, whatever the fleet size: every series the sheet needs (gpumon agents' metrics,
 dcgm-exporter's, and ``up``) of the servers named, selected by the ``[source] server_label``
-label (``server``, as ``gpumon prometheus-targets`` sets it; names compared without case).
+label (``server``, as ``gpumon prometheus-targets`` sets it: the name as the sheet writes it, or
+in lower case).
 
 Per server, the series of one scrape target are read back into a Report (docs/metrics.md says
 which metric holds which field) and go through the same bounds as a Report over SSH
@@ -27,6 +28,7 @@ Nothing here prints or exits; errors are ServerResults or ConfigError.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import math
@@ -232,10 +234,14 @@ class PrometheusSource:
     def query_text(self, names: Iterable[str]) -> str:
         """The one PromQL instant query a sweep of ``names`` makes."""
         metrics = "|".join(("up", *AGENT_METRICS, *DCGM_METRICS))
-        servers = "|".join(_re2_literal(n.strip()) for n in names)
+        # Each name as written (the targets file's spelling) and in lower case (a host's own
+        # name): a plain alternation of literals, which Prometheus matches as a set — a
+        # case-insensitive regex would be tried against every label value, O(servers²).
+        spellings = dict.fromkeys(v for n in names for v in (n.strip(), n.strip().lower()))
+        servers = "|".join(_re2_literal(v) for v in spellings)
         matchers = [
             f"__name__=~{_promql_string(metrics)}",
-            f"{self.source.server_label}=~{_promql_string('(?i:' + servers + ')')}",
+            f"{self.source.server_label}=~{_promql_string(servers)}",
         ]
         if self.source.selector.strip():
             matchers.append(self.source.selector.strip().strip(","))
@@ -306,12 +312,16 @@ class PrometheusSource:
             )
         label = self.source.server_label
         out: dict[str, dict[tuple[str, str], Target]] = {}
+        keys: dict[str, str] = {}  # label value -> server key (a few hundred, asked 64,000 times)
         for row in rows:
             sample = _sample(row)
             if sample is None or label not in sample.labels:
                 continue  # malformed: costs that series only
             self.stats.series += 1
-            key = server_key(sample.labels[label])
+            value = sample.labels[label]
+            key = keys.get(value)
+            if key is None:
+                key = keys[value] = server_key(value)
             ident = (sample.labels.get("job", ""), sample.labels.get("instance", ""))
             target = out.setdefault(key, {}).setdefault(ident, Target(*ident))
             if sample.name == "up":
@@ -646,28 +656,28 @@ def _json(body: bytes, status: int, where: str) -> dict[str, Any]:
 
 
 def _sample(row: Any) -> Sample | None:
-    """One series of the answer, or None when it is malformed (it costs itself only)."""
-    if not isinstance(row, dict):
+    """One series of the answer, or None when it is malformed (it costs itself only). Hot: it
+    runs for every series (64,000 at 500 servers), so it reuses the answer's own label dict."""
+    if type(row) is not dict:
         return None
     metric, value = row.get("metric"), row.get("value")
-    if not isinstance(metric, dict) or not isinstance(value, list) or len(value) != 2:
+    if type(metric) is not dict or type(value) is not list or len(value) != 2:
         return None
     text = value[1]
-    if not isinstance(text, str) or len(text) > 64:
+    if type(text) is not str or len(text) > 64:
         return None
     try:
         number = float(text)  # "NaN", "+Inf" included: the bounds judge them
     except ValueError:
         return None
-    labels = {}
-    for k, v in metric.items():  # the answer's own dict, read once (hot: every series)
+    for k, v in metric.items():
         if type(v) is not str:
             return None
-        labels[k if len(k) <= 256 else cut(k, 256)] = (
-            v if len(v) <= LABEL_CHARS else cut(v, LABEL_CHARS)
-        )
-    name = labels.pop("__name__", "")
-    return Sample(name=name, labels=labels, value=number) if name else None
+        if len(v) > LABEL_CHARS or len(k) > 256:
+            metric = {cut(k, 256): cut(v, LABEL_CHARS) for k, v in metric.items()}
+            break
+    name = metric.pop("__name__", "")
+    return Sample(name=name, labels=metric, value=number) if name else None
 
 
 def _askable(name: str) -> bool:
@@ -729,11 +739,18 @@ def _progress_order(values: dict[str, Any]) -> list[str]:
 
 def _throttle_order(reasons: list[str]) -> list[str]:
     """In the order the agent lists them (NVML's bit order), unknown names after."""
-    from gpumon_agent.nvml import THROTTLE_REASONS
-
-    rank = {name: i for i, (_bit, name) in enumerate(THROTTLE_REASONS)}
+    if not reasons:
+        return []
+    rank = _throttle_rank()
     unique = list(dict.fromkeys(reasons))
     return sorted(unique, key=lambda r: (rank.get(r, len(rank)), r))
+
+
+@functools.lru_cache(maxsize=1)
+def _throttle_rank() -> dict[str, int]:
+    from gpumon_agent.nvml import THROTTLE_REASONS
+
+    return {name: i for i, (_bit, name) in enumerate(THROTTLE_REASONS)}
 
 
 def _time(value: float) -> str:

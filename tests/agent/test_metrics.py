@@ -480,3 +480,12 @@ def test_daemon_with_a_port_in_use_exits_with_the_reason(tmp_path, no_nvml_env):
         )
     assert done.returncode == 1
     assert f"cannot serve /metrics on 127.0.0.1:{port}: Address already in use" in done.stderr
+
+
+def test_the_dcgm_names_flag_turns_them_on(monkeypatch):
+    from gpumon_agent.cli import build_parser, settings_from
+
+    monkeypatch.delenv("GPUMON_METRICS_DCGM_NAMES", raising=False)
+    flag = settings_from(build_parser().parse_args(["run", "--metrics-dcgm-names"]))
+    assert flag.metrics_dcgm_names is True
+    assert settings_from(build_parser().parse_args(["run"])).metrics_dcgm_names is False

@@ -312,6 +312,25 @@ def test_a_server_prometheus_has_nothing_about_is_off_saying_so(deployment):
     assert "no series in Prometheus with server='nosuchbsp'" in result.reason
 
 
+def test_status_and_check_read_the_fleet_from_prometheus(deployment):
+    done = gpumon("--config", str(deployment.config_path), "status", "--json")
+    assert done.returncode == 1, done.stderr  # one server is OFF
+    servers = {s["name"]: s for s in json.loads(done.stdout)["servers"]}
+    port = deployment.fleet.port
+    assert servers["ganbsp"]["on"]
+    assert servers["ganbsp"]["destination"] == f"127.0.0.2:{port} via Prometheus (job gpumon)"
+    assert servers[DCGM_SERVER]["on"] and servers[DCGM_SERVER]["degraded"]
+    assert not servers[DOWN_SERVER]["on"]
+
+    done = gpumon("--config", str(deployment.config_path), "check")
+    assert done.returncode == 1
+    assert f"ganbsp: ON via 127.0.0.2:{port} via Prometheus (job gpumon) (agent " in done.stdout
+    assert (
+        f"{DOWN_SERVER}: OFF: Prometheus cannot scrape it: up = 0 for 127.0.0.6:{port} (job "
+        "gpumon) — is drlbsp up, and its agent serving --metrics" in done.stdout
+    )
+
+
 # --- the sheet, fed from Prometheus and over SSH ---------------------------------------------
 
 
