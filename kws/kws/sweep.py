@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +177,7 @@ def run_sweep(
                 log=config.log,
                 augment=config.augment,
                 job=f"kws sweep {k}/{len(runs)} {run.spec.label()} seed {run.seed}",
-                tags={"sweep": {"cell": run.cell.__dict__, "dropout_as": config.dropout_as}},
+                tags={"sweep": {"cell": asdict(run.cell), "dropout_as": config.dropout_as}},
             ),
             dataset,
         )
