@@ -10,6 +10,12 @@ command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v sox >/dev/null || need+=(sox)
+# kws synth's other engines and their voices (tests/kws use all three engines)
+command -v flite >/dev/null || need+=(flite)
+command -v festival >/dev/null || need+=(festival)
+for voice in festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts; do
+  dpkg -s "$voice" >/dev/null 2>&1 || need+=("$voice")
+done
 command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/systemd/gpumon-agent.service
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -34,6 +34,7 @@ class Augment:
     noise_p: float = 0.8  # share of clips that get background noise
     noise_volume: float = 0.1  # noise level: uniform in [0, this] x the file's samples
     noises: list[np.ndarray] = field(default_factory=list, compare=False, repr=False)
+    skipped: tuple[str, ...] = ()  # "name: reason" of noise files that could not be used
 
     @classmethod
     def parse(cls, text: str, data: Path | None, noise_dir: Path | None = None) -> Augment:
@@ -44,14 +45,16 @@ class Augment:
         if unknown or not kinds:
             raise AugmentError(f"--augment: unknown {', '.join(unknown)}; choose all or {KINDS}")
         noises: list[np.ndarray] = []
+        skipped: list[str] = []
         if "noise" in kinds:
             folder = noise_dir or (data / NOISE_FOLDER if data else None)
-            noises = load_noises(folder)
-        return cls(kinds=kinds, noises=noises)
+            noises, skipped = load_noises(folder)
+        return cls(kinds=kinds, noises=noises, skipped=tuple(skipped))
 
     def describe(self) -> dict:
         out = asdict(self)
         out.pop("noises")
+        out.pop("skipped")
         out["noise_files"] = len(self.noises)
         return out
 
@@ -85,8 +88,9 @@ class Augment:
         return np.clip(x, -1.0, 1.0, out=x)
 
 
-def load_noises(folder: Path | None) -> list[np.ndarray]:
-    """Every usable WAV in ``folder`` (16 kHz mono 16-bit, at least a second) as float32."""
+def load_noises(folder: Path | None) -> tuple[list[np.ndarray], list[str]]:
+    """Every usable WAV in ``folder`` (16 kHz mono 16-bit, at least a second) as float32, and
+    "name: reason" for each file that is not."""
     if folder is None or not folder.is_dir():
         raise AugmentError(
             f"{folder}: no background-noise folder for --augment noise (give --noise-dir, or "
@@ -106,4 +110,4 @@ def load_noises(folder: Path | None) -> list[np.ndarray]:
     if not noises:
         detail = f" ({'; '.join(problems)})" if problems else ""
         raise AugmentError(f"{folder}: no usable 16 kHz mono 16-bit WAV of 1 s or more{detail}")
-    return noises
+    return noises, problems

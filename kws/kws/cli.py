@@ -178,6 +178,15 @@ def add_augment_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_augment(args: argparse.Namespace):
+    from kws.augment import Augment
+
+    augment = Augment.parse(args.augment, args.data, args.noise_dir)
+    for problem in augment.skipped:
+        print(f"kws {args.command}: warning: noise file skipped: {problem}", file=sys.stderr)
+    return augment
+
+
 def model_spec(args: argparse.Namespace) -> ModelSpec:
     """The network the model options name; an unknown name or depth fails here."""
     if args.keep_prob is not None:
@@ -251,7 +260,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from kws.augment import Augment
     from kws.train import TrainConfig, TrainError, load_checkpoint, train
 
     if args.model is None:
@@ -262,7 +270,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         spec = model_spec(args)  # before any data is read
     augment = None
     if args.augment:
-        augment = Augment.parse(args.augment, args.data, args.noise_dir)
+        augment = parse_augment(args)
     elif args.noise_dir:
         raise TrainError("--noise-dir is for --augment noise (or all)")
     for name in ("epochs", "batch_size", "count"):
@@ -382,7 +390,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from kws.augment import Augment
     from kws.sweep import SweepConfig, run_sweep
     from kws.table import by_spec, depth_table, find_metrics, main_table
 
@@ -405,7 +412,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         lr=args.lr,
         gpus=args.gpus,
         count=args.count,
-        augment=Augment.parse(args.augment, args.data, args.noise_dir) if args.augment else None,
+        augment=parse_augment(args) if args.augment else None,
         progress=None if args.verbose else False,
         log=args.verbose,
     )
