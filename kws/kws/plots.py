@@ -136,8 +136,9 @@ def plot_response_map(weights: np.ndarray, path: str | Path, title: str) -> Path
 
 
 def plot_second_layer(weights: np.ndarray, path: str | Path, title: str) -> Path:
-    """``weights`` [filters, in_channels, taps]: each filter as an in-channel x time heat map,
-    one colour scale for all, with its colour bar."""
+    """``weights`` [filters, in_channels, taps]: each filter as an in-channel x tap heat map,
+    one colour scale for all, with its colour bar. (Taps, not ms: the layer sees the first
+    layer's output after its pooling, whose rate the weights do not record.)"""
     limit = float(np.abs(weights).max()) or 1.0
     taps = weights.shape[2]
     images = []
@@ -150,7 +151,7 @@ def plot_second_layer(weights: np.ndarray, path: str | Path, title: str) -> Path
                 vmin=-limit,
                 vmax=limit,
                 aspect="auto",
-                extent=(0, taps * 1000 / SAMPLE_RATE, weights.shape[1] - 0.5, -0.5),
+                extent=(-0.5, taps - 0.5, weights.shape[1] - 0.5, -0.5),
             )
         )
 
@@ -162,8 +163,8 @@ def plot_second_layer(weights: np.ndarray, path: str | Path, title: str) -> Path
         len(weights),
         draw,
         path,
-        f"{title} (time in ms at the first layer's rate; pooling stretches it)",
-        "time (ms)",
+        f"{title}: weights per input channel and tap",
+        "tap",
         "input channel",
         finish=finish,
         tight=False,
