@@ -13,8 +13,9 @@ command -v sox >/dev/null || need+=(sox)
 # kws synth's other engines and their voices (tests/kws use all three engines)
 command -v flite >/dev/null || need+=(flite)
 command -v festival >/dev/null || need+=(festival)
-for voice in festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts; do
-  dpkg -s "$voice" >/dev/null 2>&1 || need+=("$voice")
+# ... and kws realvoice's recordings
+for pkg in festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts pocketsphinx-testdata; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/systemd/gpumon-agent.service
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,4 +1,4 @@
-"""The ``kws`` command: synth, train, eval, filters, models, sweep, table."""
+"""The ``kws`` command: synth, train, eval, filters, models, sweep, table, realvoice."""
 
 from __future__ import annotations
 
@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--png", type=Path, help="also draw the table here")
     table.add_argument("--md", type=Path, help="also write the Markdown here")
 
+    real = sub.add_parser(
+        "realvoice", help="a 3-clip real-voice smoke set from Debian's pocketsphinx-testdata"
+    )
+    real.add_argument("out", type=Path, help="new (or empty) folder to write")
+
     models = sub.add_parser("models", help="the models and their parameter counts")
     models.add_argument(
         "--depths", action="store_true", help="also the depth sweep (1–9 layers) of ch32/ch128"
@@ -209,11 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kws {args.command}: {e}", file=sys.stderr)
         return 2
     except Exception as e:
+        from kws.realvoice import RealVoiceError
         from kws.sweep import SweepError
         from kws.synth import SynthError
         from kws.train import TrainError
 
-        if isinstance(e, (SynthError, TrainError, SweepError)):
+        if isinstance(e, (SynthError, TrainError, SweepError, RealVoiceError)):
             print(f"kws {args.command}: {e}", file=sys.stderr)
             return 2
         status = _claim_error_status(e)
@@ -448,6 +454,14 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_realvoice(args: argparse.Namespace) -> int:
+    from kws.realvoice import build
+
+    rels = build(args.out)
+    print(f"wrote {len(rels)} real-voice clips to {args.out} (all in testing_list.txt)")
+    return 0
+
+
 COMMANDS = {
     "synth": cmd_synth,
     "train": cmd_train,
@@ -456,6 +470,7 @@ COMMANDS = {
     "models": cmd_models,
     "sweep": cmd_sweep,
     "table": cmd_table,
+    "realvoice": cmd_realvoice,
 }
 
 
