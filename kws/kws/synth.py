@@ -128,8 +128,16 @@ class ClipPlan:
 # -- which voices this machine has ---------------------------------------------------------------
 
 
+ENGINE_TIMEOUT_S = 120  # one engine call (festival: a whole voice's 16 words)
+
+
 def _run(command: Sequence[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(list(command), capture_output=True, check=False, **kw)
+    try:
+        return subprocess.run(
+            list(command), capture_output=True, check=False, timeout=ENGINE_TIMEOUT_S, **kw
+        )
+    except subprocess.TimeoutExpired:
+        raise SynthError(f"{command[0]} did not finish in {ENGINE_TIMEOUT_S} s") from None
 
 
 @cache
