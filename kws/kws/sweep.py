@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpumon_agent.atomic import write_atomic
 from kws.augment import Augment
 from kws.data import Dataset, load_dataset
 from kws.models import ModelSpec
@@ -129,9 +130,7 @@ def check_settings(config: SweepConfig) -> None:
         return
     config.out.mkdir(parents=True, exist_ok=True)
     payload = {"format": SWEEP_FORMAT, "settings": wanted}
-    partial = config.out / ".sweep.json.tmp"
-    partial.write_text(json.dumps(payload, indent=1) + "\n")
-    partial.replace(path)
+    write_atomic(path, (json.dumps(payload, indent=1) + "\n").encode("utf-8"))
 
 
 def finished_metrics(out: Path) -> dict[str, Any] | None:
