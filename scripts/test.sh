@@ -13,6 +13,13 @@ python3 -c 'import os, sysconfig; os.stat(sysconfig.get_paths()["include"] + "/P
   2>/dev/null || need+=(python3-dev)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v sox >/dev/null || need+=(sox)
+# kws synth's other engines and their voices (tests/kws use all three engines)
+command -v flite >/dev/null || need+=(flite)
+command -v festival >/dev/null || need+=(festival)
+# ... and kws realvoice's recordings
+for pkg in festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts pocketsphinx-testdata; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/systemd/gpumon-agent.service
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
