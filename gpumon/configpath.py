@@ -42,10 +42,11 @@ def user_config_dir(env: Mapping[str, str] | None = None) -> str:
 def find_config(
     explicit: str | None = None,
     env: Mapping[str, str] | None = None,
-    system_path: str = SYSTEM_CONFIG,
+    system_path: str | None = None,
 ) -> ConfigSource:
     """The config to read, in the order of the module docstring."""
     env = os.environ if env is None else env
+    system_path = system_path or SYSTEM_CONFIG
     if explicit:
         return ConfigSource(explicit, "--config", must_exist=True)
     named = env.get(ENV_CONFIG, "")
@@ -88,7 +89,8 @@ def _xdg(env: Mapping[str, str], name: str, fallback: str) -> str:
     value = env.get(name, "")
     if _absolute(value):
         return value
-    return os.path.expanduser(fallback)
+    home = env.get("HOME") or os.path.expanduser("~")
+    return os.path.join(home, fallback.removeprefix("~/"))
 
 
 def _absolute(path: str) -> bool:
