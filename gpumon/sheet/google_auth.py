@@ -107,12 +107,19 @@ def _log_response(response: requests.Response, *args: object, **kwargs: object) 
 
 
 def safe_url(url: str) -> str:
-    """``url`` with the values of token-, key- and signature-like query parameters masked."""
+    """``url`` with the values of token-, key- and signature-like query parameters masked
+    (and long ones, such as a ``fields`` mask, shortened)."""
     parts = urlsplit(url)
     if not parts.query:
         return url
+
+    def shown(name: str, value: str) -> str:
+        if _SECRET_PARAM.search(name):
+            return "***"
+        return value if len(value) <= 40 else value[:37] + "..."
+
     query = [
-        (name, "***" if _SECRET_PARAM.search(name) else value)
+        (name, shown(name, value))
         for name, value in parse_qsl(parts.query, keep_blank_values=True)
     ]
-    return urlunsplit(parts._replace(query=urlencode(query, safe="!:,'*")))
+    return urlunsplit(parts._replace(query=urlencode(query, safe="!:,'*().")))
