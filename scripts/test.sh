@@ -13,7 +13,8 @@ python3 -c 'import os, sysconfig; os.stat(sysconfig.get_paths()["include"] + "/P
   2>/dev/null || need+=(python3-dev)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v sox >/dev/null || need+=(sox)
-command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/systemd/gpumon-agent.service
+command -v systemd-analyze >/dev/null || need+=(systemd)  # the units' checks; journald for log priorities
+command -v zsh >/dev/null || need+=(zsh)  # `gpumon completion zsh` is loaded by a real zsh
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
