@@ -9,7 +9,9 @@ ssh config: HostName, Port, User, IdentityFile, ProxyJump, ProxyCommand and Host
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 
 import paramiko
@@ -119,6 +121,13 @@ def resolve(config: Config, name: str, ssh_config: SshConfigFile | None = None) 
     proxy_jump = [] if jump_spec.lower() in ("", "none") else _split_jumps(jump_spec)
     # paramiko stores "ProxyCommand none" as None; a [servers] proxy_jump overrides it.
     proxy_command = None if entry.proxy_jump else (str(ssh.get("proxycommand") or "") or None)
+    if proxy_command and not _plain_host(host):
+        # The name may come from a sheet cell, and %h puts it into a shell command line.
+        raise ConfigError(
+            f"not running the ProxyCommand of {poll.ssh_config} for {host!r}: not a plain host "
+            "name (letters, digits, '.', '-', '_', not starting with '-'), so it could change "
+            "the command"
+        )
     if proxy_command and proxy_jump:
         raise ConfigError(
             f"{poll.ssh_config}: Host {name} has both ProxyJump and ProxyCommand; OpenSSH uses "
@@ -137,6 +146,20 @@ def resolve(config: Config, name: str, ssh_config: SshConfigFile | None = None) 
         host_key_alias=str(alias) if alias else None,
         proxy_command=proxy_command,
     )
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
+
+
+def _plain_host(host: str) -> bool:
+    """A host name or IP literal: nothing a shell or the proxy program would read as more."""
+    if _HOST_NAME.match(host) and len(host) <= 253:
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def parse_jump(spec: str) -> tuple[str | None, str, int | None]:

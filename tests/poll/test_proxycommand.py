@@ -168,3 +168,23 @@ def test_the_relay_refuses_addresses_off_loopback(tmp_path: Path):
     )
     assert done.returncode == 2 and "not a loopback address" in done.stderr
     assert not os.path.exists(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("name", ["x;touch {marker}", "$(touch {marker})", "-oProxyCommand=x",
+                                  "a b", "`touch {marker}`"])  # fmt: skip
+def test_a_name_from_the_sheet_never_reaches_the_proxycommand_shell(
+    name, fleet: Fleet, tmp_path: Path
+):
+    """`Host *` with `ProxyCommand nc %h %p` puts every polled name into a shell command line;
+    sheet editors choose those names. Only plain host names get there."""
+    marker = tmp_path / "pwned"
+    name = name.format(marker=marker)
+    config = fleet.config(tmp_path)
+    config.servers = {}
+    runs = tmp_path / "runs"
+    Path(config.poll.ssh_config).write_text(f"Host *\n  ProxyCommand {relay(runs)}\n")
+    with pytest.raises(ConfigError, match="not a plain host name"):
+        resolve(config, name)
+    result = Poller(config).sweep([name])[0]
+    assert not result.on and result.reason_code == "config_error"
+    assert not marker.exists() and not runs.exists()  # nothing ran at all
