@@ -48,12 +48,7 @@ def status(
     err = err or sys.stderr
     names = list(config.servers) if names is None else names
     if not names:
-        print(
-            f"gpumon status: no servers in {config.origin} — add [servers.NAME] tables "
-            "(`gpumon push` also polls the names in the sheet)",
-            file=err,
-        )
-        return 2
+        return nothing_to_poll(config, err)
     progress = Progress(err, len(names)) if is_terminal(err) else None
     with Poller(config) as poller:
         results = poller.sweep(names, progress=progress.update if progress else None)
@@ -65,6 +60,16 @@ def status(
     else:
         print(render_table(results, color=use_color(out), width=terminal_width(out)), file=out)
     return 0 if all(r.on for r in results) else 1
+
+
+def nothing_to_poll(config: Config, err: TextIO) -> int:
+    """Say there is nothing to poll; exit status 2."""
+    print(
+        f"gpumon status: no servers in {config.origin} — add [servers.NAME] tables "
+        "(`gpumon push` also polls the names in the sheet)",
+        file=err,
+    )
+    return 2
 
 
 def to_json(results: list[ServerResult]) -> dict[str, object]:

@@ -20,7 +20,7 @@ from typing import TextIO
 
 from gpumon.config import Config
 from gpumon.poll.result import ServerResult
-from gpumon.status import render_table, to_json
+from gpumon.status import nothing_to_poll, render_table, to_json
 from gpumon.table import cut, is_terminal, printable, terminal_width, use_color
 
 # Terminal control (ECMA-48 / xterm): the alternate screen, cursor home, erase to the end of
@@ -55,12 +55,7 @@ def watch(
     out = out or sys.stdout
     err = err or sys.stderr
     if not names:
-        print(
-            f"gpumon status: no servers in {config.origin} — add [servers.NAME] tables "
-            "(`gpumon push` also polls the names in the sheet)",
-            file=err,
-        )
-        return 2
+        return nothing_to_poll(config, err)
     screen = Screen(out) if is_terminal(out) and not as_json else None
     wake = threading.Event()
     restore = _signals(wake)

@@ -119,7 +119,6 @@ def safe_url(url: str) -> str:
         return value if len(value) <= 40 else value[:37] + "..."
 
     query = [
-        (name, shown(name, value))
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        (name, shown(name, value)) for name, value in parse_qsl(parts.query, keep_blank_values=True)
     ]
     return urlunsplit(parts._replace(query=urlencode(query, safe="!:,'*().")))

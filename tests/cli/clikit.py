@@ -44,6 +44,23 @@ def local_config(folder: Path, state_dir: Path | None = None, extra: str = "") -
     return path
 
 
+def fleet_config(fleet, folder: Path) -> Path:
+    """A config file naming every server of a harness.sshd.Fleet, its key and known_hosts."""
+    known = folder / "known_hosts"
+    known.write_text(fleet.known_hosts_text())
+    config = folder / "gpumon.toml"
+    config.write_text(
+        f'state_dir = "{folder}/state"\n[poll]\nknown_hosts = "{known}"\n'
+        f'user = "{fleet.user.pw_name}"\nidentity_files = ["{fleet.client_key}"]\n'
+        f'ssh_config = "{folder}/none"\nservers_from_sheet = false\n'
+        + "".join(
+            f'[servers.{s.name}]\nhost = "{s.address}"\nport = {fleet.port}\n'
+            for s in fleet.servers
+        )
+    )
+    return config
+
+
 def gpumon(
     *args: str, env: Mapping[str, str], cwd: Path, timeout: float = 120, **kwargs: object
 ) -> subprocess.CompletedProcess[str]:

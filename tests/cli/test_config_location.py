@@ -29,8 +29,8 @@ from gpumon.config import load
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
+    home = tmp_path / "home"  # made by the autouse isolation fixture (HOME points here)
+    home.mkdir(exist_ok=True)
     return home
 
 

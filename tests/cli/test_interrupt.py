@@ -93,19 +93,27 @@ class Running:
 AT_BANNER = "silent: banner (deadline"
 
 
-@pytest.mark.parametrize("command", [["push"], ["status"], ["status", "--json"]])
-def test_ctrl_c_while_a_server_is_silent_exits_at_once_with_130(
-    command, tmp_path, silent, no_nvml_env
-):
+def interrupted_at_the_banner(
+    command: list[str], tmp_path: Path, silent: SilentListener, base_env: dict[str, str]
+) -> tuple[int, float, str]:
+    """Start ``gpumon --debug COMMAND`` against the silent server, Ctrl-C it once it waits
+    for the banner: (exit status, seconds it took to stop, its stderr)."""
     config = stuck_config(tmp_path / "c", silent)
-    run = Running(["--debug", "--config", str(config), *command], clean_env(tmp_path,
-                  no_nvml_env), tmp_path)  # fmt: skip
+    argv = ["--debug", "--config", str(config), *command]
+    run = Running(argv, clean_env(tmp_path, base_env), tmp_path)
     try:
         run.wait_for(AT_BANNER)
         code, took = run.interrupt()
     finally:
         run.kill()
-    err = "".join(run.err)
+    return code, took, "".join(run.err)
+
+
+@pytest.mark.parametrize("command", [["push"], ["status"], ["status", "--json"]])
+def test_ctrl_c_while_a_server_is_silent_exits_at_once_with_130(
+    command, tmp_path, silent, no_nvml_env
+):
+    code, took, err = interrupted_at_the_banner(command, tmp_path, silent, no_nvml_env)
     assert code == 130
     assert took < 3, f"took {took:.1f} s to stop"  # not the 60 s banner deadline
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
@@ -118,15 +126,7 @@ def test_ctrl_c_while_a_server_is_silent_exits_at_once_with_130(
 def test_ctrl_c_stops_serve_at_once_during_a_stuck_push_without_writing(
     tmp_path, silent, no_nvml_env
 ):
-    config = stuck_config(tmp_path / "c", silent)
-    run = Running(["--debug", "--config", str(config), "serve"], clean_env(tmp_path,
-                  no_nvml_env), tmp_path)  # fmt: skip
-    try:
-        run.wait_for(AT_BANNER)
-        code, took = run.interrupt()
-    finally:
-        run.kill()
-    err = "".join(run.err)
+    code, took, err = interrupted_at_the_banner(["serve"], tmp_path, silent, no_nvml_env)
     assert (code, "Traceback" in err) == (130, False), err
     assert took < 3, f"took {took:.1f} s to stop"
     # The push in progress never wrote the sheet (its sweep was not cut short into OFFs).

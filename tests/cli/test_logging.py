@@ -17,7 +17,7 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from clikit import GPUMON, clean_env, gpumon, local_config
+from clikit import GPUMON, clean_env, fleet_config, gpumon, local_config
 
 from gpumon import logs
 from harness.sheets_fixtures import google_fixture, sheets_server_fixture  # noqa: F401
@@ -33,20 +33,6 @@ def fleet(isolated_home: Path) -> Iterator[Fleet]:
     fleet.start()
     yield fleet
     fleet.close()
-
-
-def fleet_config(fleet: Fleet, folder: Path) -> Path:
-    known = folder / "known_hosts"
-    known.write_text(fleet.known_hosts_text())
-    server = fleet.servers[0]
-    config = folder / "gpumon.toml"
-    config.write_text(
-        f'state_dir = "{folder}/state"\n[poll]\nknown_hosts = "{known}"\n'
-        f'user = "{fleet.user.pw_name}"\nidentity_files = ["{fleet.client_key}"]\n'
-        f'ssh_config = "{folder}/none"\nservers_from_sheet = false\n'
-        f'[servers.hcpbsp]\nhost = "{server.address}"\nport = {fleet.port}\n'
-    )
-    return config
 
 
 @pytest.fixture

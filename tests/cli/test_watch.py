@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clikit import GPUMON, clean_env
+from clikit import GPUMON, clean_env, fleet_config
 from ptykit import SGR, Terminal, display_width, frames, plain, screen_lines, shown_width
 
 from gpumon.config import load
@@ -45,27 +45,22 @@ def fleet(isolated_home: Path) -> Iterator[Fleet]:
     fleet.close()
 
 
-def write_config(fleet: Fleet, folder: Path) -> Path:
-    known = folder / "known_hosts"
-    known.write_text(fleet.known_hosts_text())
-    config = folder / "gpumon.toml"
-    config.write_text(
-        f'state_dir = "{folder}/state"\n[poll]\nknown_hosts = "{known}"\n'
-        f'user = "{fleet.user.pw_name}"\nidentity_files = ["{fleet.client_key}"]\n'
-        f'ssh_config = "{folder}/none"\nservers_from_sheet = false\n'
-        + "".join(
-            f'[servers.{s.name}]\nhost = "{s.address}"\nport = {fleet.port}\n'
-            for s in fleet.servers
-        )
-    )
-    return config
-
-
 def start(fleet, tmp_path, no_nvml_env, *args, columns=100, lines=30, **env) -> Terminal:
-    config = write_config(fleet, tmp_path)
+    config = fleet_config(fleet, tmp_path)
     environment = clean_env(tmp_path, no_nvml_env, TERM="xterm-256color", **env)
     argv = [str(GPUMON), "--config", str(config), "status", *args]
     return Terminal(argv, environment, tmp_path, columns=columns, lines=lines)
+
+
+def last_frame(fleet, tmp_path, no_nvml_env, *args, **kwargs) -> str:
+    """The screen of the second refresh of `status --watch 0.3 ARGS`, then Ctrl-C."""
+    term = start(fleet, tmp_path, no_nvml_env, "--watch", "0.3", *args, **kwargs)
+    try:
+        term.wait_for(lambda out: len(frames(out)) >= 2)
+        term.interrupt()
+    finally:
+        term.close()
+    return frames(term.output)[-1]
 
 
 def table_rows(frame: str) -> list[str]:
@@ -112,13 +107,7 @@ def test_the_table_refreshes_in_place_with_connections_kept_open(fleet, tmp_path
 
 
 def test_every_line_fits_the_terminal_and_wide_text_stays_aligned(fleet, tmp_path, no_nvml_env):
-    term = start(fleet, tmp_path, no_nvml_env, "--watch", "0.3", columns=100)
-    try:
-        term.wait_for(lambda out: len(frames(out)) >= 2)
-        term.interrupt()
-    finally:
-        term.close()
-    frame = frames(term.output)[-1]
+    frame = last_frame(fleet, tmp_path, no_nvml_env, columns=100)
     for line in screen_lines(frame):
         assert shown_width(line) <= 100, plain(line)
     header, *rows = table_rows(frame)
@@ -176,13 +165,7 @@ MEMORY_COLOURED = re.compile(r"\033\[32m2\.8/11 GiB")  # green: a quarter used
 def test_utilization_and_memory_are_coloured_unless_told_not_to(
     args, env, coloured, fleet, tmp_path, no_nvml_env
 ):
-    term = start(fleet, tmp_path, no_nvml_env, "--watch", "0.3", *args, **env)
-    try:
-        term.wait_for(lambda out: len(frames(out)) >= 2)
-        term.interrupt()
-    finally:
-        term.close()
-    frame = frames(term.output)[-1]
+    frame = last_frame(fleet, tmp_path, no_nvml_env, *args, **env)
     assert bool(UTIL_COLOURED.search(frame)) is coloured
     assert bool(MEMORY_COLOURED.search(frame)) is coloured
     if not coloured:
@@ -190,7 +173,7 @@ def test_utilization_and_memory_are_coloured_unless_told_not_to(
 
 
 def test_piped_watch_prints_each_refresh_after_the_last(fleet, tmp_path):
-    config = load(str(write_config(fleet, tmp_path)))
+    config = load(str(fleet_config(fleet, tmp_path)))
     out = io.StringIO()
     assert watch(config, ["hcbbsp", "ganbsp"], 0.1, out=out, count=3) == 0
     blocks = [b for b in out.getvalue().split("\n\n") if b.strip()]
@@ -204,7 +187,7 @@ def test_piped_watch_prints_each_refresh_after_the_last(fleet, tmp_path):
 
 
 def test_watch_json_is_one_document_per_refresh(fleet, tmp_path):
-    config = load(str(write_config(fleet, tmp_path)))
+    config = load(str(fleet_config(fleet, tmp_path)))
     out = io.StringIO()
     watch(config, ["hcbbsp"], 0.1, as_json=True, out=out, count=2)
     docs = [json.loads(line) for line in out.getvalue().splitlines()]
