@@ -187,7 +187,8 @@ class Poller:
             result.stage = attempt.stage
         result.address = result.address or attempt.address
         result.elapsed_s = time.monotonic() - started
-        _log_poll(result, attempt)
+        if not self._closed:  # else aborted by close(): nobody waits for this result
+            _log_poll(result, attempt)
         return result
 
     def _remote(self, dest: Destination, attempt: Attempt, result: ServerResult) -> Report:

@@ -76,6 +76,34 @@ def gpumon(
     )
 
 
+def gpumon_here(*args: str, env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The same as gpumon() but in this process (``gpumon.cli.main``, no interpreter start):
+    ``env`` is the whole environment meanwhile, ``cwd`` the folder; logging left as found."""
+    import contextlib
+    import io
+    import logging
+
+    from gpumon.cli import main
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def check_config_line(stdout: str) -> str:
     return next(line for line in stdout.splitlines() if line.startswith("ok   config:"))
 

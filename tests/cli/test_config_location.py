@@ -15,7 +15,7 @@ import pytest
 from clikit import (
     check_config_line,
     clean_env,
-    gpumon,
+    gpumon_here,
     local_config,
     main_as_user,
     mode,
@@ -97,23 +97,23 @@ def test_check_says_which_config_it_read(home: Path, tmp_path: Path, no_nvml_env
     xdg = tmp_path / "xdg"
     local_config(xdg / "gpumon", state_dir=tmp_path / "state")
     env = clean_env(home, no_nvml_env, XDG_CONFIG_HOME=str(xdg))
-    done = gpumon("check", env=env, cwd=tmp_path)
+    done = gpumon_here("check", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     line = check_config_line(done.stdout)
     assert str(xdg / "gpumon" / "gpumon.toml") in line and "XDG_CONFIG_HOME" in line
 
     named = local_config(tmp_path / "named", state_dir=tmp_path / "state")
-    done = gpumon("check", env={**env, "GPUMON_CONFIG": str(named)}, cwd=tmp_path)
+    done = gpumon_here("check", env={**env, "GPUMON_CONFIG": str(named)}, cwd=tmp_path)
     assert f"config: {named} (read: $GPUMON_CONFIG)" in check_config_line(done.stdout)
 
     flag = local_config(tmp_path / "flag", state_dir=tmp_path / "state")
-    done = gpumon("check", "--config", str(flag), env={**env, "GPUMON_CONFIG": str(named)},
+    done = gpumon_here("check", "--config", str(flag), env={**env, "GPUMON_CONFIG": str(named)},
                   cwd=tmp_path)  # fmt: skip
     assert f"config: {flag} (read: --config)" in check_config_line(done.stdout)
 
 
 def test_check_says_when_it_uses_the_embedded_default(home: Path, tmp_path: Path, no_nvml_env):
-    done = gpumon("check", env=clean_env(home, no_nvml_env), cwd=tmp_path)
+    done = gpumon_here("check", env=clean_env(home, no_nvml_env), cwd=tmp_path)
     line = check_config_line(done.stdout)
     assert "the embedded default config" in line
     assert "~/.config/gpumon/gpumon.toml" in line and "/etc/gpumon/gpumon.toml" in line
@@ -126,24 +126,24 @@ def test_config_is_accepted_after_the_command_and_wins_there(tmp_path: Path, hom
     first = local_config(tmp_path / "first", state_dir=tmp_path / "s1")
     second = local_config(tmp_path / "second", state_dir=tmp_path / "s2")
     env = clean_env(home, no_nvml_env)
-    done = gpumon("push", "--config", str(second), env=env, cwd=tmp_path)
+    done = gpumon_here("push", "--config", str(second), env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "second" / "sheet.xlsx").exists()
-    done = gpumon("--config", str(first), "check", "--config", str(second), env=env,
+    done = gpumon_here("--config", str(first), "check", "--config", str(second), env=env,
                   cwd=tmp_path)  # fmt: skip
     assert f"config: {second}" in check_config_line(done.stdout)
-    done = gpumon("--config", str(first), "check", env=env, cwd=tmp_path)
+    done = gpumon_here("--config", str(first), "check", env=env, cwd=tmp_path)
     assert f"config: {first}" in check_config_line(done.stdout)
 
 
 def test_a_named_config_that_is_missing_is_an_error_naming_who_named_it(tmp_path, home,
                                                                         no_nvml_env):  # fmt: skip
     env = clean_env(home, no_nvml_env)
-    done = gpumon("push", "--config", str(tmp_path / "nope.toml"), env=env, cwd=tmp_path)
+    done = gpumon_here("push", "--config", str(tmp_path / "nope.toml"), env=env, cwd=tmp_path)
     assert done.returncode == 2
     assert "nope.toml (named by --config): no such config file" in done.stderr
     assert "drop --config" in done.stderr
-    done = gpumon("push", env={**env, "GPUMON_CONFIG": str(tmp_path / "gone.toml")},
+    done = gpumon_here("push", env={**env, "GPUMON_CONFIG": str(tmp_path / "gone.toml")},
                   cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2
     assert "gone.toml (named by $GPUMON_CONFIG)" in done.stderr
@@ -154,12 +154,12 @@ def test_a_named_config_that_is_missing_is_an_error_naming_who_named_it(tmp_path
 def test_a_push_keeps_its_state_under_xdg_state_home(tmp_path: Path, home, no_nvml_env):
     config = local_config(tmp_path / "c")
     env = clean_env(home, no_nvml_env, XDG_STATE_HOME=str(tmp_path / "xstate"))
-    done = gpumon("push", "--config", str(config), env=env, cwd=tmp_path)
+    done = gpumon_here("push", "--config", str(config), env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "xstate" / "gpumon" / "push.lock").exists()
     assert (tmp_path / "xstate" / "gpumon" / "last-seen.json").exists()
     assert not (home / ".local").exists()
-    done = gpumon("check", "--config", str(config), env=env, cwd=tmp_path)
+    done = gpumon_here("check", "--config", str(config), env=env, cwd=tmp_path)
     assert "from $XDG_STATE_HOME" in state_line(done.stdout)
 
 

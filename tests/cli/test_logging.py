@@ -17,7 +17,7 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from clikit import GPUMON, clean_env, fleet_config, gpumon, local_config
+from clikit import GPUMON, clean_env, fleet_config, gpumon_here, local_config
 
 from gpumon import logs
 from harness.sheets_fixtures import google_fixture, sheets_server_fixture  # noqa: F401
@@ -47,22 +47,22 @@ def restore_logging() -> Iterator[None]:
 
 def test_verbose_shows_each_ssh_stage_with_its_time(fleet, tmp_path, no_nvml_env):
     config = fleet_config(fleet, tmp_path)
-    done = gpumon("status", "-v", "--config", str(config), env=clean_env(tmp_path, no_nvml_env),
-                  cwd=tmp_path)  # fmt: skip
+    done = gpumon_here("status", "-v", "--config", str(config),
+                       env=clean_env(tmp_path, no_nvml_env), cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     line = next(x for x in done.stderr.splitlines() if x.startswith("gpumon: hcpbsp: ON via"))
     assert f"@{fleet.servers[0].address}:{fleet.port}" in line
     for stage in ("connect", "banner", "kex", "auth", "exec", "read"):
         assert re.search(STAGE.format(stage), line), line
-    quiet = gpumon("status", "--config", str(config), env=clean_env(tmp_path, no_nvml_env),
-                   cwd=tmp_path)  # fmt: skip
+    quiet = gpumon_here("status", "--config", str(config),
+                        env=clean_env(tmp_path, no_nvml_env), cwd=tmp_path)  # fmt: skip
     assert quiet.stderr == ""  # without -v: nothing but warnings and errors
 
 
 def test_debug_shows_every_stage_as_it_begins_and_no_key(fleet, tmp_path, no_nvml_env):
     config = fleet_config(fleet, tmp_path)
-    done = gpumon("--debug", "status", "--config", str(config),
-                  env=clean_env(tmp_path, no_nvml_env), cwd=tmp_path)  # fmt: skip
+    done = gpumon_here("--debug", "status", "--config", str(config),
+                       env=clean_env(tmp_path, no_nvml_env), cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "gpumon: debug: hcpbsp: connect (deadline 3 s)" in done.stderr
     assert "gpumon: debug: hcpbsp: auth (deadline 5 s)" in done.stderr

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from clikit import clean_env, gpumon, local_config
+from clikit import clean_env, gpumon_here, local_config
 
 from gpumon.check import Checklist, _check_sheet
 from gpumon.config import ConfigError, parse
@@ -43,8 +43,8 @@ def test_real_zones_pass():
 def test_every_command_stops_at_a_bad_zone_with_exit_2(command, tmp_path, no_nvml_env):
     config = local_config(tmp_path / "c", state_dir=tmp_path / "state")
     config.write_text(config.read_text().replace("[sheet]\n", '[sheet]\ntime_zone = "Asia/Seol"\n'))
-    done = gpumon(command, "--config", str(config), env=clean_env(tmp_path, no_nvml_env),
-                  cwd=tmp_path, timeout=60)  # fmt: skip
+    done = gpumon_here(command, "--config", str(config), env=clean_env(tmp_path, no_nvml_env),
+                       cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2
     assert "[sheet] time_zone: 'Asia/Seol' is not a time zone" in done.stderr
     assert "did you mean 'Asia/Seoul'" in done.stderr
