@@ -8,53 +8,27 @@ time).
 
 Under journald (``$JOURNAL_STREAM`` names stderr's device and inode, as systemd sets it) every
 line starts with its syslog priority, ``<4>`` for a warning, the prefix sd-daemon(3) describes,
-so ``journalctl -p warning`` shows warnings and errors only. That holds for the lines commands
-print to stderr themselves too: ``gpumon: warning: …`` lines are warnings, other ``gpumon…``
-lines errors.
+so ``journalctl -p warning`` shows warnings and errors only (gpumon_agent.journal, shared with
+the agent's daemon). That holds for the lines commands print to stderr themselves too:
+``gpumon: warning: …`` lines are warnings, other ``gpumon…`` lines errors.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 import sys
 from typing import TextIO
 
-# syslog priorities (sd-daemon.h: SD_ERR …)
-PRIORITIES = {
-    logging.CRITICAL: 2,
-    logging.ERROR: 3,
-    logging.WARNING: 4,
-    logging.INFO: 6,
-    logging.DEBUG: 7,
-}
+from gpumon_agent.journal import under_journal, with_priority
+
 LEVEL_WORDS = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "error: "}
 LEVEL_WORDS[logging.DEBUG] = "debug: "
 _PREFIX = re.compile(r"^<[0-7]>")
 # Loggers of libraries that would say more than gpumon wants said (google-auth's request
 # logging can include headers; paramiko's has its own channel, gpumon.poll.ssh).
 QUIET = ("urllib3", "google", "googleapiclient", "gspread", "requests", "apscheduler", "paramiko")
-
-
-def under_journal(stream: TextIO) -> bool:
-    """Does ``stream`` write into the journal (systemd's JOURNAL_STREAM=DEVICE:INODE)?"""
-    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
-    if not (device.isdigit() and inode.isdigit()):
-        return False
-    try:
-        st = os.fstat(stream.fileno())
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        return False
-    return (st.st_dev, st.st_ino) == (int(device), int(inode))
-
-
-def priority(record_level: int) -> int:
-    for level in sorted(PRIORITIES, reverse=True):
-        if record_level >= level:
-            return PRIORITIES[level]
-    return 7
 
 
 class Formatter(logging.Formatter):
@@ -69,10 +43,7 @@ class Formatter(logging.Formatter):
         text = super().format(record)
         word = LEVEL_WORDS.get(record.levelno, "")
         text = f"gpumon: {word}{text}"
-        if not self.journal:
-            return text
-        prefix = f"<{priority(record.levelno)}>"
-        return "\n".join(prefix + line for line in text.splitlines())
+        return with_priority(text, record.levelno) if self.journal else text
 
 
 class _Handler(logging.Handler):
