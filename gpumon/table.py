@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import TextIO
 
-from wcwidth import wcwidth
+from wcwidth import wcswidth, wcwidth
 
 RESET = "\033[0m"
 STYLES = {
@@ -101,24 +102,43 @@ def format_table(
 def _line(
     cells: list[tuple[str, str | None]], widths: list[int], color: bool, width: int | None
 ) -> str:
-    parts = []
-    used = 0
+    limits = list(widths)
+    if width is not None:  # each column gets what is left of the line, left to right
+        used = 0
+        for i in range(len(limits)):
+            gap = len(COLUMN_GAP) if i else 0
+            limits[i] = max(0, min(limits[i], width - used - gap))
+            used += gap + limits[i]
+    while True:
+        plain, shown = _compose(cells, limits, color)
+        excess = 0 if width is None else display_width(plain) - width
+        if excess <= 0:
+            return shown
+        # Text whose width depends on its neighbours (a mark joining the gap before it):
+        # measured in place, the line is still too wide; the rightmost column gives way.
+        i = max(j for j, limit in enumerate(limits) if limit > 0 or j == 0)
+        limits[i] = max(0, limits[i] - excess)
+        if i == 0 and limits[0] == 0:
+            return ""
+
+
+def _compose(
+    cells: list[tuple[str, str | None]], limits: list[int], color: bool
+) -> tuple[str, str]:
+    """The line without and with colour."""
+    plain, coloured = [], []
     for i, (text, style) in enumerate(cells):
+        if limits[i] <= 0 and i:
+            break  # the edge of the terminal: the columns right of it are not shown
         last = i == len(cells) - 1
-        limit = widths[i]
-        if width is not None:
-            gap = len(COLUMN_GAP) if parts else 0
-            room = width - used - gap
-            if room <= 0:
-                break  # the edge of the terminal: the columns right of it are not shown
-            limit = min(limit, room)
-            used += gap + limit
-        shown = cut(text, limit)
-        padded = shown if last else shown + " " * (limit - display_width(shown))
+        shown = cut(text, limits[i])
+        padding = "" if last else " " * max(0, limits[i] - display_width(shown))
+        plain.append(shown + padding)
         if color and style and shown:
-            padded = STYLES[style] + shown + RESET + padded[len(shown) :]
-        parts.append(padded)
-    return COLUMN_GAP.join(parts).rstrip()
+            coloured.append(STYLES[style] + shown + RESET + padding)
+        else:
+            coloured.append(shown + padding)
+    return COLUMN_GAP.join(plain).rstrip(), COLUMN_GAP.join(coloured).rstrip()
 
 
 def _fit(widths: list[int], headers: list[str], width: int, keep: tuple[int, ...]) -> list[int]:
@@ -138,8 +158,13 @@ def _fit(widths: list[int], headers: list[str], width: int, keep: tuple[int, ...
 
 
 def display_width(text: str) -> int:
-    """Terminal columns ``text`` takes (wide East Asian characters count two)."""
-    return sum(_char_width(c) for c in text)
+    """Terminal columns ``text`` takes (wide East Asian characters count two, combining marks
+    and joined emoji as the terminal shows them): wcwidth's measure of the whole string."""
+    width = wcswidth(text)
+    if width >= 0:
+        return width
+    # A control character (never after printable()): count the rest character by character.
+    return sum(max(0, wcwidth(c)) for c in text)
 
 
 def cut(text: str, limit: int) -> str:
@@ -149,18 +174,15 @@ def cut(text: str, limit: int) -> str:
     if limit <= 0:
         return ""
     room = limit - 1  # for the "…"
-    out, used = [], 0
-    for c in text:
-        w = _char_width(c)
-        if used + w > room:
-            break
-        out.append(c)
-        used += w
-    return "".join(out) + "…"
-
-
-def _char_width(c: str) -> int:
-    return max(0, wcwidth(c))  # -1 (a control character) cannot occur after printable()
+    # The longest prefix that fits (a prefix never gets narrower as it grows).
+    low, high = 0, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if display_width(text[:middle]) <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low] + "…"
 
 
 # What a terminal would act on rather than show (ESC sequences, C1 controls such as CSI), and
@@ -174,4 +196,10 @@ def printable(text: str) -> str:
 
 
 def _clean(text: str) -> str:
-    return printable(" ".join(text.split()))  # no newlines or tabs from remote text in a row
+    text = printable(" ".join(text.split()))  # no newlines or tabs from remote text in a row
+    # A mark with nothing before it to combine with would combine with the gap before the
+    # cell, and measure differently there than alone: shown as what it is, unprintable.
+    lead = 0
+    while lead < len(text) and unicodedata.category(text[lead]) in ("Mn", "Mc", "Me"):
+        lead += 1
+    return "\ufffd" * lead + text[lead:] if lead else text

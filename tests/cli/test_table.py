@@ -53,7 +53,7 @@ def test_colour_mode_flag_beats_no_color(monkeypatch):
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     rows=st.lists(st.lists(text, min_size=4, max_size=4), min_size=1, max_size=5),
     width=st.integers(min_value=10, max_value=160),
@@ -63,3 +63,34 @@ def test_no_line_is_ever_wider_than_the_terminal(rows, width):
     table = format_table(["SERVER", "GPU", "JOB", "HEALTH"], cells, width=width, keep=(1,))
     for line in table.splitlines():
         assert wcswidth(line.replace("\033[31m", "").replace("\033[0m", "")) <= width
+
+
+def test_a_spacing_mark_counts_as_the_terminal_shows_it():
+    # U+1C24 (Lepcha, a spacing combining mark): the width is the whole string's, as wcwidth
+    # measures it — found by the property test below.
+    table = format_table(["SERVER", "GPU"], [[Cell(""), Cell("00\u1c24")]], width=10, keep=(1,))
+    assert all(wcswidth(line) <= 10 for line in table.splitlines())
+
+
+# Characters whose width depends on what surrounds them: combining and spacing marks, Hangul
+# jamo and fillers, joiners, variation selectors, emoji and flags, wide CJK.
+TRICKY = [
+    *"a0 한글中文", "\u1160", "\u11a8", "\u1100", "\u200d", "\ufe0f", "\U0001f468",
+    "\U0001f469", "\u0301", "\u1c24", "\u0e33", "\u0f71", "\u302a", "\U0001f1f0",
+    "\U0001f1f7", "\u00ad",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.lists(st.text(st.sampled_from(TRICKY), max_size=12), min_size=4, max_size=4),
+        min_size=1,
+        max_size=4,
+    ),
+    width=st.integers(min_value=10, max_value=60),
+)
+def test_text_measured_by_its_neighbours_never_widens_a_line_either(rows, width):
+    cells = [[Cell(t) for t in row] for row in rows]
+    table = format_table(["SERVER", "GPU", "JOB", "HEALTH"], cells, width=width, keep=(1,))
+    assert all(wcswidth(line) <= width for line in table.splitlines())
