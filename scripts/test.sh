@@ -20,7 +20,8 @@ command -v festival >/dev/null || need+=(festival)
 for pkg in festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts pocketsphinx-testdata; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
-command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/systemd/gpumon-agent.service
+command -v systemd-analyze >/dev/null || need+=(systemd)  # the units' checks; journald for log priorities
+command -v zsh >/dev/null || need+=(zsh)  # `gpumon completion zsh` is loaded by a real zsh
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

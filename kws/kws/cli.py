@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kws",
         description="The lab's raw-waveform 1D-CNN keyword spotter (16 words).",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     synth = sub.add_parser("synth", help="make a small synthetic dataset with espeak-ng and sox")
@@ -119,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--depths", action="store_true", help="also the depth sweep (1–9 layers) of ch32/ch128"
     )
     return parser
+
+
+def version_line() -> str:
+    """``kws 0.1.0 (gpumon-agent 0.1.0, torch 2.13.0)``: what a bug report needs (read from
+    the installed distributions: no torch import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"kws {of('kws')} (gpumon-agent {of('gpumon-agent')}, torch {of('torch')})"
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
