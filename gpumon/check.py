@@ -17,6 +17,7 @@ from gpumon.poll.result import ServerResult
 from gpumon.push import poll_names
 from gpumon.sheet.grid import Grid, SheetError, a1, column_letter
 from gpumon.sheet.layout import Block, Layout, LayoutError, read_layout
+from gpumon.sheet.plan import sheet_timezone
 from gpumon.table import printable
 
 OK, INFO, FAIL = "ok  ", "    ", "FAIL"
@@ -71,7 +72,10 @@ def check(config: Config, out: TextIO | None = None) -> int:
     from gpumon.sheet.backends import close_backend, open_backend
 
     checks = Checklist(out or sys.stdout)
-    checks.ok(f"config: {config.origin}")
+    how = f" (read: {config.found_by})" if config.path and config.found_by else ""
+    if config.path is None and config.found_by:
+        how = f" ({config.found_by})"
+    checks.ok(f"config: {config.origin}{how}")
     _check_state_dir(config, checks)
     layout: Layout | None = None
     try:
@@ -116,8 +120,11 @@ def _check_state_dir(config: Config, checks: Checklist) -> None:
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    from gpumon.configpath import state_dir_origin
+
+    origin = f"state_dir in {config.origin}" if config.state_dir_set else state_dir_origin()
     if os.access(probe, os.W_OK | os.X_OK):
-        checks.ok(f"state directory: {folder} (push lock, last-seen times)")
+        checks.ok(f"state directory: {folder} (push lock, last-seen times; from {origin})")
     else:
         checks.fail(f"state directory: {folder} is not writable — set state_dir in {config.origin}")
 
@@ -129,6 +136,12 @@ def _check_sheet(config: Config, backend, checks: Checklist) -> Layout | None:
         checks.fail(f"sheet: {e}")
         return None
     checks.ok(f"sheet: read worksheet '{grid.title}' ({len(grid.values)} rows, {_zone(grid)})")
+    zone_warning = sheet_timezone(grid, config.sheet.time_zone)[1]
+    if zone_warning:
+        checks.fail(
+            f"sheet: {zone_warning} — install the time zone database (apt install tzdata) "
+            "or set [sheet] time_zone"
+        )
     problem = getattr(backend, "writable_problem", lambda: None)()
     if problem:
         checks.fail(f"sheet: {problem}")

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from gpumon.configpath import ConfigSource, default_state_dir, find_config, user_config_dir
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on older central boxes only
     import tomli as tomllib
 
-DEFAULT_CONFIG_PATH = "~/.config/gpumon/gpumon.toml"
 MAX_CONFIG_BYTES = 256 * 1024  # a config is a few KB; anything near this is not one
 
 # Every number in the config: finite, and within these (inclusive) bounds.
@@ -116,7 +117,10 @@ class SheetConfig:
     backend: str = "xlsx"  # "google" | "xlsx"
     url: str | None = None  # google: spreadsheet URL or key
     worksheet: str | None = None  # default: the gid in the URL, else the first sheet
-    credentials: str = "~/.config/gpumon/service-account.json"
+    # default: beside the user's config ($XDG_CONFIG_HOME/gpumon, else ~/.config/gpumon)
+    credentials: str = field(
+        default_factory=lambda: os.path.join(user_config_dir(), "service-account.json")
+    )
     path: str = "gpumon-sheet.xlsx"  # xlsx backend
     timeout_s: float = 20.0  # each HTTP request
     retry_budget_s: float = 30.0  # all retries of one push together
@@ -151,7 +155,10 @@ class MetricsConfig:
 @dataclass
 class Config:
     path: str | None = None  # None: the embedded default
-    state_dir: str = "~/.local/state/gpumon"  # push lock, last-seen times
+    # push lock, last-seen times; default: $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/gpumon
+    state_dir: str = field(default_factory=default_state_dir)
+    state_dir_set: bool = False  # the config file names state_dir
+    found_by: str = ""  # how the config file was chosen (configpath.ConfigSource.how)
     poll: PollConfig = field(default_factory=PollConfig)
     sheet: SheetConfig = field(default_factory=SheetConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
@@ -181,13 +188,21 @@ def embedded_default() -> Config:
 
 
 def load(path: str | None = None) -> Config:
-    """--config PATH, else the default path if it exists, else the embedded default."""
-    if path is None:
-        default = Path(os.path.expanduser(DEFAULT_CONFIG_PATH))
-        if not default.exists():
-            return embedded_default()
-        path = str(default)
-    file = Path(os.path.expanduser(path))
+    """``--config PATH`` (``path``), else the first config found (gpumon.configpath), else the
+    embedded default."""
+    source = find_config(path)
+    if source.path is None:
+        config = embedded_default()
+        config.found_by = source.how
+        return config
+    config = load_file(source)
+    config.found_by = source.how
+    return config
+
+
+def load_file(source: ConfigSource) -> Config:
+    assert source.path is not None
+    file = Path(os.path.expanduser(source.path))
     try:
         with open(file, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
@@ -198,8 +213,12 @@ def load(path: str | None = None) -> Config:
             )
         text = raw.decode("utf-8")
     except FileNotFoundError:
+        drop = {"--config": "drop --config", "$GPUMON_CONFIG": "unset GPUMON_CONFIG"}.get(
+            source.how, "give another with --config"
+        )
         raise ConfigError(
-            f"{file}: no such config file — create it (see README, 'Set-up') or drop --config"
+            f"{file} (named by {source.how}): no such config file — create it (see README, "
+            f"'Set-up') or {drop}"
         ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{file}: cannot read it ({e})") from None
@@ -218,7 +237,9 @@ def parse(text: str, origin: str) -> Config:
     where = _Where(origin, text)
     top = _Section(where, "", data)
     config = Config(path=origin)
-    config.state_dir = top.get("state_dir", str, config.state_dir)
+    if "state_dir" in top.data:
+        config.state_dir = top.get("state_dir", str, config.state_dir)
+        config.state_dir_set = True
     config.poll = _dataclass_section(where, "poll", top.table("poll"), PollConfig)
     sheet_data = top.table("sheet")
     columns = sheet_data.pop("columns", None)
@@ -419,6 +440,8 @@ def _check_values(where: _Where, config: Config) -> None:
             f"Google (60 writes a minute per account, shared with set-ups and manual pushes) — "
             f"give at least {GOOGLE_MIN_INTERVAL_S:g}"
         )
+    if sheet.time_zone is not None:
+        _check_time_zone(where, sheet.time_zone)
     for name, server in config.servers.items():
         if server.port is not None and not 0 < server.port < 65536:
             raise ConfigError(f"{where.at(f'servers.{name}.port')}: a TCP port, 1-65535")
@@ -491,3 +514,36 @@ def _check_source(where: _Where, source: SourceConfig) -> None:
             f"{where.at('source.selector')}: label matchers only, without braces, at most "
             f"{MAX_SELECTOR_CHARS} characters, e.g. selector = 'job=~\"gpumon|dcgm\"'"
         )
+
+
+def _check_time_zone(where: _Where, name: str) -> None:
+    """An IANA zone this machine knows; else the error names the key and the closest zones."""
+    from zoneinfo import ZoneInfo, available_timezones
+
+    key = where.at("sheet.time_zone")
+    if not name.strip():
+        raise ConfigError(f'{key}: empty — give a zone such as "Asia/Seoul", or remove the key')
+    try:
+        ZoneInfo(name)
+        return
+    except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
+        pass
+    known = available_timezones()
+    if not known:
+        raise ConfigError(
+            f"{key}: {name!r}: this machine has no time zone database — install it "
+            "(apt install tzdata, or pip install tzdata into gpumon's environment)"
+        )
+    shown = name if len(name) <= 64 else name[:63] + "…"
+    by_fold = {zone.casefold(): zone for zone in known}
+    folded = name.strip().casefold()
+    close = [by_fold[folded]] if folded in by_fold else []
+    close += [
+        by_fold[m] for m in difflib.get_close_matches(folded, list(by_fold), n=3, cutoff=0.75)
+    ]
+    close = list(dict.fromkeys(close))[:3]
+    hint = f" — did you mean {' or '.join(repr(z) for z in close)}?" if close else ""
+    raise ConfigError(
+        f'{key}: {shown!r} is not a time zone{hint} (IANA names such as "Asia/Seoul"; '
+        "remove the key to use the spreadsheet's own)"
+    )

@@ -364,9 +364,9 @@ def report(config: Config, outcome: PushOutcome, out=None, err=None) -> None:
 def print_table(config: Config, results: list[ServerResult], out) -> None:
     """The fleet table, as `gpumon status` prints it (the poll side's renderer)."""
     from gpumon.status import render_table
-    from gpumon.table import use_color
+    from gpumon.table import terminal_width, use_color
 
-    print(render_table(results, color=use_color(out)), file=out)
+    print(render_table(results, color=use_color(out), width=terminal_width(out)), file=out)
 
 
 def _sheet_label(config: Config) -> str:

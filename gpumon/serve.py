@@ -1,10 +1,12 @@
-"""`gpumon serve`: push every ``[serve] interval_s`` until SIGTERM/SIGINT (a systemd service).
+"""`gpumon serve`: push every ``[serve] interval_s`` until SIGTERM (a systemd service).
 
 Unlike cron pushes, serve keeps the Poller (its SSH connections: an exec on an open connection
 costs a few ms, a new connection tens) and the sheet backend open across pushes. APScheduler 3's
 BlockingScheduler runs one interval job: the first push at once, at most one at a time, missed
 runs coalesced into one. Each push takes the same lock as `gpumon push`, so a manual push and the
-service never write at once. Logs go to stderr (journald), one line per push.
+service never write at once. Logs go to stderr (journald, with priorities: gpumon.logs), one
+line per push. SIGTERM stops it after the push in progress; Ctrl-C (SIGINT) stops it at once,
+exit 130 (the command line's), without waiting for that push or writing what it found.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import signal
-import sys
 import threading
 import time
 from types import FrameType
@@ -84,10 +85,11 @@ def serve(config: Config) -> int:
     from apscheduler.schedulers import SchedulerNotRunningError
     from apscheduler.schedulers.blocking import BlockingScheduler
 
+    from gpumon.logs import setup
     from gpumon.push import open_poller
     from gpumon.sheet.backends import close_backend, open_backend
 
-    _log_to_stderr()
+    setup(service=True)  # one line per push (INFO), whatever -v said; --debug still counts
     try:
         backend = open_backend(config)
     except ConfigError as e:
@@ -126,20 +128,29 @@ def serve(config: Config) -> int:
             except SchedulerNotRunningError:
                 pass  # not started yet: start() is skipped
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM,)}
     log.info("serving %s every %g s (config: %s)", _target(config), interval, config.origin)
+    interrupted = False
     try:
         if not stopping.is_set():
             scheduler.start()
+    except KeyboardInterrupt:
+        # Ctrl-C: out now. A push still running is not waited for, and its connections are
+        # not closed under it (an aborted sweep would read as a fleet gone OFF).
+        interrupted = True
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        # A push still running finishes within its own deadlines (sweep + sheet timeouts).
-        limit = config.poll.sweep_timeout_s + config.sheet.timeout_s + config.sheet.retry_budget_s
-        if not service.wait_idle(limit):
-            log.warning("a push was still running after %.0f s; stopping anyway", limit)
-        poller.close()
-        close_backend(backend)
+        if not interrupted:
+            # A push still running finishes within its own deadlines (sweep + sheet timeouts).
+            limit = (
+                config.poll.sweep_timeout_s + config.sheet.timeout_s + config.sheet.retry_budget_s
+            )
+            if not service.wait_idle(limit):
+                log.warning("a push was still running after %.0f s; stopping anyway", limit)
+            poller.close()
+            close_backend(backend)
     log.info("stopped after %d pushes (%d failed)", service.pushes, service.failures)
     return EXIT_OK
 
@@ -150,16 +161,3 @@ def _target(config: Config) -> str:
 
         return str(resolve_path(config))
     return config.sheet.url or "the sheet"
-
-
-def _log_to_stderr() -> None:
-    root = logging.getLogger()
-    if not any(getattr(h, "_gpumon", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("gpumon: %(levelname)s %(message)s"))
-        handler._gpumon = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    # APScheduler logs every job run at INFO: keep serve's one line per push.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("paramiko").setLevel(logging.WARNING)

@@ -1,8 +1,10 @@
 """`gpumon status`: poll the fleet and print a table (or JSON for scripts).
 
 One row per GPU: server, ON/OFF with the reason, IP, then the GPU's utilization, memory, who
-runs what, the claims (jobs) and its health. Colour on a terminal (not with NO_COLOR), plain
-when piped; a progress line on stderr while a slow sweep runs (terminal only).
+runs what, the claims (jobs) and its health. On a terminal: coloured (utilization and memory by
+how loaded the GPU is; --color and NO_COLOR as in gpumon.table), fitted to its width, and a
+progress line on stderr while a slow sweep runs; plain and full-width when piped.
+`gpumon status --watch` (gpumon.watch) redraws the same table.
 
 Exit status: 0 every server ON, 1 some server OFF, 2 nothing to poll.
 """
@@ -19,12 +21,14 @@ from gpumon.config import Config
 from gpumon.poll import result as codes
 from gpumon.poll.result import ServerResult, human_duration
 from gpumon.sheet.cells import format_job, format_memory, format_util, running_cell
-from gpumon.table import Cell, format_table, is_terminal, use_color
+from gpumon.table import Cell, format_table, is_terminal, terminal_width, use_color
 from gpumon_agent.health import in_gpu_error, processes_unknown
 from gpumon_agent.report import GPU_LOST, GPU_OK, Gpu, parse_utc_iso, utc_iso
 
 HEADERS = ["SERVER", "STATE", "IP", "GPU", "UTIL", "MEMORY", "RUNNING", "JOB", "HEALTH"]
 MAX_WIDTHS = {0: 24, 1: 50, 2: 39, 6: 48, 7: 40}  # column index → characters
+KEEP = (3, 4, 5)  # GPU, UTIL, MEMORY: never narrowed to fit a terminal
+BUSY_PCT, FULL_PCT = 50.0, 90.0  # utilization / memory use: green below, yellow, red from
 
 
 def status(
@@ -44,12 +48,7 @@ def status(
     err = err or sys.stderr
     names = list(config.servers) if names is None else names
     if not names:
-        print(
-            f"gpumon status: no servers in {config.origin} — add [servers.NAME] tables "
-            "(`gpumon push` also polls the names in the sheet)",
-            file=err,
-        )
-        return 2
+        return nothing_to_poll(config, err)
     progress = Progress(err, len(names)) if is_terminal(err) else None
     with open_poller(config) as poller:
         results = poller.sweep(names, progress=progress.update if progress else None)
@@ -59,19 +58,54 @@ def status(
         json.dump(to_json(results), out, indent=2)
         out.write("\n")
     else:
-        print(render_table(results, color=use_color(out)), file=out)
+        print(render_table(results, color=use_color(out), width=terminal_width(out)), file=out)
     return 0 if all(r.on for r in results) else 1
+
+
+def nothing_to_poll(config: Config, err: TextIO) -> int:
+    """Say there is nothing to poll; exit status 2."""
+    print(
+        f"gpumon status: no servers in {config.origin} — add [servers.NAME] tables "
+        "(`gpumon push` also polls the names in the sheet)",
+        file=err,
+    )
+    return 2
 
 
 def to_json(results: list[ServerResult]) -> dict[str, object]:
     return {"polled_at": utc_iso(), "servers": [dataclasses.asdict(r) for r in results]}
 
 
-def render_table(results: list[ServerResult], color: bool = False) -> str:
+def render_table(results: list[ServerResult], color: bool = False, width: int | None = None) -> str:
+    """The fleet table; ``width``: fit it into that many terminal columns."""
     rows: list[list[Cell]] = []
     for result in results:
         rows.extend(_server_rows(result))
-    return format_table(HEADERS, rows, color=color, max_widths=MAX_WIDTHS)
+    return format_table(HEADERS, rows, color=color, max_widths=MAX_WIDTHS, width=width, keep=KEEP)
+
+
+def util_style(gpu: Gpu) -> str | None:
+    """Red for a GPU that is not OK; else by utilization: green, yellow from BUSY_PCT, red from
+    FULL_PCT; none when unknown."""
+    if gpu.state != GPU_OK:
+        return "red"
+    value = gpu.utilization_mean_pct
+    if value is None:
+        value = gpu.utilization_pct
+    return None if value is None else _load_style(value)
+
+
+def memory_style(gpu: Gpu) -> str | None:
+    used, total = gpu.memory_used_bytes, gpu.memory_total_bytes
+    if used is None or not total:
+        return None
+    return _load_style(100.0 * used / total)
+
+
+def _load_style(pct: float) -> str:
+    if pct >= FULL_PCT:
+        return "red"
+    return "yellow" if pct >= BUSY_PCT else "green"
 
 
 def _server_rows(result: ServerResult) -> list[list[Cell]]:
@@ -101,8 +135,8 @@ def _server_rows(result: ServerResult) -> list[list[Cell]]:
                 state if first else Cell(""),
                 ip if first else Cell(""),
                 Cell(str(gpu.index)),
-                Cell(format_util(gpu), None if gpu.state == GPU_OK else "red"),
-                Cell(format_memory(gpu)),
+                Cell(format_util(gpu), util_style(gpu)),
+                Cell(format_memory(gpu), memory_style(gpu)),
                 Cell(running_cell(gpu)),
                 Cell(format_job(gpu.claims)),
                 _health_cell(issues),

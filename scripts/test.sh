@@ -13,7 +13,15 @@ python3 -c 'import os, sysconfig; os.stat(sysconfig.get_paths()["include"] + "/P
   2>/dev/null || need+=(python3-dev)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v sox >/dev/null || need+=(sox)
-command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/systemd/gpumon-agent.service
+# kws synth's other engines and their voices (tests/kws use all three engines)
+command -v flite >/dev/null || need+=(flite)
+command -v festival >/dev/null || need+=(festival)
+# ... and kws realvoice's recordings
+for pkg in festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts pocketsphinx-testdata; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+command -v systemd-analyze >/dev/null || need+=(systemd)  # the units' checks; journald for log priorities
+command -v zsh >/dev/null || need+=(zsh)  # `gpumon completion zsh` is loaded by a real zsh
 # A real Prometheus for tests/prometheus (promtool comes with it); amtool checks the
 # Alertmanager example (deploy/prometheus/).
 command -v prometheus >/dev/null || need+=(prometheus)

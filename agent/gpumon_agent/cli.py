@@ -7,16 +7,53 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from typing import List, Optional
 
 from gpumon_agent import __version__
 from gpumon_agent.settings import AgentSettings, SettingsError
 
+# Each command's --help ends with its exit codes and an example (as gpumon's commands do).
+_EXITS = {
+    "": (
+        "0 done; 1 the command failed (the message says why); 2 a bad option",
+        "gpumon-agent report          # this server's GPUs, who runs what",
+    ),
+    "run": (
+        "0 stopped by SIGTERM or Ctrl-C; 1 cannot start (state directory not writable, "
+        "another daemon holds it, the metrics port taken); 2 a bad --metrics address",
+        "gpumon-agent run --metrics 9835",
+    ),
+    "report": (
+        "0 printed; 1 could not sample (the message says why)",
+        "gpumon-agent report --json | python3 -m json.tool",
+    ),
+    "claim": (
+        "the command's own; 128+N when signal N ended it; 127 command not found; 126 cannot "
+        "run it; 75 the GPUs are taken or the registry is busy (try again later); 1 another "
+        "claim error",
+        "gpumon claim --gpus auto --count 2 --job kws -- python train.py",
+    ),
+    "claims": (
+        "0 listed; 1 some claim file could not be read (listed as such)",
+        "gpumon-agent claims --json",
+    ),
+}
+
+
+def _epilog(command: str) -> str:
+    exits, example = _EXITS[command]
+    wrapped = textwrap.fill(exits, 76, initial_indent="  ", subsequent_indent="  ")
+    return "exit status:\n" + wrapped + "\n\nexample:\n  " + example
+
 
 def build_parser(prog: str = "gpumon-agent") -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog=prog,
         description="gpumon agent: samples this server's GPUs and keeps the latest Report.",
+        epilog=_epilog(""),
+        formatter_class=raw,
     )
     parser.add_argument("--version", action="version", version="gpumon-agent " + __version__)
     common = argparse.ArgumentParser(add_help=False)
@@ -29,7 +66,13 @@ def build_parser(prog: str = "gpumon-agent") -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser(
-        "run", parents=[common], help="the daemon (the default): sample every --interval seconds"
+        "run",
+        parents=[common],
+        help="the daemon (the default): sample every --interval seconds",
+        description="The daemon: sample NVML and the host every --interval seconds and keep "
+        "the latest Report in STATE_DIR/report.json (what `report --json` prints).",
+        epilog=_epilog("run"),
+        formatter_class=raw,
     )
     run.add_argument("--interval", type=float, help="seconds between samples (default 2)")
     run.add_argument("--window", type=float, help="seconds of the utilization mean (default 60)")
@@ -51,7 +94,15 @@ def build_parser(prog: str = "gpumon-agent") -> argparse.ArgumentParser:
         "GPUMON_METRICS_DCGM_NAMES=1), for dashboards made for it",
     )
 
-    report = sub.add_parser("report", parents=[common], help="print the latest Report")
+    report = sub.add_parser(
+        "report",
+        parents=[common],
+        help="print the latest Report",
+        description="Print the latest Report: the daemon's snapshot when fresh, else one "
+        "sample taken now (slower, and it says so). --json is what the central poller reads.",
+        epilog=_epilog("report"),
+        formatter_class=raw,
+    )
     report.add_argument("--json", action="store_true", help="the Report as JSON (for the poller)")
     report.add_argument(
         "--max-age",
@@ -63,6 +114,10 @@ def build_parser(prog: str = "gpumon-agent") -> argparse.ArgumentParser:
         "claim",
         parents=[common],
         help="run a command with GPUs claimed for it",
+        description="Run a command with GPUs claimed for it: CUDA_VISIBLE_DEVICES is set to "
+        "them, the sheet shows the job, and the claim ends with the command.",
+        epilog=_epilog("claim"),
+        formatter_class=raw,
         usage="%(prog)s [--gpus auto|0,1|GPU-UUID,...] [--count N] [--job NAME] -- CMD [ARGS...]",
     )
     claim.add_argument(
@@ -72,7 +127,14 @@ def build_parser(prog: str = "gpumon-agent") -> argparse.ArgumentParser:
     claim.add_argument("--job", help="job name shown in the sheet (default: the command)")
     claim.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
 
-    claims = sub.add_parser("claims", parents=[common], help="list the live claims")
+    claims = sub.add_parser(
+        "claims",
+        parents=[common],
+        help="list the live claims",
+        description="List the live claims on this server: GPU, job, user, process, since when.",
+        epilog=_epilog("claims"),
+        formatter_class=raw,
+    )
     claims.add_argument("--json", action="store_true")
     return parser
 

@@ -258,12 +258,14 @@ def previous_report(settings: AgentSettings) -> Optional[Report]:
 
 
 def _setup_logging() -> None:
+    from gpumon_agent.journal import PriorityFormatter, under_journal
+
     handler = logging.StreamHandler(sys.stderr)
-    # journald stamps each line itself; by hand, a time helps.
     fmt = "%(levelname)s %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    handler.setFormatter(logging.Formatter(fmt))
+    if under_journal(sys.stderr):  # journald stamps each line; the prefix gives its priority
+        handler.setFormatter(PriorityFormatter(fmt))
+    else:  # by hand, a time helps
+        handler.setFormatter(logging.Formatter("%(asctime)s " + fmt))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False

@@ -2,13 +2,16 @@
 
 Each field comes from the first of: the server's ``[servers.NAME]`` table, its ``~/.ssh/config``
 alias (``[poll] ssh_config``), ``[poll]`` defaults, and finally the name itself on port 22 —
-so a lab that already reaches its servers with ``ssh NAME`` needs no per-server config.
+so a lab that already reaches its servers with ``ssh NAME`` needs no per-server config. From the
+ssh config: HostName, Port, User, IdentityFile, ProxyJump, ProxyCommand and HostKeyAlias.
 """
 
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 
 import paramiko
@@ -34,6 +37,7 @@ class Destination:
     command: str = "gpumon-agent report --json"
     local: bool = False  # read the agent in-process, no SSH
     host_key_alias: str | None = None  # ssh config HostKeyAlias: the known_hosts name
+    proxy_command: str | None = None  # ssh config ProxyCommand, tokens expanded
 
     @property
     def label(self) -> str:
@@ -41,6 +45,10 @@ class Destination:
         if self.local:
             return "local"
         via = f" via {','.join(self.proxy_jump)}" if self.proxy_jump else ""
+        if self.proxy_command:
+            shown = self.proxy_command
+            shown = shown if len(shown) <= 120 else shown[:119] + "…"
+            via = f" via ProxyCommand {shown!r}"
         return f"{self.user}@{self.host}:{self.port}{via}"
 
     @property
@@ -111,6 +119,21 @@ def resolve(config: Config, name: str, ssh_config: SshConfigFile | None = None) 
             identity_files.append(full)
     jump_spec = entry.proxy_jump or str(ssh.get("proxyjump") or "")
     proxy_jump = [] if jump_spec.lower() in ("", "none") else _split_jumps(jump_spec)
+    # paramiko stores "ProxyCommand none" as None; a [servers] proxy_jump overrides it.
+    proxy_command = None if entry.proxy_jump else (str(ssh.get("proxycommand") or "") or None)
+    if proxy_command and not _plain_host(host):
+        # The name may come from a sheet cell, and %h puts it into a shell command line.
+        raise ConfigError(
+            f"not running the ProxyCommand of {poll.ssh_config} for {host!r}: not a plain host "
+            "name (letters, digits, '.', '-', '_', not starting with '-'), so it could change "
+            "the command"
+        )
+    if proxy_command and proxy_jump:
+        raise ConfigError(
+            f"{poll.ssh_config}: Host {name} has both ProxyJump and ProxyCommand; OpenSSH uses "
+            "whichever comes first, which gpumon cannot tell — keep one (or set the other to "
+            "none for this host)"
+        )
     alias = ssh.get("hostkeyalias")
     return Destination(
         name=name,
@@ -121,7 +144,22 @@ def resolve(config: Config, name: str, ssh_config: SshConfigFile | None = None) 
         proxy_jump=proxy_jump,
         command=command,
         host_key_alias=str(alias) if alias else None,
+        proxy_command=proxy_command,
     )
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
+
+
+def _plain_host(host: str) -> bool:
+    """A host name or IP literal: nothing a shell or the proxy program would read as more."""
+    if _HOST_NAME.match(host) and len(host) <= 253:
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def parse_jump(spec: str) -> tuple[str | None, str, int | None]:

@@ -51,6 +51,7 @@ class Poller:
             max_workers=poll.concurrency, thread_name_prefix="gpumon-poll"
         )
         self._closed = False
+        self._in_flight: dict[str, Attempt] = {}  # the running sweep's, aborted by close()
 
     def __enter__(self) -> Poller:
         return self
@@ -69,10 +70,14 @@ class Poller:
             return [results[name] for name in names]
 
     def close(self) -> None:
-        """Close every kept connection; workers still stuck are aborted, not waited for."""
+        """Close every kept connection; workers still stuck are aborted, not waited for
+        (e.g. when Ctrl-C ends a sweep: a silent server must not hold the exit)."""
         self._closed = True
         with self._pool_lock:
             connections, self._connections = list(self._connections.values()), {}
+            in_flight, self._in_flight = list(self._in_flight.values()), {}
+        for attempt in in_flight:
+            attempt.abort()
         for conn in connections:
             conn.close()
         self.opener.close()
@@ -84,6 +89,8 @@ class Poller:
         started = time.monotonic()
         sweep_deadline = started + self.config.poll.sweep_timeout_s
         attempts = {name: Attempt(name) for name in names}
+        with self._pool_lock:
+            self._in_flight = dict(attempts)
         futures: dict[Future[ServerResult], str] = {
             self._executor.submit(self._poll_one, name, attempts[name]): name for name in names
         }
@@ -121,9 +128,16 @@ class Poller:
             future.cancel()
             attempt.abort()
             record(self._timed_out(attempt, started, sweep=True))
+        with self._pool_lock:
+            self._in_flight = {}
         return results
 
     def _timed_out(self, attempt: Attempt, started: float, sweep: bool = False) -> ServerResult:
+        result = self._timed_out_result(attempt, started, sweep)
+        _log_poll(result, attempt)
+        return result
+
+    def _timed_out_result(self, attempt: Attempt, started: float, sweep: bool) -> ServerResult:
         if attempt.stage == "queued":
             stage, reason = (
                 "sweep",
@@ -173,6 +187,8 @@ class Poller:
             result.stage = attempt.stage
         result.address = result.address or attempt.address
         result.elapsed_s = time.monotonic() - started
+        if not self._closed:  # else aborted by close(): nobody waits for this result
+            _log_poll(result, attempt)
         return result
 
     def _remote(self, dest: Destination, attempt: Attempt, result: ServerResult) -> Report:
@@ -261,3 +277,24 @@ class Poller:
 
     def _remember(self, results: dict[str, ServerResult]) -> None:
         remember(self.last_seen, results)
+
+
+def _log_poll(result: ServerResult, attempt: Attempt) -> None:
+    """-v: one line per server — what came of it, and each SSH stage with its time."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    if result.on:
+        outcome = "ON" + (f" ({result.reason_code})" if result.reason_code else "")
+    else:
+        outcome = f"OFF ({result.reason_code}: {result.reason})"
+    kept = ", kept connection" if result.reused else ""
+    stages = attempt.stage_times()
+    log.info(
+        "%s: %s via %s in %.1f ms%s%s",
+        result.name,
+        outcome,
+        result.destination,
+        result.elapsed_s * 1000,
+        kept,
+        f": {stages}" if stages else "",
+    )

@@ -28,6 +28,7 @@ account to share the sheet with; 404 names the key. Failures are ``SheetError`` 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -42,7 +43,7 @@ from google.auth import exceptions as auth_exceptions
 from gspread.urls import SPREADSHEETS_API_V4_BASE_URL
 
 from gpumon.config import Config, ConfigError
-from gpumon.sheet.google_auth import authorized_session, load_credentials
+from gpumon.sheet.google_auth import authorized_session, load_credentials, safe_url
 from gpumon.sheet.grid import (
     CellWrite,
     Grid,
@@ -54,6 +55,8 @@ from gpumon.sheet.grid import (
     cell_text,
 )
 from gpumon.sheet.retry import Budget, OutOfBudget, Retry
+
+log = logging.getLogger("gpumon.sheet.http")  # -v: each request and its time
 
 ROW_KEY = "gpumon.row"  # row developer metadata: value = the row's anchor
 SETUP_KEY = "gpumon.setup"  # sheet developer metadata: value = "1:status,time,util"
@@ -547,7 +550,18 @@ class GoogleBackend:
 
         def attempt(timeout: float) -> dict[str, Any]:
             self.http.set_timeout(timeout)
-            return self.http.request(method, url, params=params, json=json).json()
+            started = time.monotonic()
+            try:
+                return self.http.request(method, url, params=params, json=json).json()
+            except (requests.RequestException, OSError) as e:  # no answer: no response hook
+                log.info(
+                    "HTTP %s %s failed after %.0f ms: %s",
+                    method.upper(),
+                    safe_url(url),
+                    (time.monotonic() - started) * 1000,
+                    _short(e),
+                )
+                raise
 
         try:
             try:

@@ -8,8 +8,11 @@ the file and says how to make a good one.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 from google.auth.transport.requests import AuthorizedSession, Request
@@ -19,6 +22,9 @@ from gpumon.config import ConfigError
 from gpumon.keyfile import too_open
 
 SCOPES = ("https://www.googleapis.com/auth/spreadsheets",)
+log = logging.getLogger("gpumon.sheet.http")
+# Query parameters whose values are never logged (OAuth tokens, API keys, signed assertions).
+_SECRET_PARAM = re.compile(r"token|key|assertion|secret|sig|code|password|auth", re.I)
 
 HOW_TO_GET_A_KEY = (
     "create one in the Google Cloud console (IAM & Admin → Service accounts → your account → "
@@ -76,4 +82,43 @@ def authorized_session(
     authed = AuthorizedSession(credentials, max_refresh_attempts=1, auth_request=Request(base))
     for prefix, adapter in base.adapters.items():
         authed.mount(prefix, adapter)
+    # -v: every answer with its time — the token request (through base) and the API's.
+    for http in (base, authed):
+        if _log_response not in http.hooks["response"]:
+            http.hooks["response"].append(_log_response)
     return authed
+
+
+def _log_response(response: requests.Response, *args: object, **kwargs: object) -> None:
+    """One line per HTTP answer: method, address (secret parameters masked), status, size,
+    time. Never headers and never bodies: they carry the token and the signed assertion."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    request = response.request
+    log.info(
+        "HTTP %s %s → %d %s (%s bytes) in %.0f ms",
+        request.method,
+        safe_url(request.url or ""),
+        response.status_code,
+        response.reason or "",
+        response.headers.get("Content-Length", "?"),
+        response.elapsed.total_seconds() * 1000,
+    )
+
+
+def safe_url(url: str) -> str:
+    """``url`` with the values of token-, key- and signature-like query parameters masked
+    (and long ones, such as a ``fields`` mask, shortened)."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+
+    def shown(name: str, value: str) -> str:
+        if _SECRET_PARAM.search(name):
+            return "***"
+        return value if len(value) <= 40 else value[:37] + "..."
+
+    query = [
+        (name, shown(name, value)) for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="!:,'*().")))

@@ -5,14 +5,13 @@ Only the 16 keywords (kws.labels.CLASSES) are read; other folders (``_background
 splits when present (everything else is training data); without them each *speaker* (the part
 of ``<speaker>_nohash_<n>.wav`` before ``_nohash_``) goes wholly to one split, 80/10/10 by a
 hash of its name, so the split never depends on which files happen to be there. Clips are
-padded with silence or trimmed to 16000 samples. Files that cannot be used are skipped and
-listed in ``Dataset.skipped`` with the reason.
+padded with silence or trimmed to 16000 samples. Files that cannot be used (kws.wav says which)
+are skipped and listed in ``Dataset.skipped`` with the reason.
 """
 
 from __future__ import annotations
 
 import hashlib
-import wave
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kws.labels import CLASS_INDEX, CLASSES, CLIP_SAMPLES, SAMPLE_RATE
+from kws.wav import BadClip, read_pcm16
 
 SPLITS = ("train", "validation", "test")
 LIST_FILES = {"validation": "validation_list.txt", "test": "testing_list.txt"}
@@ -27,10 +27,6 @@ LIST_FILES = {"validation": "validation_list.txt", "test": "testing_list.txt"}
 
 class DataError(Exception):
     """The folder cannot be used at all (missing, or no keyword clips in it)."""
-
-
-class BadClip(Exception):
-    """One file cannot be used; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -114,23 +110,9 @@ def assign_splits(root: Path, clips: Iterable[Clip]) -> tuple[dict[str, list[Cli
 
 
 def read_wav(path: Path) -> np.ndarray:
-    """The samples of a 16 kHz mono 16-bit PCM WAV as int16, padded/trimmed to 16000."""
-    try:
-        with wave.open(str(path), "rb") as f:
-            rate, channels, width = f.getframerate(), f.getnchannels(), f.getsampwidth()
-            if rate != SAMPLE_RATE:
-                raise BadClip(f"sample rate {rate} Hz, not {SAMPLE_RATE}")
-            if channels != 1:
-                raise BadClip(f"{channels} channels, not mono")
-            if width != 2:
-                raise BadClip(f"{8 * width}-bit samples, not 16-bit")
-            raw = f.readframes(CLIP_SAMPLES)
-    except (wave.Error, EOFError) as e:
-        raise BadClip(f"not a readable PCM WAV file ({e or 'truncated'})") from None
-    except OSError as e:
-        raise BadClip(f"cannot read: {e.strerror or e}") from None
-    samples = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2")
-    return fit_length(samples)
+    """The samples of a 16 kHz mono 16-bit PCM WAV as int16, padded/trimmed to 16000; BadClip
+    (kws.wav) says why a file cannot be used."""
+    return fit_length(read_pcm16(path, SAMPLE_RATE, CLIP_SAMPLES))
 
 
 def fit_length(samples: np.ndarray, length: int = CLIP_SAMPLES) -> np.ndarray:

@@ -4,6 +4,10 @@ Every model is the same shape of network: conv blocks (Conv1d → [BatchNorm] �
 over the 16000-sample waveform, flatten, optional hidden fully connected layers, and a linear
 layer to the 16 classes. Dropout, when asked for, sits before every fully connected layer.
 ``docs/kws.md`` explains how each configuration was recovered from the seed's counts.
+
+Initial weights are Keras' / TensorFlow 1.x's defaults (Glorot-uniform weights, zero biases)
+unless ``init="torch"``: with PyTorch's defaults the deep no-BN models start with almost
+constant logits and do not learn (docs/kws.md, "Initialisation").
 """
 
 from __future__ import annotations
@@ -16,6 +20,24 @@ from torch import Tensor, nn
 from kws.labels import CLIP_SAMPLES, NUM_CLASSES
 
 MAX_DEPTH = 9
+INITS = ("keras", "torch")  # Glorot-uniform + zero bias (the seed's framework), or PyTorch's
+DROPOUT_MEANINGS = ("keep", "rate")  # how a seed "DO(p)" reads: TF1 keep_prob, or a drop rate
+
+
+def drop_rate(p: float, meaning: str) -> float:
+    """The drop probability nn.Dropout takes for a seed-style "DO(p)".
+
+    ``meaning`` "keep": p is TensorFlow 1.x's ``keep_prob`` (DO(0.75) drops 25 %);
+    "rate": p is the drop rate itself (Keras ``Dropout(rate)``, PyTorch ``p``)."""
+    if meaning not in DROPOUT_MEANINGS:
+        raise ValueError(f"dropout meaning must be one of {DROPOUT_MEANINGS}, not {meaning!r}")
+    if not 0.0 < p <= 1.0 if meaning == "keep" else not 0.0 <= p < 1.0:
+        bounds = "(0, 1]" if meaning == "keep" else "[0, 1)"
+        raise ValueError(
+            f"a {'keep probability' if meaning == 'keep' else 'drop rate'} "
+            f"must be in {bounds}, not {p}"
+        )
+    return round(1.0 - p, 10) if meaning == "keep" else p
 
 
 @dataclass(frozen=True)
@@ -138,10 +160,14 @@ def get_arch(name: str, depth: int | None = None) -> Arch:
 
 
 class KwsNet(nn.Module):
-    def __init__(self, arch: Arch, dropout: float = 0.0, bn: bool = False) -> None:
+    def __init__(
+        self, arch: Arch, dropout: float = 0.0, bn: bool = False, init: str = "keras"
+    ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), not {dropout}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, not {init!r}")
         self.arch = arch
         layers: list[nn.Module] = []
         channels = 1
@@ -161,6 +187,8 @@ class KwsNet(nn.Module):
             fan_in = width
         head += [nn.Dropout(dropout), nn.Linear(fan_in, NUM_CLASSES)]
         self.classifier = nn.Sequential(*head)
+        if init == "keras":
+            self.apply(keras_init)
 
     def forward(self, waves: Tensor) -> Tensor:
         """``waves``: [batch, 16000] or [batch, 1, 16000] floats → [batch, 16] logits."""
@@ -172,14 +200,26 @@ class KwsNet(nn.Module):
         return [m for m in self.features if isinstance(m, nn.Conv1d)]
 
 
+def keras_init(module: nn.Module) -> None:
+    """Keras' (and tf.layers') defaults: ``glorot_uniform`` kernels, ``zeros`` biases.
+
+    Batch norm keeps PyTorch's init, which is Keras' too (gamma 1, beta 0)."""
+    if isinstance(module, (nn.Conv1d, nn.Linear)):
+        # PyTorch's fans for a [out, in, k] kernel are in*k and out*k, as Keras computes them.
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a checkpoint needs to rebuild its network."""
 
     model: str
     depth: int | None = None  # None: the model's own depth (ch32: 8 … ch128: 9)
-    dropout: float = 0.0
+    dropout: float = 0.0  # the drop rate nn.Dropout applies (see drop_rate for "DO(p)")
     bn: bool = False
+    init: str = "keras"  # see INITS
 
     def __post_init__(self) -> None:
         # "--depth 8" on ch32 is ch32 itself: one name and one spec for one network.
@@ -191,16 +231,20 @@ class ModelSpec:
         return get_arch(self.model, self.depth)
 
     def build(self) -> KwsNet:
-        return KwsNet(self.arch(), dropout=self.dropout, bn=self.bn)
+        return KwsNet(self.arch(), dropout=self.dropout, bn=self.bn, init=self.init)
 
     def label(self) -> str:
-        """E.g. "ch128 do0.25+bn", "ch32 d5 do0.75", "base"."""
+        """E.g. "ch128 do0.25+bn", "ch32 d5 do0.75", "base", "ch32 torch-init".
+
+        ``do<p>`` is always the drop rate; the seed's "DO(p)" names are kws.table's."""
         parts = [self.model]
         if self.depth is not None:
             parts.append(f"d{self.depth}")
         options = ([f"do{self.dropout:g}"] if self.dropout else []) + (["bn"] if self.bn else [])
         if options:
             parts.append("+".join(options))
+        if self.init != "keras":
+            parts.append(f"{self.init}-init")
         return " ".join(parts)
 
     def to_dict(self) -> dict:
@@ -208,7 +252,11 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelSpec:
-        return cls(**{k: data[k] for k in ("model", "depth", "dropout", "bn")})
+        # Checkpoints from before ``init`` existed were all trained from PyTorch's init.
+        return cls(
+            **{k: data[k] for k in ("model", "depth", "dropout", "bn")},
+            init=data.get("init", "torch"),
+        )
 
 
 def param_count(model: nn.Module) -> int:

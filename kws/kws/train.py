@@ -25,12 +25,13 @@ from torch import nn
 from tqdm import tqdm
 
 from gpumon_agent.atomic import atomic_file, write_atomic
+from kws.augment import Augment
 from kws.data import Dataset, Split, load_dataset, skipped_summary
 from kws.labels import CLASSES
 from kws.models import KwsNet, ModelSpec, param_count
+from kws.wav import SCALE
 
 CHECKPOINT_FORMAT = "kws-checkpoint-1"
-SCALE = 1.0 / 32768  # int16 → float in [-1, 1)
 
 
 class TrainError(Exception):
@@ -51,9 +52,12 @@ class TrainConfig:
     resume: Path | None = None
     progress: bool | None = None  # bars; None: when stderr is a terminal
     log: bool = True  # one line per epoch on stdout
+    augment: Augment | None = None  # on-the-fly training augmentation (kws.augment)
+    job: str | None = None  # the claim's job name (default "kws <model label>")
+    tags: dict[str, Any] = field(default_factory=dict)  # copied into metrics.json
 
     def job_name(self) -> str:
-        return f"kws {self.spec.label()}"
+        return self.job or f"kws {self.spec.label()}"
 
 
 @dataclass
@@ -256,8 +260,13 @@ def _train_claimed(config, dataset, resumed, held, device: torch.device) -> dict
             disable=not show_bars,
             leave=False,
         )
-        for idx in batches(n, config.batch_size, order):
-            waves = to_tensor(train_split.waves[idx], device)
+        for step, idx in enumerate(batches(n, config.batch_size, order)):
+            if config.augment is None:
+                waves = to_tensor(train_split.waves[idx], device)
+            else:
+                rng = np.random.default_rng([config.seed, epoch, step])
+                waves = torch.from_numpy(config.augment.apply(train_split.waves[idx], rng))
+                waves = waves.to(device)
             labels = torch.from_numpy(train_split.labels[idx]).to(device)
             optimizer.zero_grad(set_to_none=True)
             logits = model(waves)
@@ -338,7 +347,9 @@ def _run_info(config, dataset, net, device, held) -> dict[str, Any]:
             "batch_size": config.batch_size,
             "lr": config.lr,
             "seed": config.seed,
+            "augment": config.augment.describe() if config.augment else None,
         },
+        **config.tags,
     }
 
 

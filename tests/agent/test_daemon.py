@@ -364,3 +364,45 @@ def test_ticks_stay_on_a_fixed_grid(tmp_path, costs, expected_starts):
     loop(settings, TimedCollector(), DaemonState(), stop, clock=clock, wait=sleep)
 
     assert starts == pytest.approx(expected_starts)
+
+
+def run_with_journal_stream(argv: list[str], env: dict, as_journal: bool) -> tuple[int, str]:
+    """Run the agent with stderr into a pipe; with ``as_journal``, JOURNAL_STREAM names that
+    pipe as systemd names the journal's stream. (exit status, what it wrote.)"""
+    read_end, write_end = os.pipe()
+    st = os.fstat(write_end)
+    inode = st.st_ino if as_journal else st.st_ino + 1
+    env = dict(env, JOURNAL_STREAM=f"{st.st_dev}:{inode}")
+    with os.fdopen(read_end) as reader:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=write_end)
+        os.close(write_end)
+        text = reader.read()
+    return proc.wait(timeout=60), text
+
+
+def test_under_journald_the_daemons_lines_carry_their_priority(tmp_path, fake_nvml):
+    """`journalctl -u gpumon-agent -p warning` shows its errors, not its info lines."""
+    fake = fake_nvml(FakeState.with_gpus(1))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = agent_env(fake.env(), blocker / "gpumon")  # cannot be created: an error, exit 1
+    code, text = run_with_journal_stream([str(AGENT), "run"], env, as_journal=True)
+    assert code == 1
+    assert text.startswith("<3>ERROR cannot create the state dir")
+    code, text = run_with_journal_stream([str(AGENT), "run"], env, as_journal=False)
+    assert text.split()[2] == "ERROR"  # by hand: date, time, level — no prefix
+    assert not text.startswith("<")
+
+    state = tmp_path / "state"
+    read_end, write_end = os.pipe()
+    st = os.fstat(write_end)
+    env = dict(agent_env(fake.env(), state), JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+    proc = subprocess.Popen([str(AGENT), "run", *FAST], env=env, stderr=write_end)
+    os.close(write_end)
+    with os.fdopen(read_end) as reader:
+        first = reader.readline()
+        proc.send_signal(signal.SIGTERM)
+        rest = reader.read()
+    assert proc.wait(timeout=30) == 0
+    assert first.startswith("<6>INFO gpumon-agent ")
+    assert all(line.startswith(("<6>", "<4>")) for line in rest.splitlines())

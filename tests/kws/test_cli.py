@@ -53,10 +53,37 @@ def test_eval_prints_the_matrix_and_writes_the_png(checkpoint, synth_set, tmp_pa
     assert png.read_bytes()[:8] == PNG
 
 
-def test_filters_writes_both_layers(checkpoint, tmp_path, capsys):
+def test_filters_writes_both_layers_and_the_frequency_responses(checkpoint, tmp_path, capsys):
     assert main(["filters", str(checkpoint), "--out", str(tmp_path)]) == 0
-    for name in ("first_layer_filters.png", "second_layer_filters.png"):
+    names = [
+        "first_layer_filters.png",
+        "first_layer_responses.png",
+        "first_layer_response_map.png",
+        "second_layer_filters.png",
+    ]
+    for name in names:
         assert (tmp_path / name).read_bytes()[:8] == PNG
+    assert capsys.readouterr().out.count("ch4 d6 bn: wrote ") == 4
+
+
+def test_keep_prob_is_the_tensorflow_meaning_and_excludes_dropout(capsys):
+    from kws.cli import build_parser, model_spec
+
+    args = build_parser().parse_args(
+        ["train", "--model", "ch32", "--keep-prob", "0.75", "--data", "x"]
+    )
+    assert model_spec(args) == ModelSpec("ch32", dropout=0.25)
+    args = build_parser().parse_args(
+        ["train", "--model", "ch32", "--dropout", "0.75", "--data", "x"]
+    )
+    assert model_spec(args).dropout == 0.75
+    args = build_parser().parse_args(["train", "--model", "ch32", "--init", "torch", "--data", "x"])
+    assert model_spec(args).label() == "ch32 torch-init"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(
+            ["train", "--model", "ch32", "--dropout", "0.5", "--keep-prob", "0.5", "--data", "x"]
+        )
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -66,6 +93,11 @@ def test_filters_writes_both_layers(checkpoint, tmp_path, capsys):
         (["train", "--data", "x"], "give --model"),
         (["train", "--model", "ch32", "--data", "/nonexistent"], "no such folder"),
         (["eval", "/nonexistent.pt", "--data", "x"], "no such checkpoint"),
+        (["train", "--model", "ch32", "--keep-prob", "0", "--data", "x"], "keep probability"),
+        (["train", "--model", "ch32", "--augment", "pitch", "--data", "x"], "unknown pitch"),
+        (["sweep", "depth", "--depths", "3-x", "--data", "x"], "--depths"),
+        (["synth", "/tmp/kws-never", "--engines", "say"], "--engines"),
+        (["synth", "/tmp/kws-never", "--variants", "f3,zz9"], "no variant zz9"),
     ],
 )
 def test_user_errors_are_one_line_and_status_2(argv, message, capsys):

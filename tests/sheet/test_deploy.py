@@ -15,6 +15,7 @@ from sheetkit import seed_workbook
 
 from gpumon.cli import build_parser
 from gpumon.config import parse
+from gpumon.configpath import default_state_dir
 from harness.sshd import Fleet, canned_report
 from harness.systemd_units import SYSTEMD_ANALYZE, exposure, under_mdwe, unit_settings, verify
 
@@ -86,6 +87,10 @@ def test_cron_line_is_one_push_a_minute_as_gpumon():
     assert command[0] == INSTALLED and command[-1] == ">/dev/null"
     build_parser().parse_args(command[1:-1])
     assert command[1:-1] == ["--config", "/etc/gpumon/gpumon.toml", "push"]
+    # No StateDirectory= under cron: the line gives gpumon the units' state directory itself.
+    env = dict(line.split("=", 1) for line in lines if "=" in line.split()[0])
+    assert env["STATE_DIRECTORY"] == "/var/lib/gpumon"
+    assert default_state_dir(env) == "/var/lib/gpumon"
 
 
 # paramiko's crypto, openpyxl and the rest of a push must run under the units' MDWE rule.
@@ -133,7 +138,10 @@ port = {fleet.port}
     assert openpyxl.load_workbook(tmp_path / "sheet.xlsx").active["G8"].value == "ON"
 
 
-def test_setup_guide_config_example_is_valid():
+def test_setup_guide_config_example_is_valid(monkeypatch):
+    serve = settings("gpumon-serve.service")
+    # As the units run it: systemd sets STATE_DIRECTORY from StateDirectory=.
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/" + serve["StateDirectory"][0])
     guide = (REPO / "README.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", guide, re.S)
     assert len(blocks) == 1
@@ -143,5 +151,4 @@ def test_setup_guide_config_example_is_valid():
     config = parse(text, "README.md")
     assert config.sheet.backend == "google" and config.poll.user == "gpumon-poll"
     assert config.servers["grubsp"].port == 2222
-    serve = settings("gpumon-serve.service")
     assert config.state_dir == serve["WorkingDirectory"][0]  # the units' state directory

@@ -81,17 +81,19 @@ def test_serve_pushes_repeatedly_then_stops_on_sigterm(tmp_path, no_nvml_env):
     assert (sheet["A8"].value, sheet["G8"].value) == ("box", "ON")
 
 
-def test_serve_keeps_going_when_a_push_fails_and_stops_on_sigint(tmp_path, no_nvml_env):
+def test_serve_keeps_going_when_a_push_fails_and_ctrl_c_stops_it_with_130(tmp_path, no_nvml_env):
     (tmp_path / "sheet.xlsx").write_bytes(b"not a workbook")
     proc, log = start(tmp_path, write_config(tmp_path), no_nvml_env)
     try:
         wait_for(log, "push failed", 2)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=30) == 130  # 128 + SIGINT, as after any Ctrl-C
     finally:
         proc.kill()
         proc.wait()
     assert (tmp_path / "sheet.xlsx").read_bytes() == b"not a workbook"
+    text = log.read_text()
+    assert "gpumon: interrupted" in text and "Traceback" not in text
 
 
 class CountingPoller:

@@ -1,0 +1,189 @@
+"""What `gpumon COMMAND --help` says: each command's description, exit codes and examples.
+
+Kept apart from the parser (gpumon.cli) so the texts read as one page, and so the test that walks
+every subcommand checks against one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from dataclasses import dataclass
+
+# Every command shares these two (Ctrl-C; stdout closed early, e.g. `| head`).
+INTERRUPTED = (130, "interrupted (Ctrl-C)")
+PIPE_CLOSED = (141, "stdout was closed before gpumon finished writing (e.g. `| head`)")
+
+
+@dataclass(frozen=True)
+class CommandHelp:
+    summary: str  # one line, in `gpumon --help`'s command list
+    description: str
+    exit_codes: tuple[tuple[int, str], ...]
+    examples: tuple[str, ...]
+
+    def epilog(self) -> str:
+        codes = [*self.exit_codes, INTERRUPTED, PIPE_CLOSED]
+        lines = ["exit status:"]
+        lines += [f"  {code:<3}  {meaning}" for code, meaning in codes]
+        lines += ["", "examples:" if len(self.examples) > 1 else "example:"]
+        lines += [f"  {example}" for example in self.examples]
+        return "\n".join(lines)
+
+
+CONFIG_SEARCH = (
+    "config: --config PATH (before or after the command), else $GPUMON_CONFIG, else "
+    "$XDG_CONFIG_HOME/gpumon/gpumon.toml (~/.config/gpumon/gpumon.toml), else "
+    "/etc/gpumon/gpumon.toml, else the embedded default (this machine, into "
+    "./gpumon-sheet.xlsx). `gpumon check` says which one it read."
+)
+
+MAIN = CommandHelp(
+    summary="",
+    description="Keep the 'Server and GPU usage' sheet live from every server's gpumon agent.\n\n"
+    + CONFIG_SEARCH,
+    exit_codes=(
+        (0, "done"),
+        (1, "check/status/trust: something is wrong or down (see the command's --help)"),
+        (2, "config error (gpumon.toml, a key file, a time zone, a bad option)"),
+        (3, "push/serve: the sheet cannot be read or written"),
+        (4, "push: the sheet's layout cannot be used"),
+        (5, "push: another push is writing right now"),
+    ),
+    examples=(
+        "gpumon push              # one sweep, one write to the sheet",
+        "gpumon status --watch    # a live table of the fleet",
+        "gpumon check             # what is wrong, and how to fix it",
+    ),
+)
+
+COMMANDS: dict[str, CommandHelp] = {
+    "push": CommandHelp(
+        summary="poll every server once and write the sheet (for cron)",
+        description="Poll every server once and bring the sheet's status columns up to date: "
+        "one read of the sheet, one sweep of the fleet, one write of the cells that changed. "
+        "Servers that are down are shown OFF in the sheet; that is not an error.",
+        exit_codes=(
+            (0, "done (servers that are down show OFF in the sheet)"),
+            (2, "config error (gpumon.toml, the key file, the worksheet name, a time zone)"),
+            (3, "the sheet cannot be read or written (network, quota, sharing, .xlsx open)"),
+            (4, "the sheet's layout cannot be used (no header row with a Server column)"),
+            (5, "another push is writing right now (this one wrote nothing)"),
+        ),
+        examples=(
+            "gpumon push --dry-run    # list the cells it would change, write nothing",
+            "gpumon push --config /etc/gpumon/gpumon.toml -v",
+        ),
+    ),
+    "serve": CommandHelp(
+        summary="push every [serve] interval_s until SIGTERM",
+        description="Push every [serve] interval_s, keeping the SSH connections and the sheet "
+        "session open between pushes; one log line per push on stderr (journald priorities "
+        "under systemd). SIGTERM stops it after the push in progress; Ctrl-C stops it at once.",
+        exit_codes=(
+            (0, "stopped by SIGTERM"),
+            (2, "config error: restarting cannot fix it"),
+            (3, "the sheet cannot be opened at start"),
+        ),
+        examples=("gpumon serve --config /etc/gpumon/gpumon.toml",),
+    ),
+    "status": CommandHelp(
+        summary="poll the fleet and print a table (--watch: keep it live)",
+        description="Poll the fleet and print a table: one row per GPU with its utilization, "
+        "memory, who runs what, the job and its health. The sheet is only read (for its "
+        "server names), never written. --watch redraws the table every SECONDS with the SSH "
+        "connections kept open, fitted to the terminal's width.",
+        exit_codes=(
+            (0, "every server is ON"),
+            (1, "some server is OFF"),
+            (2, "nothing to poll, or a config error"),
+        ),
+        examples=(
+            "gpumon status --watch 5  # a live table, redrawn every 5 s",
+            "gpumon status --json | jq '.servers[] | select(.on | not) | .name'",
+        ),
+    ),
+    "check": CommandHelp(
+        summary="check config, credentials, sheet layout and SSH to each server",
+        description="Check everything a push needs, one line each: which config file was read, "
+        "the state directory, the credentials, the sheet and its layout, SSH and the agent on "
+        "each server — and for each problem what to do. Writes nothing.",
+        exit_codes=(
+            (0, "all good"),
+            (1, "a problem was found (the FAIL lines say what to do)"),
+            (2, "the config cannot be read (the message names the file, line and key)"),
+        ),
+        examples=("gpumon check --config /etc/gpumon/gpumon.toml",),
+    ),
+    "trust": CommandHelp(
+        summary="show a server's SSH host key and record it",
+        description="Connect to HOST, show its SSH host key fingerprint and record it in the "
+        "known_hosts file gpumon uses (asking first unless --yes). Compare the fingerprint with "
+        "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the server before answering yes.",
+        exit_codes=(
+            (0, "recorded, or already trusted"),
+            (1, "not recorded: declined, unreachable, or the key changed"),
+            (2, "config error"),
+        ),
+        examples=("gpumon trust hcpbsp",),
+    ),
+    "prometheus-targets": CommandHelp(
+        summary="the fleet as a Prometheus file_sd targets file",
+        description="Write the servers a push polls (the sheet's, under the [poll] rules, then "
+        "the config's) as a Prometheus file_sd file: one target HOST:PORT per server, HOST its "
+        "[servers.NAME] host or its name, PORT [metrics] port, labelled server=NAME. With --out "
+        "the file is replaced atomically, only when it changed; without, it is printed. If the "
+        "sheet cannot be read, FILE is left as it was. docs/metrics.md.",
+        exit_codes=(
+            (0, "written, unchanged or printed"),
+            (1, "FILE cannot be written"),
+            (2, "config error"),
+            (3, "the sheet cannot be read (FILE left as it was)"),
+            (4, "the sheet's layout cannot be used (FILE left as it was)"),
+        ),
+        examples=(
+            "gpumon prometheus-targets --out /etc/prometheus/gpumon/targets.json",
+            "gpumon prometheus-targets | jq '.[].labels.server'",
+        ),
+    ),
+    "completion": CommandHelp(
+        summary="print the shell completion script (bash or zsh)",
+        description="Print a completion script for bash or zsh on stdout.",
+        exit_codes=((0, "printed"), (2, "unknown shell")),
+        examples=(
+            "gpumon completion bash > ~/.local/share/bash-completion/completions/gpumon",
+            "gpumon completion zsh > ~/.zfunc/_gpumon   # with fpath=(~/.zfunc $fpath)",
+        ),
+    ),
+    "agent": CommandHelp(
+        summary="the agent (see `gpumon agent --help`)",
+        description="The agent, as `gpumon-agent`.",
+        exit_codes=(),
+        examples=("gpumon agent report",),
+    ),
+    "claim": CommandHelp(
+        summary="run a command with GPUs claimed (see `gpumon claim --help`)",
+        description="Run a command with GPUs claimed for it.",
+        exit_codes=(),
+        examples=("gpumon claim --gpus auto --job kws -- python train.py",),
+    ),
+}
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped paragraph by paragraph; the exit codes and examples kept as laid
+    out (a paragraph with an indented line, or one ending in ':')."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for paragraph in text.split("\n\n"):
+            lines = paragraph.splitlines()
+            if any(line.startswith(" ") or line.endswith(":") for line in lines):
+                out.append("\n".join(indent + line for line in lines))
+            else:
+                out.append(
+                    textwrap.fill(
+                        " ".join(lines), width, initial_indent=indent, subsequent_indent=indent
+                    )
+                )
+        return "\n\n".join(out)
