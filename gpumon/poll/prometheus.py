@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -115,6 +116,7 @@ AGENT_METRICS = (
     "gpumon_claim_progress",
 )
 _RE2_SPECIAL = set("\\.+*?()|[]{}^$")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -224,6 +226,17 @@ class PrometheusSource:
         for result in results.values():
             result.elapsed_s = elapsed
         remember(self.last_seen, results)
+        if log.isEnabledFor(logging.INFO):  # -v: what the sweep cost, and each server's outcome
+            log.info(
+                "Prometheus %s: %d servers in %.1f ms (%d queries, %d series, %.1f MB so far)",
+                self.source.url, len(unique), elapsed * 1000, self.stats.requests,
+                self.stats.series, self.stats.answer_bytes / 1e6,
+            )  # fmt: skip
+            for name in unique:
+                r = results[name]
+                outcome = "ON" if r.on else "OFF"
+                why = f" ({r.reason_code}: {r.reason})" if r.reason_code else ""
+                log.info("%s: %s via %s%s", name, outcome, r.destination, why)
         if progress is not None:
             for done, name in enumerate(unique, 1):
                 progress(done, len(unique), results[name])

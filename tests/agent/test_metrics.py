@@ -489,3 +489,79 @@ def test_the_dcgm_names_flag_turns_them_on(monkeypatch):
     flag = settings_from(build_parser().parse_args(["run", "--metrics-dcgm-names"]))
     assert flag.metrics_dcgm_names is True
     assert settings_from(build_parser().parse_args(["run"])).metrics_dcgm_names is False
+
+
+def worst_report(gpus: int = 8) -> Report:
+    """What users can make of one server: every GPU crowded with long names, claims, progress
+    keys, throttling and warnings."""
+    long = "n" * 1000
+    report = full_report()
+    report.gpus = []
+    for i in range(gpus):
+        report.gpus.append(
+            Gpu(
+                index=i,
+                uuid=f"GPU-{i}",
+                name="NVIDIA A100",
+                utilization_pct=1.0,
+                utilization_mean_pct=1.0,
+                memory_utilization_pct=1.0,
+                memory_used_bytes=1,
+                memory_total_bytes=2,
+                temperature_c=99.0,
+                power_w=1.0,
+                power_limit_w=2.0,
+                throttle_reasons=[
+                    "app_clocks",
+                    "power_cap",
+                    "hw_slowdown",
+                    "sync_boost",
+                    "sw_thermal",
+                    "hw_thermal",
+                    "hw_power_brake",
+                    "display_clocks",
+                ],
+                processes=[
+                    GpuProcess(pid=p, user=f"{p}{long}", command=f"{p}{long} x", gpu_memory_bytes=1)
+                    for p in range(1, 1025)
+                ],
+                claims=[
+                    ClaimInfo(
+                        job=f"{c}{long}",
+                        user=f"{c}{long}",
+                        pid=c,
+                        started_at=utc_iso(c),
+                        progress={f"{k}{long}": k for k in range(32)},
+                    )
+                    for c in range(1, 129)
+                ],
+                unclaimed_use=True,
+                claimed_idle=True,
+                idle_since=utc_iso(1),
+            )
+        )
+    report.warnings = [
+        HealthWarning(code=code, message="m", gpu_index=i)
+        for code in (
+            "gpu_lost",
+            "gpu_error",
+            "gpu_processes_unknown",
+            "gpu_memory_high",
+            "gpu_temperature_high",
+            "gpu_thermal_throttle",
+        )
+        for i in range(gpus)
+    ]
+    host_codes = ("load_high", "memory_high", "swap_high", "disk_root_full", "gpu_count_dropped")
+    report.warnings += [HealthWarning(code=c, message="m") for c in host_codes]
+    report.claim_errors = [ClaimFileError(path=f"/x/{i}{long}", error=long) for i in range(256)]
+    return report
+
+
+def test_the_documented_bound_holds_for_the_worst_a_server_can_send():
+    text = exposition(worst_report())
+    series = [line for line in text.splitlines() if line and not line.startswith("#")]
+    per_gpu = sum(1 for line in series if 'gpu="3"' in line)
+    assert per_gpu <= 78, per_gpu  # docs/metrics.md: "at most 78 series"
+    assert len(series) <= 670, len(series)  # an 8-GPU server
+    assert len(text) <= 180_000, len(text)

@@ -322,6 +322,15 @@ def test_status_and_check_read_the_fleet_from_prometheus(deployment):
     assert servers[DCGM_SERVER]["on"] and servers[DCGM_SERVER]["degraded"]
     assert not servers[DOWN_SERVER]["on"]
 
+    done = gpumon("--config", str(deployment.config_path), "-v", "status")
+    url = deployment.prometheus.url
+    assert f"Prometheus {url}: 5 servers in " in done.stderr
+    assert "(1 queries, " in done.stderr
+    assert (
+        f"{DOWN_SERVER}: OFF via 127.0.0.6:{port} via Prometheus (job gpumon) (scrape_failed"
+        in (done.stderr)
+    )
+
     done = gpumon("--config", str(deployment.config_path), "check")
     assert done.returncode == 1
     assert f"ganbsp: ON via 127.0.0.2:{port} via Prometheus (job gpumon) (agent " in done.stdout
