@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,7 +59,6 @@ from gpumon_agent.report import (  # noqa: E402
     utc_iso,
 )
 from harness.agents import AgentFleet  # noqa: E402
-from harness.exporters import StaticExporter  # noqa: E402
 from harness.fakenvml import FakeProcess, FakeState, make_gpu  # noqa: E402
 from harness.prometheus import PrometheusServer, shipped_config  # noqa: E402
 from harness.sshd import REPORT_AS_WRITTEN, Fleet  # noqa: E402
@@ -261,18 +261,36 @@ def timed_pushes(config, runs: int) -> dict[str, float]:
         close_backend(backend)
 
 
+# The stand-in agents run in a process of their own: their 50 answers a second must not count
+# as gpumon's CPU, nor take its GIL.
+EXPORTERS = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from harness.exporters import StaticExporter
+text = open(sys.argv[2]).read()
+servers = [StaticExporter(f"127.0.0.{2 + i}", 0, text) for i in range(int(sys.argv[3]))]
+print(" ".join(f"{s.address}:{s.port}" for s in servers), flush=True)
+sys.stdin.read()  # until the benchmark closes it
+"""
+
+
 def prometheus_fleet(work: Path, names: list[str], runs: int) -> dict[str, float]:
-    exporters = [
-        StaticExporter(f"127.0.0.{2 + i}", 0, agent_text("bench")) for i in range(ENDPOINTS)
-    ]
+    text = work / "agent.txt"
+    text.write_text(agent_text("bench"))
+    exporters = subprocess.Popen(
+        [sys.executable, "-c", EXPORTERS, str(ROOT / "tests"), str(text), str(ENDPOINTS)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     prometheus = PrometheusServer(work / f"prometheus-{len(names)}", "")
     try:
+        assert exporters.stdout is not None
+        endpoints = exporters.stdout.readline().split()
+        assert len(endpoints) == ENDPOINTS, endpoints
         targets = work / f"targets-{len(names)}.json"
         entries = [
-            {
-                "targets": [f"{exporters[i % ENDPOINTS].address}:{exporters[i % ENDPOINTS].port}"],
-                "labels": {"server": name},
-            }
+            {"targets": [endpoints[i % ENDPOINTS]], "labels": {"server": name}}
             for i, name in enumerate(names)
         ]
         targets.write_text(json.dumps(entries))
@@ -291,14 +309,14 @@ def prometheus_fleet(work: Path, names: list[str], runs: int) -> dict[str, float
         before = prometheus.http_requests()
         figures = timed_pushes(config, runs)
         figures["prometheus_requests"] = prometheus.http_requests() - before
-        figures["scrapes"] = float(sum(e.requests for e in exporters))
         with PrometheusSource(config) as source:
             figures["query_chars"] = float(len(source.query_text(names)))
         return figures
     finally:
         prometheus.stop()
-        for exporter in exporters:
-            exporter.close()
+        assert exporters.stdin is not None
+        exporters.stdin.close()
+        exporters.wait(30)
 
 
 def ssh_fleet(work: Path, count: int, runs: int) -> dict[str, float]:
