@@ -262,7 +262,13 @@ class MetricsServer:
 
         encoder, content_type = choose_encoder(accept)
         began = time.monotonic()
-        body = encoder(self.registry)
+        try:
+            body = encoder(self.registry)
+        except Exception as e:  # a bug must cost this answer, not the listener thread
+            import logging
+
+            logging.getLogger("gpumon_agent").exception("building /metrics failed")
+            return _response(500, "text/plain", f"cannot build /metrics: {e}\n".encode())
         self.stats.record(time.monotonic() - began, len(body))
         return _response(200, content_type, body, head_only=method == "HEAD")
 
@@ -277,6 +283,7 @@ class MetricsServer:
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 _REASONS[431] = "Request Header Fields Too Large"
+_REASONS[500] = "Internal Server Error"
 
 
 def _response(code: int, content_type: str, body: bytes, head_only: bool = False) -> bytes:
@@ -418,7 +425,7 @@ def families(
     if report is None:
         return out.out()
 
-    generated = parse_utc_iso(report.generated_at).timestamp()
+    generated = _timestamp(report.generated_at)
     out.gauge(
         "gpumon_report_timestamp_seconds",
         "When the values served were sampled (Unix time).",
@@ -429,7 +436,7 @@ def families(
         "gpumon_report_age_seconds",
         "Seconds since the values served were sampled.",
         server,
-        max(0.0, now - generated),
+        None if generated is None else max(0.0, now - generated),
     )
     out.gauge(
         "gpumon_sample_interval_seconds",
@@ -485,13 +492,12 @@ def _host(out: _Families, report: Report, server: Labels, state: DaemonState) ->
     h = report.host
     ids = (("hostname", _label(h.hostname)), ("primary_ip", _label(h.primary_ip or "")))
     out.gauge("gpumon_host_info", "1; the host's name and primary address.", (*server, *ids), 1.0)
-    if h.boot_time:
-        out.gauge(
-            "gpumon_host_boot_timestamp_seconds",
-            "When the host booted (Unix time).",
-            server,
-            parse_utc_iso(h.boot_time).timestamp(),
-        )
+    out.gauge(
+        "gpumon_host_boot_timestamp_seconds",
+        "When the host booted (Unix time).",
+        server,
+        _timestamp(h.boot_time),
+    )
     for period, value in zip(("1m", "5m", "15m"), h.load_avg or []):
         out.gauge("gpumon_host_load_average", "Load average.", (*server, ("period", period)), value)
     for name, doc, value in (
@@ -640,13 +646,12 @@ def _gpus(out: _Families, report: Report, server: Labels, folded: Dict[str, int]
         ):
             verdict = getattr(g, attr)
             out.gauge(name, doc, base, None if verdict is None else float(verdict))
-        if g.idle_since:
-            out.gauge(
-                "gpumon_gpu_idle_since_timestamp_seconds",
-                "When the last process left the GPU (Unix time).",
-                base,
-                parse_utc_iso(g.idle_since).timestamp(),
-            )
+        out.gauge(
+            "gpumon_gpu_idle_since_timestamp_seconds",
+            "When the last process left the GPU (Unix time).",
+            base,
+            _timestamp(g.idle_since),
+        )
         _claims(out, g.claims, base, folded)
 
 
@@ -682,7 +687,7 @@ def _claims(out: _Families, claims: Sequence[Any], base: Labels, folded: Dict[st
         if key not in merged and len(merged) >= MAX_CLAIMS_PER_GPU:
             folded["claims"] = folded.get("claims", 0) + 1
             continue
-        started = parse_utc_iso(c.started_at).timestamp() if c.started_at else None
+        started = _timestamp(c.started_at)
         entry = merged.setdefault(key, [0, started, c.progress])
         entry[0] += 1
         if started is not None and (entry[1] is None or started < entry[1]):
@@ -749,6 +754,16 @@ def _dcgm(out: _Families, report: Report) -> None:
             ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", g.power_w),
         ):
             out.gauge(name, doc, labels, value)
+
+
+def _timestamp(text: Optional[str]) -> Optional[float]:
+    """A Report time as Unix time; None when absent or unreadable (left out, never a crash)."""
+    if not text:
+        return None
+    try:
+        return parse_utc_iso(text).timestamp()
+    except (ValueError, OverflowError):
+        return None
 
 
 def _mib(size: Optional[int]) -> Optional[float]:

@@ -565,3 +565,44 @@ def test_the_documented_bound_holds_for_the_worst_a_server_can_send():
     assert per_gpu <= 78, per_gpu  # docs/metrics.md: "at most 78 series"
     assert len(series) <= 670, len(series)  # an 8-GPU server
     assert len(text) <= 180_000, len(text)
+
+
+def test_unreadable_times_are_left_out_not_a_failed_answer():
+    report = full_report()
+    report.generated_at = "not a time"
+    report.host.boot_time = "yesterday"
+    report.gpus[0].idle_since = "9999-99-99"
+    report.gpus[0].claims[0].started_at = "soon"
+    got = samples(exposition(report))
+    for name in ("gpumon_report_timestamp_seconds", "gpumon_report_age_seconds",
+                 "gpumon_host_boot_timestamp_seconds", "gpumon_gpu_idle_since_timestamp_seconds",
+                 "gpumon_claim_started_timestamp_seconds"):  # fmt: skip
+        assert not has(got, name), name
+    assert value(got, "gpumon_claim_info", gpu="0") == 1.0
+
+
+def test_an_answer_that_cannot_be_built_is_a_500_and_the_listener_goes_on():
+    class Broken:
+        def collect(self):
+            raise RuntimeError("a bug")
+
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    registry.register(Broken())
+    server = metrics.MetricsServer(registry, "127.0.0.1", 0)
+    import threading
+
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        for _ in range(2):
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(url, timeout=10)
+            assert caught.value.code == 500
+            assert b"cannot build /metrics: a bug" in caught.value.read()
+        assert thread.is_alive()
+    finally:
+        server.shutdown()
+        server.server_close()
