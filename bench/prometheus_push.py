@@ -295,7 +295,7 @@ def prometheus_fleet(work: Path, names: list[str], runs: int) -> dict[str, float
         ]
         targets.write_text(json.dumps(entries))
         prometheus.config_path.write_text(
-            shipped_config(prometheus.workdir, targets, interval="10s")
+            shipped_config(prometheus.workdir, targets, interval="10s", fast_hours=False)
         )
         prometheus.start()
         prometheus.wait(
