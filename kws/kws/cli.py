@@ -22,7 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    synth = sub.add_parser("synth", help="make a small synthetic dataset with espeak-ng and sox")
+    synth = sub.add_parser(
+        "synth",
+        help="make a synthetic dataset, split by voice (espeak-ng, flite, festival, sox)",
+    )
     synth.add_argument("out", type=Path, help="new (or empty) folder to write")
     synth.add_argument("--per-word", type=int, default=20, help="clips per word (default 20)")
     synth.add_argument("--speakers", type=int, help="fake speakers (default: --per-word)")

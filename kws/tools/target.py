@@ -64,7 +64,10 @@ def main() -> int:
         print(f"synth: {16 * args.per_word} clips in {time.perf_counter() - started:.0f} s")
     dataset = load_dataset(data_root)
     print(dataset.summary(), flush=True)
-    summary = {"data": str(data_root), "splits": {k: len(v) for k, v in dataset.splits.items()}}
+    target = args.work / "target.json"
+    # Models run in separate invocations (--models ch32, later --models base) share one file.
+    summary = json.loads(target.read_text()) if target.is_file() else {}
+    summary.update(data=str(data_root), splits={k: len(v) for k, v in dataset.splits.items()})
     rate = drop_rate(args.keep_prob, "keep")
     from kws.train import train
 
@@ -97,7 +100,7 @@ def main() -> int:
             "test_by_voice_kind": by_voice_kind(data_root, dataset, out),
         }
         print(json.dumps({spec.label(): summary[spec.label()]}, indent=1), flush=True)
-    (args.work / "target.json").write_text(json.dumps(summary, indent=1) + "\n")
+        target.write_text(json.dumps(summary, indent=1) + "\n")
     return 0
 
 
