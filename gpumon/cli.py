@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in AGENT_COMMANDS:
-        from gpumon_agent.snapshot import fast_report
+        from gpumon_agent.entry import fast_report
 
         # `gpumon agent report --json` with a fresh snapshot: no argparse, no pynvml.
         if argv[0] == "agent" and (code := fast_report(argv[1:])) is not None:

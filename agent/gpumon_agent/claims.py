@@ -25,7 +25,8 @@ delete any file). The agent also remakes a deleted registry and replaces a lock 
 could lock others out with (``upkeep``), and clears dead writers' temporary files.
 
 Entry points: ``ClaimRegistry`` (files), ``choose_gpus`` (allocation, pure), ``annotate`` and
-``IdleTracker`` (per-GPU claim status in a Report), ``print_claims`` (``gpumon-agent claims``).
+``IdleTracker`` (per-GPU claim status in a Report); the ``gpumon-agent claims`` listing is
+gpumon_agent.cli's.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ import re
 import secrets
 import socket
 import stat
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import (
@@ -1301,53 +1301,3 @@ def apply_claims(
     claims, errors = registry.live_claims()
     annotate(report, claims, tracker, idle_after_s, now)
     report.claim_errors.extend(errors)
-
-
-# --- `gpumon-agent claims` --------------------------------------------------------------------
-
-
-def print_claims(settings: AgentSettings, as_json: bool = False) -> int:
-    """List the live claims (and unreadable claim files) of this server. Returns 0, or 1 when
-    the registry cannot be read (or is refused as unsafe)."""
-    registry = ClaimRegistry.for_settings(settings)
-    scan = registry.scan()
-    claims, errors = scan.claims, scan.errors
-    if as_json:
-        out = {
-            "registry": registry.path,
-            "claims": [
-                dict(c.to_dict(), file=c.file_name)
-                for c in sorted(claims, key=lambda c: c.started_at)
-            ],
-            "errors": [{"path": e.path, "error": e.error} for e in errors],
-        }
-        print(json.dumps(out, indent=2))
-    else:
-        if not os.path.isdir(registry.path):
-            print(f"no claims registry at {registry.path} (the gpumon agent creates it)")
-        elif not claims:
-            print(f"no live claims in {registry.path}")
-        else:
-            rows = [("GPUS", "USER", "PID", "STARTED", "JOB", "PROGRESS")]
-            for c in sorted(claims, key=lambda c: c.started_at):
-                rows.append(
-                    (
-                        ",".join(str(g.index) for g in c.gpus),
-                        _printable(c.user),
-                        str(c.pid),
-                        _printable(c.started_at),
-                        _printable(c.job),
-                        _printable(" ".join(f"{k}={v}" for k, v in c.progress.items())),
-                    )
-                )
-            widths = [max(len(r[i]) for r in rows) for i in range(5)]
-            for r in rows:
-                print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
-        for e in errors:
-            print(f"bad claim file {_printable(e.path)}: {_printable(e.error)}", file=sys.stderr)
-    return 1 if scan.refused is not None else 0
-
-
-def _printable(text: str) -> str:
-    """Users write claim files: never let their control characters reach a terminal."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)

@@ -14,7 +14,8 @@
 - The state dir must be changeable by the agent's user (and root) alone, with every directory
   above it (gpumon_agent.safedir): a root daemon in a directory others may write would follow
   what they plant there. Files in it are opened ``O_NOFOLLOW``.
-- Logs go to stderr (journald under systemd, which stamps the time itself).
+- Logs go to the "gpumon_agent" logger; the `run` command (gpumon_agent.cli) sends them to
+  stderr (journald under systemd, which stamps the time itself).
 
 Must stay importable on Python 3.8.
 """
@@ -26,7 +27,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from typing import Callable, Optional, Protocol
@@ -62,7 +62,8 @@ class DaemonState:
 
 
 def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
-    _setup_logging()
+    """The daemon until SIGTERM/SIGINT; the exit status (1: cannot start, 2: a bad --metrics).
+    Logs through the "gpumon_agent" logger (the `run` command sends it to stderr)."""
     listen = None
     if metrics:
         from gpumon_agent.metrics import MetricsError, parse_listen
@@ -251,18 +252,6 @@ def previous_report(settings: AgentSettings) -> Optional[Report]:
         return Report.from_json(data)
     except ReportError:
         return None
-
-
-def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    # journald stamps each line itself; by hand, a time helps.
-    fmt = "%(levelname)s %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    handler.setFormatter(logging.Formatter(fmt))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 def _hostport(host: str, port: int) -> str:

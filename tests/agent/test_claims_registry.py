@@ -26,8 +26,8 @@ from gpumon_agent.claims import (
     LockTimeout,
     RegistryError,
     new_record,
-    print_claims,
 )
+from gpumon_agent.cli import claims_command
 from gpumon_agent.report import Gpu
 from gpumon_agent.settings import AgentSettings
 
@@ -441,12 +441,12 @@ def test_claims_listing_shows_live_claims_and_escapes_control_characters(registr
     registry.create(record)
     write_raw(registry, "bad.json", b"x")
     settings = AgentSettings(claims_dir=registry.path)
-    assert print_claims(settings) == 0
+    assert claims_command(settings) == 0
     out, err = capsys.readouterr()
     assert "\x1b" not in out
     assert "evil\\x1b[2Jjob" in out and "0,1" in out and "epoch=4 loss=0.5" in out
     assert "bad.json" in err
-    assert print_claims(settings, as_json=True) == 0
+    assert claims_command(settings, as_json=True) == 0
     data = json.loads(capsys.readouterr().out)
     assert [c["job"] for c in data["claims"]] == ["evil\x1b[2Jjob"]
     assert data["errors"][0]["path"].endswith("bad.json")
