@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return check(config)
     if args.command == "trust":
-        from gpumon.poll.hostkeys import trust
+        from gpumon.trust import trust
 
         return trust(config, args.host, assume_yes=args.yes)
     raise AssertionError(args.command)
