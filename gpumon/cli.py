@@ -87,14 +87,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(config)
     if args.command == "status":
-        from gpumon.push import fleet_names
+        from gpumon.fleet import fleet_names
         from gpumon.status import status
 
+        warnings: list[str] = []
         try:
-            names = fleet_names(config)
+            names = fleet_names(config, warnings)
         except ConfigError as e:
             print(f"gpumon: {e}", file=sys.stderr)
             return 2
+        for warning in warnings:
+            print(f"gpumon: warning: {warning}", file=sys.stderr)
         return status(config, as_json=args.json, names=names)
     if args.command == "check":
         from gpumon.check import check

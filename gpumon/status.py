@@ -38,7 +38,7 @@ def status(
 
     ``names`` is the hook for callers that know more servers (e.g. the sheet's Server column).
     """
-    from gpumon.poll.poller import Poller
+    from gpumon.fleet import open_fleet
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -51,8 +51,8 @@ def status(
         )
         return 2
     progress = Progress(err, len(names)) if is_terminal(err) else None
-    with Poller(config) as poller:
-        results = poller.sweep(names, progress=progress.update if progress else None)
+    with open_fleet(config) as fleet:
+        results = fleet.poller().sweep(names, progress=progress.update if progress else None)
     if progress:
         progress.clear()
     if as_json:

@@ -1,6 +1,6 @@
 """The Google Sheets backend: gspread's HTTP client + a service account, one read and one write.
 
-Per push (``gpumon.push.push_once``):
+Per push (``gpumon.fleet.push_once``):
 
 - ``read``: ONE ``spreadsheets.get`` with ``includeGridData`` and a field mask — sheet id and
   title, the spreadsheet's time zone, merges, each cell's displayed text, and the developer

@@ -178,3 +178,6 @@ class Backend(Protocol):
     def write(self, writes: list[CellWrite]) -> WriteStats: ...
 
     def setup(self, setup: Setup) -> WriteStats: ...
+
+    def close(self) -> None:
+        """Release what the backend holds (an HTTP session, a workbook); it is not used after."""

@@ -14,8 +14,8 @@ import pytest
 from central_kit import GPUMON, ScriptedPoller, gpu, gpumon, no_traceback, on, seed_workbook
 
 from gpumon.config import MAX_CONFIG_BYTES, NUMBER_BOUNDS, Config, ConfigError, parse
+from gpumon.fleet import MAX_SHEET_SERVERS, poll_names, push_once
 from gpumon.poll.poller import Poller
-from gpumon.push import MAX_SHEET_SERVERS, poll_names, push_once
 from gpumon.sheet.google_auth import load_credentials
 from gpumon.sheet.xlsx import XlsxBackend
 from harness.sheets_client import write_service_account_key

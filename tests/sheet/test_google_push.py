@@ -11,9 +11,10 @@ import time
 import pytest
 from sheetkit import ScriptedPoller, gpu, off, on, process
 
-from gpumon import push as push_module
+from gpumon import fleet as fleet_module
+from gpumon.fleet import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, EXIT_SHEET, push_once
 from gpumon.poll.result import ServerResult
-from gpumon.push import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, EXIT_SHEET, push, push_once
+from gpumon.push import push
 from gpumon.sheet import google as google_module
 from gpumon_agent.report import ClaimInfo
 from harness.sheets_client import ACCOUNT
@@ -83,7 +84,7 @@ def cli(google: GoogleEnv, monkeypatch: pytest.MonkeyPatch):
     )
     script: dict = {"results": fleet(), "pause": 0.0}
     monkeypatch.setattr(
-        push_module,
+        fleet_module,
         "open_poller",
         lambda config: ScriptedPoller(script["results"], script["pause"]),
     )
