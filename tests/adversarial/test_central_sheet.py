@@ -19,7 +19,7 @@ from gpumon.poll.answer import interpret
 from gpumon.poll.result import ServerResult
 from gpumon.poll.transport import CommandOutput, PollFailure
 from gpumon.push import print_outcome
-from gpumon.sheet.google import ROW_KEY
+from gpumon.sheet.google_requests import ROW_KEY
 from gpumon.sheet.xlsx import XlsxBackend
 from gpumon_agent.report import utc_iso
 from harness.sheets_fixtures import GoogleEnv, google_fixture, sheets_server_fixture  # noqa: F401
