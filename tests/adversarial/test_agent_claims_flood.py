@@ -15,7 +15,7 @@ import psutil
 import pytest
 from agent_proc import wait_for
 
-from gpumon_agent.claims import registry as claims_mod
+from gpumon_agent.claims import allocation as claims_mod
 from gpumon_agent import pidstat
 from gpumon_agent.claims import (
     MAX_CLAIM_ERRORS,
