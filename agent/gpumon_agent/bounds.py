@@ -155,8 +155,8 @@ FIELDS: Dict[Tuple[str, str], Any] = {
     ("HealthWarning", "code"): SHORT,
     ("HealthWarning", "message"): MESSAGE,
     ("HealthWarning", "gpu_index"): GPU_INDEX,
-    ("ClaimFileError", "path"): Text(4096),
-    ("ClaimFileError", "error"): MESSAGE,
+    ("ClaimFileProblem", "path"): Text(4096),
+    ("ClaimFileProblem", "error"): MESSAGE,
 }
 
 

@@ -23,7 +23,7 @@ from typing import Optional
 
 from gpumon_agent import health
 from gpumon_agent.claims import ClaimError, ClaimRegistry, IdleTracker, apply_claims
-from gpumon_agent.report import ClaimFileError, Report
+from gpumon_agent.report import ClaimFileProblem, Report
 from gpumon_agent.sampler import Sampler
 from gpumon_agent.settings import AgentSettings
 from gpumon_agent.statelog import StateLog
@@ -64,7 +64,7 @@ class Collector:
         trouble = None if self.oneshot else self.keep_registry()
         apply_claims(report, self.registry, self.tracker, self.settings.idle_after_s, now)
         if trouble is not None and all(e.error != trouble for e in report.claim_errors):
-            report.claim_errors.insert(0, ClaimFileError(self.registry.path, trouble))
+            report.claim_errors.insert(0, ClaimFileProblem(self.registry.path, trouble))
 
         report.warnings.extend(health.evaluate(report, self.expected_gpus))
         if report.nvml.available:

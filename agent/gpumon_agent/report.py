@@ -151,7 +151,10 @@ class HealthWarning:
 
 
 @dataclass
-class ClaimFileError:
+class ClaimFileProblem:
+    """A claim file that does not count, and why (``Report.claim_errors``; the exception raised
+    while reading one is gpumon_agent.claims.InvalidClaimFile)."""
+
     path: str
     error: str
 
@@ -172,7 +175,7 @@ class Report:
     nvml: Nvml = field(default_factory=lambda: Nvml(available=False))
     gpus: List[Gpu] = field(default_factory=list)
     warnings: List[HealthWarning] = field(default_factory=list)
-    claim_errors: List[ClaimFileError] = field(default_factory=list)
+    claim_errors: List[ClaimFileProblem] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

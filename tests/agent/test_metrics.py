@@ -17,7 +17,7 @@ from gpumon_agent import metrics
 from gpumon_agent.daemon import DaemonState
 from gpumon_agent.metrics import MetricsError, ReportCollector, parse_listen
 from gpumon_agent.report import (
-    ClaimFileError,
+    ClaimFileProblem,
     ClaimInfo,
     Gpu,
     GpuProcess,
@@ -132,7 +132,7 @@ def full_report() -> Report:
             HealthWarning(code="gpu_hot", message="hot", gpu_index=0),
             HealthWarning(code="gpu_hot", message="hot", gpu_index=1),
         ],
-        claim_errors=[ClaimFileError(path="/run/gpumon/claims/x.json", error="bad")],
+        claim_errors=[ClaimFileProblem(path="/run/gpumon/claims/x.json", error="bad")],
     )
 
 

@@ -355,7 +355,7 @@ def test_schema_doc_names_every_field_and_code():
         schema.GpuProcess,
         schema.ClaimInfo,
         schema.HealthWarning,
-        schema.ClaimFileError,
+        schema.ClaimFileProblem,
     ]
     fields = {f.name for record in records for f in dataclasses.fields(record)}
     codes = set(HEALTH_CODES) | set(NVML_ERROR_CODES) | {name for _, name in THROTTLE_REASONS}

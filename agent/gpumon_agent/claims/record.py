@@ -65,7 +65,7 @@ class ClaimError(Exception):
 
 
 class InvalidClaimFile(ValueError):
-    """Why one claim file does not count (becomes a ClaimFileError)."""
+    """Why one claim file does not count (becomes a ClaimFileProblem)."""
 
 
 # --- the claim record --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ stops them from forging someone else's); symlinks and non-regular files are refu
 (O_NOFOLLOW, fstat); size, nesting depth, numbers and fields are bounded. Files are read in
 turns per owner, at most MAX_CLAIM_FILES a scan, so a user who floods the registry hides only
 their own claims; allocation reads every claim or refuses. A bad file becomes a
-``ClaimFileError`` in the Report (at most MAX_CLAIM_ERRORS), never an exception.
+``ClaimFileProblem`` in the Report (at most MAX_CLAIM_ERRORS), never an exception.
 
 A claim is live while the process that made it runs: same pid, same boot-relative start time
 (gpumon_agent.pidstat: a reused pid does not revive it, a wall-clock step does not kill it),
@@ -63,7 +63,7 @@ from gpumon_agent.claims.record import (
 )
 from gpumon_agent.filelock import FileLock, LockBusy, LockFileError, open_lock_file
 from gpumon_agent.report import (
-    ClaimFileError,
+    ClaimFileProblem,
 )
 from gpumon_agent.safedir import make_dirs, untrusted, user_name
 from gpumon_agent.settings import AgentSettings
@@ -122,34 +122,34 @@ def agent_uid(settings: AgentSettings) -> Optional[int]:
 
 @dataclass
 class RegistryScan:
-    """One pass over the registry: the live claims, a ClaimFileError per file that does not
+    """One pass over the registry: the live claims, a ClaimFileProblem per file that does not
     count (at most MAX_CLAIM_ERRORS, then one counting the rest), ``unread``: owner uid → claim
     files left unread past the limit, and ``refused``: why the whole registry was not read."""
 
     claims: List[ClaimRecord] = field(default_factory=list)
-    errors: List[ClaimFileError] = field(default_factory=list)
+    errors: List[ClaimFileProblem] = field(default_factory=list)
     unread: Dict[int, int] = field(default_factory=dict)
     refused: Optional[str] = None
 
 
 class _Errors:
-    """ClaimFileErrors, capped: the Report stays small whatever users drop in the registry."""
+    """ClaimFileProblems, capped: the Report stays small whatever users drop in the registry."""
 
     def __init__(self, registry: str) -> None:
         self.registry = registry
-        self.items: List[ClaimFileError] = []
+        self.items: List[ClaimFileProblem] = []
         self.dropped = 0
 
     def add(self, path: str, error: str) -> None:
         if len(self.items) < MAX_CLAIM_ERRORS:
-            self.items.append(ClaimFileError(path, error))
+            self.items.append(ClaimFileProblem(path, error))
         else:
             self.dropped += 1
 
-    def done(self) -> List[ClaimFileError]:
+    def done(self) -> List[ClaimFileProblem]:
         if self.dropped:
             more = f"{self.dropped} more bad files in the registry, not listed"
-            return [*self.items, ClaimFileError(self.registry, more)]
+            return [*self.items, ClaimFileProblem(self.registry, more)]
         return self.items
 
 
@@ -530,8 +530,8 @@ class ClaimRegistry:
 
     def live_claims(
         self, limit: int = MAX_CLAIM_FILES
-    ) -> Tuple[List[ClaimRecord], List[ClaimFileError]]:
-        """The live claims, and a ClaimFileError per file that does not count. Never raises.
+    ) -> Tuple[List[ClaimRecord], List[ClaimFileProblem]]:
+        """The live claims, and a ClaimFileProblem per file that does not count. Never raises.
         See ``scan``."""
         scan = self.scan(limit)
         return scan.claims, scan.errors
@@ -566,7 +566,7 @@ class ClaimRegistry:
             except OSError as e:
                 out.refused = f"cannot list the claims registry: {e.strerror}"
         if out.refused is not None:
-            out.errors = [ClaimFileError(self.path, out.refused)]
+            out.errors = [ClaimFileProblem(self.path, out.refused)]
             return out
         assert directory is not None
         # Who may delete in a sticky directory: the file's owner, the directory's, and root.
