@@ -43,10 +43,10 @@ log = logging.getLogger("gpumon_agent")
 LOCK_FILE = "agent.lock"
 
 
-class Collects(Protocol):
-    """What the loop needs of gpumon_agent.collect.Collector."""
+class Composes(Protocol):
+    """What the loop needs of gpumon_agent.compose.ReportComposer."""
 
-    def collect(self) -> Report: ...
+    def compose(self) -> Report: ...
 
 
 class DaemonState:
@@ -103,9 +103,9 @@ def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
             bound = server.server_address
             log.info("serving Prometheus metrics on http://%s/metrics", _hostport(*bound[:2]))
 
-        from gpumon_agent.collect import Collector
+        from gpumon_agent.compose import ReportComposer
 
-        collector = Collector(settings, previous=previous_report(settings))
+        composer = ReportComposer(settings, previous=previous_report(settings))
         log.info(
             "gpumon-agent %s: sampling every %g s into %s (claims in %s)",
             __version__,
@@ -114,9 +114,9 @@ def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
             settings.claims_path,
         )
         try:
-            loop(settings, collector, state, stop)
+            loop(settings, composer, state, stop)
         finally:
-            collector.close()
+            composer.close()
         log.info("stopped")
         return 0
     finally:
@@ -128,7 +128,7 @@ def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
 
 def loop(
     settings: AgentSettings,
-    collector: Collects,
+    composer: Composes,
     state: DaemonState,
     stop: threading.Event,
     clock: Callable[[], float] = time.monotonic,
@@ -142,7 +142,7 @@ def loop(
     tick = 0
     failure = StateLog()
     while not stop.is_set():
-        tick_once(settings, collector, state, failure)
+        tick_once(settings, composer, state, failure)
         tick += 1
         now = clock()
         due = start + tick * interval
@@ -153,11 +153,11 @@ def loop(
 
 
 def tick_once(
-    settings: AgentSettings, collector: Collects, state: DaemonState, failure: StateLog
+    settings: AgentSettings, composer: Composes, state: DaemonState, failure: StateLog
 ) -> None:
     began = time.monotonic()
     try:
-        report = collector.collect()
+        report = composer.compose()
     except Exception as e:
         state.sample_errors += 1
         state.sample_ok = False
@@ -168,7 +168,7 @@ def tick_once(
         failure.ok("sample")
     state.samples += 1
     state.sample_seconds = time.monotonic() - began
-    state.hung_nvml_calls = getattr(collector, "hung_nvml_calls", 0)
+    state.hung_nvml_calls = getattr(composer, "hung_nvml_calls", 0)
     state.report = report
     what = "writing " + settings.snapshot_path
     try:
@@ -205,7 +205,7 @@ class DaemonError(Exception):
 def prepare_dirs(settings: AgentSettings) -> None:
     """The state dir: made 0755 if missing (`report` runs as any user), and refused unless only
     this user (and root) can change it and the directories above it. The claims registry is the
-    collector's: it makes it, and remakes it if deleted, at every sample."""
+    composer's: it makes it, and remakes it if deleted, at every sample."""
     try:
         make_dirs(settings.state_dir, 0o755)  # whatever the umask
     except OSError as e:

@@ -1,5 +1,6 @@
-"""The Sampler: one call gives a Report of this host and its GPUs, with utilization means over
-``settings.window_s``. Claims and health warnings are laid on by gpumon_agent.collect.
+"""The Sampler: the measurements — one call gives a Report of this host and its GPUs (NVML,
+psutil), with utilization means over ``settings.window_s``. It composes nothing else: claims and
+health warnings are laid on by gpumon_agent.compose's ReportComposer.
 
 ``sample()`` never raises: NVML trouble is in ``Report.nvml`` and the GPUs' state, an unreadable
 host value is ``None``, and an unexpected bug leaves a note and a minimal report.

@@ -104,7 +104,7 @@ def latest_report(settings: AgentSettings) -> Report:
 
 def sample_once(settings: AgentSettings, note: str, stale: Optional[bytes] = None) -> Report:
     """One Report sampled now, marked ``oneshot`` with ``note`` first among its notes."""
-    from gpumon_agent.collect import Collector
+    from gpumon_agent.compose import ReportComposer
     from gpumon_agent.report import SOURCE_ONESHOT, Report, ReportError
 
     previous = None
@@ -113,11 +113,11 @@ def sample_once(settings: AgentSettings, note: str, stale: Optional[bytes] = Non
             previous = Report.from_json(stale)
         except ReportError:
             pass
-    collector = Collector(settings, oneshot=True, previous=previous)
+    composer = ReportComposer(settings, oneshot=True, previous=previous)
     try:
-        report = collector.collect()
+        report = composer.compose()
     finally:
-        collector.close()  # the poller calls this in a long-lived process: release NVML
+        composer.close()  # the poller calls this in a long-lived process: release NVML
     report.source = SOURCE_ONESHOT
     report.notes.insert(0, note)
     return report

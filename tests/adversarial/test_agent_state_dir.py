@@ -13,7 +13,7 @@ import time
 import pytest
 from agent_proc import AGENT, agent_env
 
-from gpumon_agent.collect import read_gpu_count
+from gpumon_agent.compose import read_gpu_count
 from gpumon_agent.filelock import FileLock, LockFileError
 from gpumon_agent.settings import AgentSettings
 from gpumon_agent.snapshot import read_snapshot

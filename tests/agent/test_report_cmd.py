@@ -61,7 +61,7 @@ def test_fresh_snapshot_is_printed_as_is_without_importing_nvml_or_psutil(tmp_pa
     assert done.stdout == written
     modules = imported_modules(done.stderr.decode())
     assert {"gpumon_agent.entry", "gpumon_agent.snapshot"} <= modules  # the probe sees them
-    heavy = {"pynvml", "psutil", "gpumon_agent.collect", "gpumon_agent.report", "json"}
+    heavy = {"pynvml", "psutil", "gpumon_agent.compose", "gpumon_agent.report", "json"}
     # The console script answers before the full CLI: its argparse/dataclasses/typing cost more
     # than everything else the command does.
     heavy |= {"gpumon_agent.cli", "gpumon_agent.settings", "argparse", "dataclasses", "typing"}

@@ -78,7 +78,7 @@ def test_a_sample_is_a_complete_report(fake_nvml, child_sampler):
     assert report["host"]["cpu_count"] == os.cpu_count()
     assert report["nvml"]["available"] is True
     assert [g["utilization_mean_pct"] for g in report["gpus"]] == [30.0, 30.0]
-    assert report["warnings"] == []  # collect.py adds warnings and claims
+    assert report["warnings"] == []  # compose.py adds warnings and claims
     assert all(g["claims"] == [] for g in report["gpus"])
 
 

@@ -134,7 +134,7 @@ def apply_claims(
     idle_after_s: float,
     now: Optional[float] = None,
 ) -> None:
-    """What collect.py needs in one call: read the live claims (cleaning stale ones), annotate
+    """What compose.py needs in one call: read the live claims (cleaning stale ones), annotate
     the GPUs, and add the bad claim files to ``report.claim_errors``."""
     claims, errors = registry.live_claims()
     annotate(report, claims, tracker, idle_after_s, now)
