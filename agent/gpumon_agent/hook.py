@@ -90,17 +90,10 @@ def sample_gpus(settings: AgentSettings) -> List[Gpu]:
         )
     if not sample.gpus:
         raise GpusUnavailable("NVML finds no GPU on this server")
-    _name_process_users(sample.gpus)
+    from gpumon_agent.procs import name_processes
+
+    name_processes(sample.gpus)  # for the message that says who uses a GPU
     return sample.gpus
-
-
-def _name_process_users(gpus: List[Gpu]) -> None:
-    """Fill GpuProcess.user and .command, for the message that says who uses a GPU."""
-    from gpumon_agent.procs import describe
-
-    for gpu in gpus:
-        for proc in gpu.processes or []:  # None: unknown, nothing to look up
-            proc.user, proc.command = describe(proc.pid)
 
 
 class Claim:

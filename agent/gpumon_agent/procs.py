@@ -1,4 +1,5 @@
-"""Who runs a GPU process: pid -> (user, command line) via psutil.
+"""Who runs a GPU process: pid -> (user, command line) via psutil (``describe``), and every
+process of a list of GPUs named at once (``name_processes``).
 
 NVML gives pids only. A pid can vanish between NVML's answer and this lookup, or belong to a
 process this user may not inspect; both read as "?" — never an exception.
@@ -6,9 +7,11 @@ process this user may not inspect; both read as "?" — never an exception.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Iterable, Tuple
 
 import psutil
+
+from gpumon_agent.report import Gpu
 
 UNKNOWN = "?"
 # Command lines are shown in a sheet cell: long ones are cut, with "..." saying so.
@@ -22,6 +25,17 @@ def describe(pid: int) -> Tuple[str, str]:
     except (psutil.Error, ValueError, OverflowError):  # gone, or not a valid pid
         return UNKNOWN, UNKNOWN
     return _user(process), _command(process)
+
+
+def name_processes(gpus: Iterable[Gpu]) -> None:
+    """Fill in each listed GPU process's ``user`` and ``command``; a process on several GPUs is
+    looked up once. GPUs whose processes are unknown (None) are left as they are."""
+    seen: Dict[int, Tuple[str, str]] = {}
+    for gpu in gpus:
+        for process in gpu.processes or []:
+            if process.pid not in seen:
+                seen[process.pid] = describe(process.pid)
+            process.user, process.command = seen[process.pid]
 
 
 def _user(process: psutil.Process) -> str:

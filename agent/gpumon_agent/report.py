@@ -96,6 +96,12 @@ class Gpu:
     claimed_idle: Optional[bool] = None  # claimed, yet no process for longer than the idle limit
     idle_since: Optional[str] = None  # when the last process left this GPU (if known)
 
+    @property
+    def key(self) -> str:
+        """What tells this GPU apart across samples: its UUID (a renumbered GPU keeps its
+        own), else its index. Not part of the Report."""
+        return self.uuid or f"index:{self.index}"
+
 
 @dataclass
 class Address:

@@ -28,10 +28,6 @@ from gpumon_agent.report import (
 # --- Report annotation -------------------------------------------------------------------------
 
 
-def _gpu_key(gpu: Gpu) -> str:
-    return gpu.uuid or f"index:{gpu.index}"
-
-
 class IdleTracker:
     """Remembers, per GPU (UUID, else index), the last time a process was seen on it.
 
@@ -45,7 +41,7 @@ class IdleTracker:
         """Record this sample; the last time ``gpu`` had a process (``now`` if it has one).
 
         Processes unknown count as busy: an idle stretch starts only where "none" was seen."""
-        key = _gpu_key(gpu)
+        key = gpu.key
         if gpu.processes is None or gpu.processes:
             self.last_busy[key] = now
         return self.last_busy.get(key)
@@ -63,11 +59,11 @@ class IdleTracker:
             return tracker
         for gpu in previous.gpus:
             if gpu.processes is None or gpu.processes:  # unknown counts as busy, as in observe
-                tracker.last_busy[_gpu_key(gpu)] = at
+                tracker.last_busy[gpu.key] = at
             elif gpu.idle_since:
                 with contextlib.suppress(ValueError):
                     since = parse_utc_iso(gpu.idle_since).timestamp()
-                    tracker.last_busy[_gpu_key(gpu)] = min(since, at)
+                    tracker.last_busy[gpu.key] = min(since, at)
         return tracker
 
 
