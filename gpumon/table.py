@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import TextIO
 
+from gpumon_agent.text import cut
+
 RESET = "\033[0m"
 STYLES = {"green": "\033[32m", "red": "\033[31m", "yellow": "\033[33m", "dim": "\033[2m"}
 
@@ -67,6 +69,4 @@ def printable(text: str) -> str:
 
 def _cut(text: str, limit: int | None) -> str:
     text = printable(" ".join(text.split()))  # no newlines or tabs from remote text in a row
-    if limit is None or len(text) <= limit:
-        return text
-    return text[: limit - 1] + "…"
+    return text if limit is None else cut(text, limit)

@@ -12,9 +12,10 @@ from typing import Dict, Iterable, Tuple
 import psutil
 
 from gpumon_agent.report import Gpu
+from gpumon_agent.text import cut
 
 UNKNOWN = "?"
-# Command lines are shown in a sheet cell: long ones are cut, with "..." saying so.
+# Command lines are shown in a sheet cell: long ones are cut, with "…" saying so.
 MAX_COMMAND_CHARS = 200
 
 
@@ -55,6 +56,4 @@ def _command(process: psutil.Process) -> str:
     text = " ".join(text.split())  # newlines and tabs in arguments would break a cell
     if not text or text == "[]":
         return UNKNOWN
-    if len(text) > MAX_COMMAND_CHARS:
-        text = text[: MAX_COMMAND_CHARS - 3] + "..."
-    return text
+    return cut(text, MAX_COMMAND_CHARS)

@@ -56,6 +56,7 @@ from gpumon.sheet.google_requests import (
 )
 from gpumon.sheet.grid import CellWrite, Grid, Merge, Setup, SheetError, WriteStats, a1
 from gpumon.sheet.retry import Budget, OutOfBudget, Retry
+from gpumon_agent.text import cut
 
 # Everything one push needs, in one GET.
 READ_FIELDS = (
@@ -515,8 +516,7 @@ def _api_message(e: gspread.exceptions.APIError) -> str:
 
 
 def _short(e: BaseException) -> str:
-    text = str(e.args[0]) if e.args else type(e).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+    return cut(str(e.args[0]) if e.args else type(e).__name__, 160)
 
 
 def _place(values: list[list[str]], row: int, left: int, texts: list[str]) -> None:
