@@ -5,6 +5,7 @@ Issue 8, "Config, keys, endpoints" (central side)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -40,6 +41,40 @@ def refused(tmp_path: Path, body: str, *command: str) -> str:
     assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
     assert not (tmp_path / "sheet.xlsx").exists()
     return done.stderr
+
+
+# --- types: each key's annotation, as typing.get_type_hints resolves it -------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('[poll]\nconcurrency = "8"', "expected a whole number, got '8'"),
+        ("[poll]\nconcurrency = true", "expected a whole number, got True"),
+        ("[poll]\nconcurrency = 8.5", "expected a whole number, got 8.5"),
+        ('[poll]\nconnect_timeout_s = "3"', "expected a number, got '3'"),
+        ("[poll]\nuser = 5", "expected a string, got 5"),  # Optional[str]
+        ('[poll]\nagentless = "yes"', "expected true or false, got 'yes'"),
+        ('[poll]\nidentity_files = "~/.ssh/id"', "expected a list of strings"),
+        ("[poll]\nsheet_names = [1, 2]", "expected a list of strings"),
+        ('[servers.box2]\nport = "22"', "expected a whole number, got '22'"),  # Optional[int]
+        ("[sheet]\ntime_zone = 9", "expected a string, got 9"),
+    ],
+)
+def test_each_key_takes_the_type_its_field_declares(line, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        parse(line + "\n", "/etc/gpumon/gpumon.toml")
+
+
+def test_numbers_and_optional_keys_take_what_their_fields_declare():
+    config = parse(
+        '[poll]\nconnect_timeout_s = 4\nuser = "pollster"\n[servers.box2]\nport = 2222\n',
+        "gpumon.toml",
+    )
+
+    assert config.poll.connect_timeout_s == 4.0 and isinstance(config.poll.connect_timeout_s, float)
+    assert (config.poll.user, config.servers["box2"].port) == ("pollster", 2222)
+    assert config.servers["box2"].user is None
 
 
 # --- numbers: finite, within stated bounds ----------------------------------------------------
