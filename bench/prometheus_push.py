@@ -43,9 +43,9 @@ from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from gpumon.config import SheetConfig, load  # noqa: E402
+from gpumon.fleet import open_poller, push_once  # noqa: E402
 from gpumon.poll.prometheus import PrometheusSource  # noqa: E402
-from gpumon.push import open_poller, push_once  # noqa: E402
-from gpumon.sheet.backends import close_backend, open_backend  # noqa: E402
+from gpumon.sheet.backends import open_backend  # noqa: E402
 from gpumon_agent.daemon import DaemonState  # noqa: E402
 from gpumon_agent.metrics import ReportCollector  # noqa: E402
 from gpumon_agent.report import (  # noqa: E402
@@ -258,7 +258,7 @@ def timed_pushes(config, runs: int) -> dict[str, float]:
         }
     finally:
         poller.close()
-        close_backend(backend)
+        backend.close()
 
 
 # The stand-in agents run in a process of their own: their 50 answers a second must not count

@@ -28,7 +28,7 @@ import openpyxl  # noqa: E402
 from sheetkit import gpu, on, seed_workbook  # noqa: E402
 
 from gpumon.config import Config, PollConfig, SheetConfig  # noqa: E402
-from gpumon.push import push_once  # noqa: E402
+from gpumon.fleet import push_once  # noqa: E402
 from gpumon.sheet.grid import Grid  # noqa: E402
 from gpumon.sheet.layout import GPU_COLUMNS, SERVER_COLUMNS, read_layout  # noqa: E402
 from gpumon.sheet.plan import plan  # noqa: E402

@@ -35,7 +35,7 @@ import gspread  # noqa: E402
 from sheetkit import gpu, off, on  # noqa: E402
 
 from gpumon.config import Config, SheetConfig  # noqa: E402
-from gpumon.push import push_once  # noqa: E402
+from gpumon.fleet import push_once  # noqa: E402
 from gpumon.sheet.google import open_backend  # noqa: E402
 from harness.sheets_client import (  # noqa: E402
     ACCOUNT,

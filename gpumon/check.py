@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from gpumon.config import OWNED_COLUMNS, Config, ConfigError
+from gpumon.fleet import FleetSession, open_fleet, poll_names
 from gpumon.poll import result as codes
 from gpumon.poll.result import ServerResult
-from gpumon.push import poll_names
 from gpumon.sheet.grid import Grid, SheetError, a1, column_letter
 from gpumon.sheet.layout import Block, Layout, LayoutError, read_layout
 from gpumon.sheet.plan import sheet_timezone
@@ -68,10 +68,11 @@ class Checklist:
 
 
 def check(config: Config, out: TextIO | None = None) -> int:
-    from gpumon.push import open_poller
-    from gpumon.sheet.backends import close_backend, open_backend
+    with open_fleet(config) as fleet:
+        return _check(config, fleet, Checklist(out or sys.stdout))
 
-    checks = Checklist(out or sys.stdout)
+
+def _check(config: Config, fleet: FleetSession, checks: Checklist) -> int:
     how = f" (read: {config.found_by})" if config.path and config.found_by else ""
     if config.path is None and config.found_by:
         how = f" ({config.found_by})"
@@ -79,15 +80,12 @@ def check(config: Config, out: TextIO | None = None) -> int:
     _check_state_dir(config, checks)
     layout: Layout | None = None
     try:
-        backend = open_backend(config)
+        backend = fleet.backend()
     except (ConfigError, SheetError) as e:
         checks.fail(f"sheet: {e}")
         backend = None
     if backend is not None:
-        try:
-            layout = _check_sheet(config, backend, checks)
-        finally:
-            close_backend(backend)
+        layout = _check_sheet(config, backend, checks)
     not_polled: list[str] = []
     names = poll_names(config, layout.servers() if layout else [], not_polled)
     for warning in not_polled:
@@ -96,14 +94,11 @@ def check(config: Config, out: TextIO | None = None) -> int:
         checks.fail("servers: none to poll (add [servers.NAME] tables, or names in the sheet)")
     else:
         try:
-            poller = open_poller(config)
+            poller = fleet.poller()
         except ConfigError as e:
             checks.fail(f"ssh: {e}")
         else:
-            try:
-                results = poller.sweep(names)
-            finally:
-                poller.close()
+            results = poller.sweep(names)
             for result in results:
                 _check_server(result, checks)
             if layout is not None:

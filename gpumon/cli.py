@@ -172,7 +172,7 @@ def entry() -> None:
 
 def _main(argv: list[str]) -> int:
     if argv and argv[0] in AGENT_COMMANDS:
-        from gpumon_agent.snapshot import fast_report
+        from gpumon_agent.entry import fast_report
 
         # `gpumon agent report --json` with a fresh snapshot: no argparse, no pynvml.
         if argv[0] == "agent" and (code := fast_report(argv[1:])) is not None:
@@ -213,13 +213,16 @@ def _main(argv: list[str]) -> int:
 
         return serve(config)
     if args.command == "status":
-        from gpumon.push import fleet_names
+        from gpumon.fleet import fleet_names
 
+        warnings: list[str] = []
         try:
-            names = fleet_names(config)
+            names = fleet_names(config, warnings)
         except ConfigError as e:
             print(f"gpumon: {e}", file=sys.stderr)
             return 2
+        for warning in warnings:
+            print(f"gpumon: warning: {warning}", file=sys.stderr)
         if args.watch is not None:
             from gpumon.watch import watch
 
@@ -236,7 +239,7 @@ def _main(argv: list[str]) -> int:
 
         return prometheus_targets(config, args.out)
     if args.command == "trust":
-        from gpumon.poll.hostkeys import trust
+        from gpumon.trust import trust
 
         return trust(config, args.host, assume_yes=args.yes)
     raise AssertionError(args.command)

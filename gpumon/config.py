@@ -12,9 +12,11 @@ import os
 import re
 import socket
 import sys
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from gpumon.configpath import ConfigSource, default_state_dir, find_config, user_config_dir
 
@@ -75,24 +77,28 @@ class ConfigError(Exception):
     """A config problem, phrased for the admin: where it is and how to fix it."""
 
 
+# The sections' fields are read with typing.get_type_hints, which evaluates these annotations:
+# Optional[X] (not X | None) so that they evaluate on Python 3.9 too.
+
+
 @dataclass
 class ServerEntry:
     """How to reach one server. Unset fields fall back to ~/.ssh/config, then to the name."""
 
     name: str
-    host: str | None = None
-    user: str | None = None
-    port: int | None = None
-    identity_file: str | None = None
-    proxy_jump: str | None = None
-    command: str | None = None  # overrides [poll] command for this server
+    host: Optional[str] = None
+    user: Optional[str] = None
+    port: Optional[int] = None
+    identity_file: Optional[str] = None
+    proxy_jump: Optional[str] = None
+    command: Optional[str] = None  # overrides [poll] command for this server
     local: bool = False  # this machine: read the agent in-process, no SSH
 
 
 @dataclass
 class PollConfig:
     command: str = "gpumon-agent report --json"
-    user: str | None = None  # login user when neither [servers.X] nor ~/.ssh/config says
+    user: Optional[str] = None  # login user when neither [servers.X] nor ~/.ssh/config says
     concurrency: int = 32
     connect_timeout_s: float = 3.0  # TCP connect
     handshake_timeout_s: float = 5.0  # banner + key exchange
@@ -100,7 +106,8 @@ class PollConfig:
     command_timeout_s: float = 5.0  # exec + reading the output
     sweep_timeout_s: float = 15.0  # the whole fleet
     stale_after_s: float = 30.0  # a Report older than this is "agent stale"
-    known_hosts: str | None = None  # an extra known_hosts file (system and user ones are read too)
+    # An extra known_hosts file (the system and user ones are read too).
+    known_hosts: Optional[str] = None
     ssh_config: str = "~/.ssh/config"
     identity_files: list[str] = field(default_factory=list)
     agentless: bool = True  # read nvidia-smi + ps when the agent is not installed
@@ -115,8 +122,8 @@ class PollConfig:
 @dataclass
 class SheetConfig:
     backend: str = "xlsx"  # "google" | "xlsx"
-    url: str | None = None  # google: spreadsheet URL or key
-    worksheet: str | None = None  # default: the gid in the URL, else the first sheet
+    url: Optional[str] = None  # google: spreadsheet URL or key
+    worksheet: Optional[str] = None  # default: the gid in the URL, else the first sheet
     # default: beside the user's config ($XDG_CONFIG_HOME/gpumon, else ~/.config/gpumon)
     credentials: str = field(
         default_factory=lambda: os.path.join(user_config_dir(), "service-account.json")
@@ -125,7 +132,7 @@ class SheetConfig:
     timeout_s: float = 20.0  # each HTTP request
     retry_budget_s: float = 30.0  # all retries of one push together
     add_rows: bool = False  # insert rows for GPUs the sheet lacks
-    time_zone: str | None = None  # default: the spreadsheet's own
+    time_zone: Optional[str] = None  # default: the spreadsheet's own
     columns: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_COLUMNS))
 
 
@@ -139,7 +146,7 @@ class SourceConfig:
     """Where each server's state comes from: over SSH (the default), or from Prometheus."""
 
     kind: str = "ssh"  # "ssh" | "prometheus"
-    url: str | None = None  # prometheus: "http://prometheus.lab:9090" (a path prefix is kept)
+    url: Optional[str] = None  # prometheus: "http://prometheus.lab:9090" (a path prefix is kept)
     timeout_s: float = 10.0  # each query
     server_label: str = "server"  # the label naming the server, as the sheet does
     selector: str = ""  # label matchers added to every query, e.g. 'job=~"gpumon|dcgm"'
@@ -334,10 +341,9 @@ _TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", 
 
 
 def _typed(where: _Where, dotted: str, value: Any, tp: Any) -> Any:
-    optional = False
-    text = str(tp)
-    if "None" in text or "Optional" in text:
-        optional = True
+    """``value`` checked against the type ``tp`` (a class, or a resolved annotation such as
+    ``Optional[str]`` or ``list[str]``)."""
+    optional = type(None) in typing.get_args(tp)
     base = _base_type(tp)
     if value is None and optional:
         return None
@@ -362,17 +368,13 @@ def _typed(where: _Where, dotted: str, value: Any, tp: Any) -> Any:
 
 
 def _base_type(tp: Any) -> type:
-    text = tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
-    for name, base in (
-        ("list", list),
-        ("dict", dict),
-        ("bool", bool),
-        ("int", int),
-        ("float", float),
-    ):
-        if text.startswith(name):
-            return base
-    return str
+    """The class a value of type ``tp`` must be: ``Optional[X]`` → X, ``list[str]`` → list."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    unions = (typing.Union, getattr(types, "UnionType", typing.Union))  # Optional[X], X | None
+    if typing.get_origin(tp) in unions and len(args) == 1:
+        tp = args[0]
+    origin = typing.get_origin(tp)
+    return origin if isinstance(origin, type) else tp
 
 
 def _dataclass_section(
@@ -381,12 +383,13 @@ def _dataclass_section(
     section = _Section(where, section_name, data)
     kwargs = dict(fixed)
     known = []
+    hints = typing.get_type_hints(cls)  # the annotations as types, not as their text
     for f in fields(cls):
         if f.name in fixed or f.name == "columns":
             continue
         known.append(f.name)
         if f.name in data:
-            kwargs[f.name] = _typed(where, section.key(f.name), data[f.name], f.type)
+            kwargs[f.name] = _typed(where, section.key(f.name), data[f.name], hints[f.name])
     section.finish(known)
     return cls(**kwargs)
 

@@ -19,15 +19,19 @@ import time
 from types import FrameType
 
 from gpumon.config import Config, ConfigError
-from gpumon.push import LockHeld, push_lock, push_once
+from gpumon.fleet import (
+    EXIT_OK,
+    FleetSession,
+    LockHeld,
+    exit_code,
+    outcome_messages,
+    push_lock,
+    push_once,
+)
 from gpumon.sheet.grid import SheetError
 from gpumon.sheet.layout import LayoutError
 
 log = logging.getLogger("gpumon.serve")
-
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_SHEET = 3
 
 
 class Service:
@@ -62,16 +66,8 @@ class Service:
             self.failures += 1
             log.exception("push failed after %.2f s", time.monotonic() - started)
             return
-        for warning in outcome.warnings:
-            log.warning("%s", warning)
-        skipped = list(outcome.stats.skipped)
-        if outcome.setup_stats is not None:
-            skipped += outcome.setup_stats.skipped
-        for reason in skipped:
-            log.warning("not written: %s", reason)
-        for line in outcome.setup_lines:
-            log.info("set-up: %s", line)
-        log.info("push: %s", outcome.summary())
+        for message in outcome_messages(outcome, "push"):
+            log.log(message.level, "%s", message.text)
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait for a running push to finish (True), or give up after timeout_s."""
@@ -82,29 +78,21 @@ class Service:
 
 
 def serve(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT: 0, or 2 / 3 when the config or the sheet backend is unusable
+    at start (gpumon.fleet.EXIT_CODES); a push that fails later is logged, the next one tries."""
     from apscheduler.schedulers import SchedulerNotRunningError
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     from gpumon.logs import setup
-    from gpumon.push import open_poller
-    from gpumon.sheet.backends import close_backend, open_backend
 
     setup(service=True)  # one line per push (INFO), whatever -v said; --debug still counts
+    fleet = FleetSession(config)  # the backend and the poller, kept open across pushes
     try:
-        backend = open_backend(config)
-    except ConfigError as e:
+        service = Service(config, fleet.backend(), fleet.poller())
+    except (ConfigError, SheetError) as e:
+        fleet.close()
         log.error("%s", e)
-        return EXIT_CONFIG
-    except SheetError as e:
-        log.error("%s", e)
-        return EXIT_SHEET
-    try:
-        poller = open_poller(config)
-    except ConfigError as e:
-        close_backend(backend)
-        log.error("%s", e)
-        return EXIT_CONFIG
-    service = Service(config, backend, poller)
+        return exit_code(e)
     scheduler = BlockingScheduler(timezone=dt.timezone.utc)
     interval = config.serve.interval_s
     scheduler.add_job(
@@ -149,8 +137,7 @@ def serve(config: Config) -> int:
             )
             if not service.wait_idle(limit):
                 log.warning("a push was still running after %.0f s; stopping anyway", limit)
-            poller.close()
-            close_backend(backend)
+            fleet.close()
     log.info("stopped after %d pushes (%d failed)", service.pushes, service.failures)
     return EXIT_OK
 

@@ -42,7 +42,7 @@ def status(
 
     ``names`` is the hook for callers that know more servers (e.g. the sheet's Server column).
     """
-    from gpumon.push import open_poller
+    from gpumon.fleet import open_fleet
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -50,8 +50,8 @@ def status(
     if not names:
         return nothing_to_poll(config, err)
     progress = Progress(err, len(names)) if is_terminal(err) else None
-    with open_poller(config) as poller:
-        results = poller.sweep(names, progress=progress.update if progress else None)
+    with open_fleet(config) as fleet:
+        results = fleet.poller().sweep(names, progress=progress.update if progress else None)
     if progress:
         progress.clear()
     if as_json:

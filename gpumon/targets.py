@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TextIO
 
 from gpumon.config import Config, ConfigError
-from gpumon.push import EXIT_CONFIG, EXIT_LAYOUT, EXIT_OK, EXIT_SHEET, poll_names
+from gpumon.fleet import EXIT_CONFIG, EXIT_LAYOUT, EXIT_OK, EXIT_SHEET, open_fleet, poll_names
 from gpumon.sheet.grid import SheetError
 from gpumon.sheet.layout import LayoutError, read_layout
 
@@ -42,13 +42,8 @@ def fleet(config: Config, warnings: list[str]) -> list[str]:
     Raises SheetError, LayoutError, ConfigError."""
     if not config.poll.servers_from_sheet:
         return poll_names(config, [], warnings)
-    from gpumon.sheet.backends import close_backend, open_backend
-
-    backend = open_backend(config)
-    try:
-        layout = read_layout(backend.read(), config.sheet.columns)
-    finally:
-        close_backend(backend)
+    with open_fleet(config) as session:
+        layout = read_layout(session.backend().read(), config.sheet.columns)
     warnings.extend(layout.warnings)  # rows it leaves alone, names that are not server names
     return poll_names(config, layout.servers(), warnings)
 

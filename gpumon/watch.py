@@ -50,7 +50,7 @@ def watch(
     Returns 128 + the signal on SIGTERM/SIGHUP; Ctrl-C's KeyboardInterrupt goes up to the
     command line (exit 130) once the terminal is restored. After ``count`` refreshes: 0 if
     every server was ON in the last one, else 1 (as `gpumon status`)."""
-    from gpumon.push import open_poller
+    from gpumon.fleet import open_poller
 
     out = out or sys.stdout
     err = err or sys.stderr

@@ -39,6 +39,10 @@ bash scripts/bootstrap.sh --test
 .venv/bin/ruff format --check .
 # Lab servers run old Pythons: the agent must need nothing newer than 3.8.
 .venv/bin/vermin --no-tips --violations --target=3.8- --eval-annotations agent/gpumon_agent
+# Commands above gpumon.fleet above gpumon.sheet above gpumon.poll above the agent
+# ([tool.importlinter] in pyproject.toml), and no import cycles (lazy imports count).
+.venv/bin/lint-imports --no-cache
+python3 ../shared/tools/import_cycles.py . agent/gpumon_agent gpumon kws/kws
 .venv/bin/python -m pytest "$@"
 # The agent's tests again on the oldest nvidia-ml-py, psutil and prometheus-client its ranges
 # allow (agent/constraints-oldest.txt), against the same fake NVML: lab servers are old.

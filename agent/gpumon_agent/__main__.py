@@ -1,3 +1,3 @@
-from gpumon_agent.cli import main
+from gpumon_agent.entry import main
 
 raise SystemExit(main())

@@ -28,6 +28,8 @@ import json
 import math
 from typing import Any, Dict, Tuple
 
+from gpumon_agent.text import ELLIPSIS, cut
+
 MAX_GPU_INDEX = 999  # the sheet's GPU column reads back 1-3 digits
 MAX_BYTES = 2**60  # 1 EiB: more than any GPU, RAM or root file system
 MAX_PID = 2**31 - 1
@@ -36,7 +38,6 @@ DEFAULT_ITEMS = 1024
 DEFAULT_NUMBER = 2.0**63
 MAX_PROGRESS_KEYS = 32
 MAX_PROGRESS_TEXT = 200
-ELLIPSIS = "…"
 
 
 class OutOfBounds(ValueError):
@@ -155,8 +156,8 @@ FIELDS: Dict[Tuple[str, str], Any] = {
     ("HealthWarning", "code"): SHORT,
     ("HealthWarning", "message"): MESSAGE,
     ("HealthWarning", "gpu_index"): GPU_INDEX,
-    ("ClaimFileError", "path"): Text(4096),
-    ("ClaimFileError", "error"): MESSAGE,
+    ("ClaimFileProblem", "path"): Text(4096),
+    ("ClaimFileProblem", "error"): MESSAGE,
 }
 
 
@@ -245,8 +246,3 @@ def _progress_value(value: Any) -> Any:
     except (ValueError, TypeError, RecursionError):
         text = ELLIPSIS
     return cut(text, MAX_PROGRESS_TEXT)
-
-
-def cut(text: str, chars: int) -> str:
-    """``text`` at most ``chars`` characters, the cut shown by "…"."""
-    return text if len(text) <= chars else text[: chars - 1] + ELLIPSIS

@@ -1,17 +1,36 @@
-"""`gpumon-agent` (also `gpumon agent …` and `gpumon claim …`): a thin argparse front.
+"""`gpumon-agent` (also `gpumon agent …` and `gpumon claim …`): the agent's commands.
 
-Each subcommand imports its module only when chosen, so `report --json` stays fast.
+The agent's modules are a library — they print nothing, read no argv or stdin and never exit
+(tests/test_layering.py checks) — except this module and the console script's entry
+(gpumon_agent.entry), which are its commands: argument parsing, what each subcommand prints,
+its exit status, and the daemon's logging set-up. Each subcommand imports its library modules
+only when chosen.
+
+Exit status: 0 done; 1 the command failed (the report could not sample, the claims registry is
+unreadable or refused, a claim error); 2 a bad flag or GPUMON_* variable (the message names it).
+`claim` returns its command's status, or 75 (EX_TEMPFAIL, sysexits.h) when the GPUs are taken
+or the registry lock is busy, 127 / 126 when the command cannot be started.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
 import textwrap
-from typing import List, Optional
+import time
+from typing import TYPE_CHECKING, List, Optional
 
 from gpumon_agent import __version__
 from gpumon_agent.settings import AgentSettings, SettingsError
+
+if TYPE_CHECKING:
+    from gpumon_agent.report import Report
+
+# `gpumon claim` exit status when it could not claim for a reason that may pass (sysexits.h).
+EX_TEMPFAIL = 75
 
 # Each command's --help ends with its exit codes and an example (as gpumon's commands do).
 _EXITS = {
@@ -170,27 +189,223 @@ def main(argv: Optional[List[str]] = None, prog: str = "gpumon-agent") -> int:
         return 2
 
     if command == "report":
-        from gpumon_agent.snapshot import print_report
-
-        return print_report(settings, as_json=args.json)
+        return report_command(settings, as_json=args.json)
     if command == "run":
         from gpumon_agent.daemon import run
 
+        _log_to_stderr()
         return run(settings, metrics=args.metrics)
     if command == "claim":
         cmd = list(args.cmd)
         if cmd and cmd[0] == "--":
             cmd = cmd[1:]
         if not cmd:
-            raise SystemExit(f"{prog} claim: give the command after --, e.g. -- python train.py")
-        from gpumon_agent.hook import run_claimed
-
-        return run_claimed(cmd, gpus=args.gpus, count=args.count, job=args.job, settings=settings)
+            print(f"{prog} claim: give the command after --, e.g. -- python train.py",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        return claim_command(cmd, args, settings)
     if command == "claims":
-        from gpumon_agent.claims import print_claims
-
-        return print_claims(settings, as_json=args.json)
+        return claims_command(settings, as_json=args.json)
     raise AssertionError(command)  # argparse rejects anything else
+
+
+# --- `report` ---------------------------------------------------------------------------------
+
+
+def report_command(settings: AgentSettings, as_json: bool) -> int:
+    """`gpumon-agent report [--json]` when the fast path (gpumon_agent.entry) did not answer:
+    a fresh snapshot copied as is, else one sampled now."""
+    from gpumon_agent.snapshot import latest_report, read_snapshot, sample_once
+
+    try:
+        if as_json:
+            data, fresh, why = read_snapshot(settings)
+            if data is not None and fresh:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+                return 0
+            report = sample_once(settings, why, data)
+        else:
+            report = latest_report(settings)
+    except Exception as e:  # a bug or a broken install: say what; the poller shows it
+        print(f"gpumon-agent report: could not sample: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    if as_json:
+        sys.stdout.write(report.to_json() + "\n")
+    else:
+        sys.stdout.write(summarize(report))
+    sys.stdout.flush()
+    return 0
+
+
+def summarize(report: Report, now: Optional[float] = None) -> str:
+    """A few lines for a person at a terminal; the poller reads --json instead."""
+    from gpumon_agent.report import GPU_OK, parse_utc_iso
+    from gpumon_agent.text import cut
+
+    h = report.host
+    age = (time.time() if now is None else now) - parse_utc_iso(report.generated_at).timestamp()
+    lines = [
+        "{}{}  {} ({}, {:.0f} s ago)".format(
+            h.hostname,
+            "  " + h.primary_ip if h.primary_ip else "",
+            report.generated_at,
+            report.source,
+            max(age, 0.0),
+        )
+    ]
+    host_bits = []
+    if h.load_avg:
+        host_bits.append("load " + " ".join(f"{x:.2f}" for x in h.load_avg))
+    if h.memory_total_bytes:
+        host_bits.append(f"mem {_gib(h.memory_used_bytes)} / {_gib(h.memory_total_bytes)}")
+    if h.users:
+        host_bits.append("users " + ",".join(sorted({u.name for u in h.users})))
+    if host_bits:
+        lines.append("  " + "  ".join(host_bits))
+    if report.nvml.available:
+        lines.append("  NVML driver {}".format(report.nvml.driver_version or "?"))
+    else:
+        lines.append("  NVML unavailable: {}".format(report.nvml.error or "unknown error"))
+    for g in report.gpus:
+        head = "  GPU {} {}".format(g.index, g.name or "?")
+        if g.state != GPU_OK:
+            lines.append("{}  {}: {}".format(head, g.state.upper(), g.error or ""))
+            continue
+        bits = [head]
+        if g.utilization_pct is not None:
+            mean = g.utilization_mean_pct
+            bits.append(
+                f"util {g.utilization_pct:.0f}%"
+                + (f" (mean {mean:.0f}%)" if mean is not None else "")
+            )
+        if g.memory_total_bytes:
+            bits.append(f"mem {_gib(g.memory_used_bytes)} / {_gib(g.memory_total_bytes)}")
+        if g.temperature_c is not None:
+            bits.append(f"{g.temperature_c:.0f} C")
+        if g.power_w is not None:
+            bits.append(f"{g.power_w:.0f} W")
+        lines.append("  ".join(bits))
+        for p in g.processes or []:
+            lines.append(f"      pid {p.pid} {p.user}: {cut(p.command, 60)}")
+        if g.processes_error:
+            known = "unknown" if g.processes is None else "incomplete"
+            lines.append(f"      processes {known}: {g.processes_error}")
+        for c in g.claims:
+            lines.append(f"      claimed by {c.user} for {c.job!r} (pid {c.pid})")
+        if g.unclaimed_use:
+            lines.append("      in use without a claim")
+        if g.claimed_idle:
+            lines.append("      claimed but idle since {}".format(g.idle_since or "?"))
+    for w in report.warnings:
+        where = f"GPU {w.gpu_index}: " if w.gpu_index is not None else ""
+        lines.append(f"  warning {where}{w.message} ({w.code})")
+    for e in report.claim_errors:
+        lines.append(f"  bad claim file {e.path}: {e.error}")
+    for n in report.notes:
+        lines.append("  note: " + n)
+    return "\n".join(lines) + "\n"
+
+
+def _gib(n: Optional[int]) -> str:
+    return "?" if n is None else f"{n / 2**30:.1f} GiB"
+
+
+# --- `claims` ---------------------------------------------------------------------------------
+
+
+def claims_command(settings: AgentSettings, as_json: bool = False) -> int:
+    """List the live claims (and unreadable claim files) of this server. Returns 0, or 1 when
+    the registry cannot be read (or is refused as unsafe)."""
+    from gpumon_agent.claims import ClaimRegistry
+
+    registry = ClaimRegistry.for_settings(settings)
+    scan = registry.scan()
+    claims, errors = scan.claims, scan.errors
+    if as_json:
+        out = {
+            "registry": registry.path,
+            "claims": [
+                dict(c.to_dict(), file=c.file_name)
+                for c in sorted(claims, key=lambda c: c.started_at)
+            ],
+            "errors": [{"path": e.path, "error": e.error} for e in errors],
+        }
+        print(json.dumps(out, indent=2))
+    else:
+        if not os.path.isdir(registry.path):
+            print(f"no claims registry at {registry.path} (the gpumon agent creates it)")
+        elif not claims:
+            print(f"no live claims in {registry.path}")
+        else:
+            rows = [("GPUS", "USER", "PID", "STARTED", "JOB", "PROGRESS")]
+            for c in sorted(claims, key=lambda c: c.started_at):
+                rows.append(
+                    (
+                        ",".join(str(g.index) for g in c.gpus),
+                        _printable(c.user),
+                        str(c.pid),
+                        _printable(c.started_at),
+                        _printable(c.job),
+                        _printable(" ".join(f"{k}={v}" for k, v in c.progress.items())),
+                    )
+                )
+            widths = [max(len(r[i]) for r in rows) for i in range(5)]
+            for r in rows:
+                print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
+        for e in errors:
+            print(f"bad claim file {_printable(e.path)}: {_printable(e.error)}", file=sys.stderr)
+    return 1 if scan.refused is not None else 0
+
+
+def _printable(text: str) -> str:
+    """Users write claim files: never let their control characters reach a terminal."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+# --- `claim -- CMD` ---------------------------------------------------------------------------
+
+
+def claim_command(
+    cmd: List[str], args: argparse.Namespace, settings: AgentSettings, prog: str = "gpumon claim"
+) -> int:
+    """`gpumon claim -- CMD`: the command's exit status, or why it could not be run."""
+    from gpumon_agent.claims import ClaimError, LockTimeout, NoFreeGpu
+    from gpumon_agent.hook import CannotRun, GpusUnavailable, run_claimed
+
+    try:
+        return run_claimed(cmd, gpus=args.gpus, count=args.count, job=args.job, settings=settings)
+    except GpusUnavailable as e:
+        print(
+            f"{prog}: {e.reason} (to use the CPU, run the command without {prog})", file=sys.stderr
+        )
+        return 1
+    except ClaimError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return EX_TEMPFAIL if isinstance(e, (NoFreeGpu, LockTimeout)) else 1
+    except CannotRun as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return e.status
+
+
+# --- `run` ------------------------------------------------------------------------------------
+
+
+def _log_to_stderr() -> None:
+    """The daemon's log lines on stderr: under journald, which stamps each line, a prefix gives
+    its priority (so `journalctl -p warning` works); by hand, a time helps."""
+    from gpumon_agent.journal import PriorityFormatter, under_journal
+
+    log = logging.getLogger("gpumon_agent")
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(levelname)s %(message)s"
+    if under_journal(sys.stderr):
+        handler.setFormatter(PriorityFormatter(fmt))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s " + fmt))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 if __name__ == "__main__":  # pragma: no cover

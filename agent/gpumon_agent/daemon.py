@@ -14,7 +14,8 @@
 - The state dir must be changeable by the agent's user (and root) alone, with every directory
   above it (gpumon_agent.safedir): a root daemon in a directory others may write would follow
   what they plant there. Files in it are opened ``O_NOFOLLOW``.
-- Logs go to stderr (journald under systemd, which stamps the time itself).
+- Logs go to the "gpumon_agent" logger; the `run` command (gpumon_agent.cli) sends them to
+  stderr (journald under systemd, which stamps the time itself).
 
 Must stay importable on Python 3.8.
 """
@@ -26,7 +27,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from typing import Callable, Optional, Protocol
@@ -43,10 +43,10 @@ log = logging.getLogger("gpumon_agent")
 LOCK_FILE = "agent.lock"
 
 
-class Collects(Protocol):
-    """What the loop needs of gpumon_agent.collect.Collector."""
+class Composes(Protocol):
+    """What the loop needs of gpumon_agent.compose.ReportComposer."""
 
-    def collect(self) -> Report: ...
+    def compose(self) -> Report: ...
 
 
 class DaemonState:
@@ -63,7 +63,8 @@ class DaemonState:
 
 
 def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
-    _setup_logging()
+    """The daemon until SIGTERM/SIGINT; the exit status (1: cannot start, 2: a bad --metrics).
+    Logs through the "gpumon_agent" logger (the `run` command sends it to stderr)."""
     listen = None
     if metrics:
         from gpumon_agent.metrics import MetricsError, parse_listen
@@ -105,9 +106,9 @@ def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
             bound = server.server_address
             log.info("serving Prometheus metrics on http://%s/metrics", _hostport(*bound[:2]))
 
-        from gpumon_agent.collect import Collector
+        from gpumon_agent.compose import ReportComposer
 
-        collector = Collector(settings, previous=previous_report(settings))
+        composer = ReportComposer(settings, previous=previous_report(settings))
         log.info(
             "gpumon-agent %s: sampling every %g s into %s (claims in %s)",
             __version__,
@@ -116,9 +117,9 @@ def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
             settings.claims_path,
         )
         try:
-            loop(settings, collector, state, stop)
+            loop(settings, composer, state, stop)
         finally:
-            collector.close()
+            composer.close()
         log.info("stopped")
         return 0
     finally:
@@ -130,7 +131,7 @@ def run(settings: AgentSettings, metrics: Optional[str] = None) -> int:
 
 def loop(
     settings: AgentSettings,
-    collector: Collects,
+    composer: Composes,
     state: DaemonState,
     stop: threading.Event,
     clock: Callable[[], float] = time.monotonic,
@@ -144,7 +145,7 @@ def loop(
     tick = 0
     failure = StateLog()
     while not stop.is_set():
-        tick_once(settings, collector, state, failure)
+        tick_once(settings, composer, state, failure)
         tick += 1
         now = clock()
         due = start + tick * interval
@@ -155,11 +156,11 @@ def loop(
 
 
 def tick_once(
-    settings: AgentSettings, collector: Collects, state: DaemonState, failure: StateLog
+    settings: AgentSettings, composer: Composes, state: DaemonState, failure: StateLog
 ) -> None:
     began = time.monotonic()
     try:
-        report = collector.collect()
+        report = composer.compose()
     except Exception as e:
         state.sample_errors += 1
         state.sample_ok = False
@@ -170,8 +171,8 @@ def tick_once(
         failure.ok("sample")
     state.samples += 1
     state.sample_seconds = time.monotonic() - began
-    state.hung_nvml_calls = getattr(collector, "hung_nvml_calls", 0)
-    state.expected_gpus = getattr(collector, "expected_gpus", None)
+    state.hung_nvml_calls = getattr(composer, "hung_nvml_calls", 0)
+    state.expected_gpus = getattr(composer, "expected_gpus", None)
     state.report = report
     what = "writing " + settings.snapshot_path
     try:
@@ -208,7 +209,7 @@ class DaemonError(Exception):
 def prepare_dirs(settings: AgentSettings) -> None:
     """The state dir: made 0755 if missing (`report` runs as any user), and refused unless only
     this user (and root) can change it and the directories above it. The claims registry is the
-    collector's: it makes it, and remakes it if deleted, at every sample."""
+    composer's: it makes it, and remakes it if deleted, at every sample."""
     try:
         make_dirs(settings.state_dir, 0o755)  # whatever the umask
     except OSError as e:
@@ -255,20 +256,6 @@ def previous_report(settings: AgentSettings) -> Optional[Report]:
         return Report.from_json(data)
     except ReportError:
         return None
-
-
-def _setup_logging() -> None:
-    from gpumon_agent.journal import PriorityFormatter, under_journal
-
-    handler = logging.StreamHandler(sys.stderr)
-    fmt = "%(levelname)s %(message)s"
-    if under_journal(sys.stderr):  # journald stamps each line; the prefix gives its priority
-        handler.setFormatter(PriorityFormatter(fmt))
-    else:  # by hand, a time helps
-        handler.setFormatter(logging.Formatter("%(asctime)s " + fmt))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 def _hostport(host: str, port: int) -> str:

@@ -1,4 +1,5 @@
-"""flock(2) on a lock file: the project's one way to take a file lock.
+"""flock(2) on a lock file: the project's one way to take a file lock (the agent's daemon lock
+and claims registry, the central box's push lock and last-seen times).
 
 Lock files live in directories other users may write in (the claims registry is world-writable
 and sticky, like /tmp) or that a careless set-up leaves open, so the file is opened with
@@ -92,15 +93,19 @@ def _strerror(e: OSError) -> str:
 
 
 class FileLock:
-    """An exclusive flock on ``path``: ``acquire(timeout_s)`` / ``release()``, or ``with``.
+    """An exclusive flock on ``path``: ``acquire(timeout_s)`` / ``release()``, or ``with``
+    (which waits at most ``timeout_s``, 0: one try).
 
     ``record_pid``: after taking the lock, write this process's pid into the file (so the next
     taker can say who holds it); needs a writable file, hence a lock only its owner takes."""
 
-    def __init__(self, path: str, mode: int = 0o644, record_pid: bool = False) -> None:
+    def __init__(
+        self, path: str, mode: int = 0o644, record_pid: bool = False, timeout_s: float = 0.0
+    ) -> None:
         self.path = path
         self.mode = mode
         self.record_pid = record_pid
+        self.timeout_s = timeout_s
         self.fd = -1
 
     def acquire(self, timeout_s: float = 0.0) -> None:
@@ -136,7 +141,7 @@ class FileLock:
             self.fd = -1
 
     def __enter__(self) -> FileLock:
-        self.acquire()
+        self.acquire(self.timeout_s)
         return self
 
     def __exit__(self, *exc: object) -> None:

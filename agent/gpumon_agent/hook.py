@@ -37,8 +37,6 @@ from gpumon_agent.claims import (
     ClaimRegistry,
     GpuRequest,
     InvalidClaimFile,
-    LockTimeout,
-    NoFreeGpu,
     check_owner_process,
     claim_gpus,
     clean_progress,
@@ -46,15 +44,23 @@ from gpumon_agent.claims import (
 )
 from gpumon_agent.report import Gpu, utc_iso
 from gpumon_agent.settings import AgentSettings, SettingsError
+from gpumon_agent.text import cut
 
 # Set for the command under `gpumon claim`: a claim() inside it adopts that claim.
 CLAIM_FILE_ENV = "GPUMON_CLAIM_FILE"
-# `gpumon claim` exit status when it could not claim for a reason that may pass (sysexits.h).
-EX_TEMPFAIL = 75
 _HANDLED = (signal.SIGINT, signal.SIGTERM)
 _ENV_KEYS = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", CLAIM_FILE_ENV)
 
 Handler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
+
+
+class CannotRun(Exception):
+    """The command under `gpumon claim` could not be started. ``status`` is the shell's for it:
+    127 not found, 126 found but not runnable."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class GpusUnavailable(ClaimError):
@@ -84,17 +90,10 @@ def sample_gpus(settings: AgentSettings) -> List[Gpu]:
         )
     if not sample.gpus:
         raise GpusUnavailable("NVML finds no GPU on this server")
-    _name_process_users(sample.gpus)
+    from gpumon_agent.procs import name_processes
+
+    name_processes(sample.gpus)  # for the message that says who uses a GPU
     return sample.gpus
-
-
-def _name_process_users(gpus: List[Gpu]) -> None:
-    """Fill GpuProcess.user and .command, for the message that says who uses a GPU."""
-    from gpumon_agent.procs import describe
-
-    for gpu in gpus:
-        for proc in gpu.processes or []:  # None: unknown, nothing to look up
-            proc.user, proc.command = describe(proc.pid)
 
 
 class Claim:
@@ -197,7 +196,7 @@ class Claim:
             return
         self._registry.ensure()
         command = self.command if self.command is not None else _own_command()
-        job = self.job or _short(command, 80)
+        job = self.job or cut(command, 80)
         self.record = claim_gpus(
             self._registry, gpus, self.request, self.count, job, command, self.lock_timeout_s
         )
@@ -353,14 +352,13 @@ def run_claimed(
     count: int = 1,
     job: Optional[str] = None,
     settings: Optional[AgentSettings] = None,
-    prog: str = "gpumon claim",
 ) -> int:
     """Run ``cmd`` with GPUs claimed for it; the claim is released when it ends.
 
-    Returns the command's exit status, 128 + N when a signal N killed it; 127 / 126 when it
-    cannot be started; EX_TEMPFAIL (75) when the GPUs are taken or the lock is busy; 1 for
-    any other claim error (the message is on stderr); 128 + N when signal N came before the
-    command started."""
+    Returns the command's exit status, 128 + N when a signal N killed it, or 128 + N when signal
+    N came before the command started. Raises ClaimError (GpusUnavailable, NoFreeGpu,
+    LockTimeout, …) when it could not claim, CannotRun when the command cannot be started; the
+    `gpumon claim` command (gpumon_agent.cli) turns those into its message and exit status."""
     command = shlex.join(cmd)
     # Blocked from the start, so that every thread made from here on (NVML's workers) blocks
     # them too and they wait for sigtimedwait below instead of running a handler somewhere.
@@ -370,22 +368,14 @@ def run_claimed(
         with claim(
             gpus=gpus,
             count=count,
-            job=job or _short(command, 80),
+            job=job or cut(command, 80),
             settings=settings,
             command=command,
         ):
             early = signal.sigpending() & set(_RELAYED)
             if early:  # told to stop while claiming: do not start the command at all
                 return 128 + min(early)
-            return _run_child(list(cmd), dict(os.environ), prog, waited, old_mask)
-    except GpusUnavailable as e:
-        print(
-            f"{prog}: {e.reason} (to use the CPU, run the command without {prog})", file=sys.stderr
-        )
-        return 1
-    except ClaimError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return EX_TEMPFAIL if isinstance(e, (NoFreeGpu, LockTimeout)) else 1
+            return _run_child(list(cmd), dict(os.environ), waited, old_mask)
     finally:
         # Whatever is still pending was meant for the command, which has ended.
         pending = signal.sigpending() & waited
@@ -394,9 +384,7 @@ def run_claimed(
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
-def _run_child(
-    cmd: List[str], env: Dict[str, str], prog: str, waited: Set[int], old_mask: Set[int]
-) -> int:
+def _run_child(cmd: List[str], env: Dict[str, str], waited: Set[int], old_mask: Set[int]) -> int:
     """Run the command and wait, relaying signals sent to us with kill(2). Signals the kernel
     generates (the terminal's ^C, hangup) reach the whole foreground process group, the
     command included, so relaying those would deliver them twice. ``waited`` is blocked."""
@@ -407,11 +395,9 @@ def _run_child(
     try:
         proc = subprocess.Popen(cmd, env=env, preexec_fn=child_mask)
     except FileNotFoundError:
-        print(f"{prog}: {cmd[0]}: command not found", file=sys.stderr)
-        return 127
+        raise CannotRun(f"{cmd[0]}: command not found", 127) from None
     except OSError as e:
-        print(f"{prog}: cannot run {cmd[0]}: {e.strerror}", file=sys.stderr)
-        return 126
+        raise CannotRun(f"cannot run {cmd[0]}: {e.strerror}", 126) from None
     while True:
         info = signal.sigtimedwait(waited, 0.5)
         rc = proc.poll()
@@ -436,10 +422,6 @@ def _own_command() -> str:
         return shlex.join(psutil.Process().cmdline())
     except Exception:  # a process whose /proc entry cannot be read: fall back to argv
         return shlex.join([sys.executable, *sys.argv])
-
-
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _ancestors() -> List[int]:

@@ -23,12 +23,13 @@ here, not through pynvml's wrappers: old nvidia-ml-py releases (11.450) wrap onl
 drivers may offer only v3, and pynvml's idea of the v3 entry layout has changed between releases
 (see ``_running_processes``). pynvml still loads the library and does every other call.
 
-NVML calls run on a worker thread with a deadline per call (``call_timeout_s``), because a
-wedged GPU or driver can block a call for minutes. A call that overruns is abandoned: its thread
-is left to finish, its value is unknown, the rest of that GPU is skipped for this read, and until
-it returns the same call (function, GPU) is not issued again, so hung threads never pile up
-(``max_hung_calls`` bounds them in all). After ``MAX_TIMEOUTS_PER_READ`` timeouts the rest of
-the read is skipped, so one read blocks for at most that many deadlines.
+NVML calls run on a worker thread with a deadline per call (``call_timeout_s``; the machinery is
+gpumon_agent.deadline's), because a wedged GPU or driver can block a call for minutes. A call
+that overruns is abandoned: its thread is left to finish, its value is unknown, the rest of that
+GPU is skipped for this read, and until it returns the same call (function, GPU) is not issued
+again, so hung threads never pile up (``max_hung_calls`` bounds them in all). After
+``MAX_TIMEOUTS_PER_READ`` timeouts the rest of the read is skipped, so one read blocks for at
+most that many deadlines.
 
 Field meanings (see gpumon_agent.report): ``utilization_pct`` is NVML's GPU busy percentage,
 ``memory_utilization_pct`` its memory-controller busy percentage (not used/total);
@@ -41,12 +42,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import queue
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from gpumon_agent.deadline import Caller, CallTimeout, Job
 from gpumon_agent.report import GPU_ERROR, GPU_LOST, GPU_OK, Gpu, GpuProcess, Nvml
 
 try:
@@ -105,161 +104,9 @@ class NvmlSample:
     gpus: List[Gpu] = field(default_factory=list)
 
 
-class CallTimeout(Exception):
-    """An NVML call overran its deadline, or an earlier such call has not returned yet."""
-
-    def __init__(self, function: str, seconds: float, still: bool = False) -> None:
-        self.function = function
-        self.seconds = seconds
-        self.still = still
-        if still:
-            text = f"{function} has not returned for {seconds:.0f} s"
-        else:
-            text = f"{function} did not return within {seconds:g} s"
-        super().__init__(text)
-
-
-class _Cancelled(BaseException):
-    """The reader gave up on this job: the worker stops at once, touching nothing more.
-
-    A BaseException so that no ``except Exception`` in the job's code can swallow it.
-    """
-
-
-# --- calls with a deadline -------------------------------------------------------------------
-#
 # NVML calls are batched in jobs (the library-wide part, then one job per GPU) so that a read
-# costs one thread hand-off per GPU, not one per call. The deadline is still per call: the job
-# records which call is in flight and since when, and the reader gives up on the job when that
-# call overruns. Everything a job writes is done by then, and its worker writes nothing more.
-
-
-class _Job:
-    def __init__(self, caller: _Caller, gpu: int, body: Callable[[_Job], Any]) -> None:
-        self.caller = caller
-        self.gpu = gpu
-        self.body = body
-        self.done = threading.Event()
-        self.result: Any = None
-        self.error: Optional[BaseException] = None
-        # Guarded by caller.lock:
-        self.in_call: Optional[str] = None
-        self.call_started = 0.0
-        self.cancelled = False
-        self.hung_key: Optional[Tuple[str, int]] = None
-
-    def call(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """One NVML call of this job, on the worker thread. `name`: the NVML function's."""
-        caller = self.caller
-        key = (name, self.gpu)
-        with caller.lock:
-            if self.cancelled:
-                raise _Cancelled()
-            since = caller.hung.get(key)
-            if since is not None:  # the same call is still stuck: do not add a second
-                raise CallTimeout(name, time.monotonic() - since, still=True)
-            self.in_call = name
-            self.call_started = time.monotonic()
-        try:
-            return fn(*args)
-        finally:
-            with caller.lock:
-                self.in_call = None
-                cancelled = self.cancelled
-            if cancelled:
-                raise _Cancelled()  # the result is no longer wanted
-
-
-class _Worker:
-    """A thread that runs jobs one at a time; abandoned (and then exits) if a job overruns."""
-
-    def __init__(self, caller: _Caller) -> None:
-        self._caller = caller
-        self._jobs: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._run, name="gpumon-nvml", daemon=True)
-        self.thread.start()
-
-    def submit(self, job: Optional[_Job]) -> None:
-        self._jobs.put(job)
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                job.result = job.body(job)
-            except _Cancelled:
-                pass
-            except BaseException as e:  # handed to the reader, who decides
-                job.error = e
-            with self._caller.lock:
-                job.done.set()
-                if job.cancelled:  # the hung call returned at last; this thread retires
-                    self._caller.hung.pop(job.hung_key, None)
-                    return
-
-
-class _Caller:
-    """Runs jobs on a worker thread; gives up on a job when one of its calls overruns."""
-
-    def __init__(self, timeout_s: float, max_hung: int) -> None:
-        self.timeout_s = timeout_s
-        self.max_hung = max_hung
-        self.lock = threading.Lock()
-        # (function, gpu index or -1) -> monotonic time the overrunning call started.
-        self.hung: Dict[Tuple[str, int], float] = {}
-        self._worker: Optional[_Worker] = None
-
-    def run(self, gpu: int, body: Callable[[_Job], Any]) -> Any:
-        """body(job)'s result. Raises CallTimeout if a call overran (body's writes so far stay)."""
-        with self.lock:
-            if len(self.hung) >= self.max_hung:
-                oldest = min(self.hung.values())
-                raise CallTimeout(
-                    f"{len(self.hung)} NVML calls (not calling NVML until they return); the oldest",
-                    time.monotonic() - oldest,
-                    still=True,
-                )
-            if self._worker is None:
-                self._worker = _Worker(self)
-            worker = self._worker
-        job = _Job(self, gpu, body)
-        worker.submit(job)
-        while not job.done.wait(self._patience(job)):
-            with self.lock:
-                if job.done.is_set():
-                    break
-                if job.in_call is None:
-                    continue
-                overrun = time.monotonic() - job.call_started
-                if overrun < self.timeout_s:
-                    continue
-                job.cancelled = True
-                job.hung_key = (job.in_call, gpu)
-                self.hung[job.hung_key] = job.call_started
-                self._worker = None  # the next job gets a fresh thread
-                raise CallTimeout(job.in_call, self.timeout_s)
-        if job.error is not None:
-            raise job.error
-        return job.result
-
-    def _patience(self, job: _Job) -> float:
-        """How long to wait before looking at the job's progress again."""
-        with self.lock:
-            if job.in_call is None:
-                return min(self.timeout_s, 0.05)  # between calls: look again soon
-            return max(0.001, job.call_started + self.timeout_s - time.monotonic())
-
-    def hung_count(self) -> int:
-        with self.lock:
-            return len(self.hung)
-
-    def close(self) -> None:
-        with self.lock:
-            worker, self._worker = self._worker, None
-        if worker is not None:
-            worker.submit(None)
+# costs one thread hand-off per GPU, not one per call; each call has its own deadline
+# (gpumon_agent.deadline).
 
 
 # --- the reader ------------------------------------------------------------------------------
@@ -279,7 +126,9 @@ class NvmlReader:
     """Reads NVML; keeps the library initialised between reads. Not for concurrent reads."""
 
     def __init__(self, call_timeout_s: float = 2.0, max_hung_calls: int = MAX_HUNG_CALLS) -> None:
-        self._caller = _Caller(call_timeout_s, max_hung_calls)
+        self._caller = Caller(
+            call_timeout_s, max_hung_calls, what="NVML", thread_name="gpumon-nvml"
+        )
         self._initialized = False
         self._missing: set = set()  # NVML functions this library lacks
         self._identity: Dict[int, Tuple[Optional[str], Optional[str], Optional[str]]] = {}
@@ -332,7 +181,7 @@ class NvmlReader:
                 del self._identity[index]
         return library
 
-    def _read_library(self, job: _Job) -> NvmlSample:
+    def _read_library(self, job: Job) -> NvmlSample:
         """nvmlInit when needed, the versions, and a Gpu per index (filled in by GPU jobs)."""
         if not self._initialized:
             try:
@@ -357,7 +206,7 @@ class NvmlReader:
         return NvmlSample(nvml, [Gpu(index=i) for i in range(count)])
 
     @staticmethod
-    def _system(job: _Job, name: str) -> Any:
+    def _system(job: Job, name: str) -> Any:
         try:
             return job.call(name, getattr(pynvml, name))
         except Exception:
@@ -365,7 +214,7 @@ class NvmlReader:
 
     # -- one GPU --
 
-    def _read_gpu(self, job: _Job, st: _GpuRead, gpu: Gpu) -> None:
+    def _read_gpu(self, job: Job, st: _GpuRead, gpu: Gpu) -> None:
         n = pynvml
         handle = self._get(
             job, st, "nvmlDeviceGetHandleByIndex", n.nvmlDeviceGetHandleByIndex, gpu.index
@@ -396,7 +245,7 @@ class NvmlReader:
         else:
             gpu.state = GPU_OK
 
-    def _read_values(self, job: _Job, st: _GpuRead, gpu: Gpu, handle: Any) -> None:
+    def _read_values(self, job: Job, st: _GpuRead, gpu: Gpu, handle: Any) -> None:
         n = pynvml
         util = self._get(
             job, st, "nvmlDeviceGetUtilizationRates", n.nvmlDeviceGetUtilizationRates, handle
@@ -450,7 +299,7 @@ class NvmlReader:
         gpu.processes, gpu.processes_error = self._processes(job, st, handle)
 
     def _processes(
-        self, job: _Job, st: _GpuRead, handle: Any
+        self, job: Job, st: _GpuRead, handle: Any
     ) -> Tuple[Optional[List[GpuProcess]], Optional[str]]:
         """(processes, why they are unknown or incomplete). A kind (compute, graphics) whose query
         fails leaves the answer unknown (None), unless the other kind listed some: those are then
@@ -487,7 +336,7 @@ class NvmlReader:
             return None, error
         return sorted(found.values(), key=lambda p: p.pid), error
 
-    def _get(self, job: _Job, st: _GpuRead, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def _get(self, job: Job, st: _GpuRead, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         """One call on GPU st.index: its value, or None with the failure noted in `st`."""
         if st.stop:
             return None
@@ -499,7 +348,7 @@ class NvmlReader:
 
     def _first(
         self,
-        job: _Job,
+        job: Job,
         st: _GpuRead,
         chain: Sequence[Tuple[str, Callable[..., Any], Tuple[Any, ...]]],
     ) -> Any:
@@ -508,7 +357,7 @@ class NvmlReader:
 
     def _newest(
         self,
-        job: _Job,
+        job: Job,
         st: _GpuRead,
         chain: Sequence[Tuple[str, Callable[..., Any], Tuple[Any, ...]]],
     ) -> Tuple[Any, Optional[str]]:

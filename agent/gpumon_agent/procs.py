@@ -1,4 +1,5 @@
-"""Who runs a GPU process: pid -> (user, command line) via psutil.
+"""Who runs a GPU process: pid -> (user, command line) via psutil (``describe``), and every
+process of a list of GPUs named at once (``name_processes``).
 
 NVML gives pids only. A pid can vanish between NVML's answer and this lookup, or belong to a
 process this user may not inspect; both read as "?" — never an exception.
@@ -6,12 +7,15 @@ process this user may not inspect; both read as "?" — never an exception.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Iterable, Tuple
 
 import psutil
 
+from gpumon_agent.report import Gpu
+from gpumon_agent.text import cut
+
 UNKNOWN = "?"
-# Command lines are shown in a sheet cell: long ones are cut, with "..." saying so.
+# Command lines are shown in a sheet cell: long ones are cut, with "…" saying so.
 MAX_COMMAND_CHARS = 200
 
 
@@ -22,6 +26,17 @@ def describe(pid: int) -> Tuple[str, str]:
     except (psutil.Error, ValueError, OverflowError):  # gone, or not a valid pid
         return UNKNOWN, UNKNOWN
     return _user(process), _command(process)
+
+
+def name_processes(gpus: Iterable[Gpu]) -> None:
+    """Fill in each listed GPU process's ``user`` and ``command``; a process on several GPUs is
+    looked up once. GPUs whose processes are unknown (None) are left as they are."""
+    seen: Dict[int, Tuple[str, str]] = {}
+    for gpu in gpus:
+        for process in gpu.processes or []:
+            if process.pid not in seen:
+                seen[process.pid] = describe(process.pid)
+            process.user, process.command = seen[process.pid]
 
 
 def _user(process: psutil.Process) -> str:
@@ -41,6 +56,4 @@ def _command(process: psutil.Process) -> str:
     text = " ".join(text.split())  # newlines and tabs in arguments would break a cell
     if not text or text == "[]":
         return UNKNOWN
-    if len(text) > MAX_COMMAND_CHARS:
-        text = text[: MAX_COMMAND_CHARS - 3] + "..."
-    return text
+    return cut(text, MAX_COMMAND_CHARS)

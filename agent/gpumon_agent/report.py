@@ -96,6 +96,12 @@ class Gpu:
     claimed_idle: Optional[bool] = None  # claimed, yet no process for longer than the idle limit
     idle_since: Optional[str] = None  # when the last process left this GPU (if known)
 
+    @property
+    def key(self) -> str:
+        """What tells this GPU apart across samples: its UUID (a renumbered GPU keeps its
+        own), else its index. Not part of the Report."""
+        return self.uuid or f"index:{self.index}"
+
 
 @dataclass
 class Address:
@@ -151,7 +157,10 @@ class HealthWarning:
 
 
 @dataclass
-class ClaimFileError:
+class ClaimFileProblem:
+    """A claim file that does not count, and why (``Report.claim_errors``; the exception raised
+    while reading one is gpumon_agent.claims.InvalidClaimFile)."""
+
     path: str
     error: str
 
@@ -172,7 +181,7 @@ class Report:
     nvml: Nvml = field(default_factory=lambda: Nvml(available=False))
     gpus: List[Gpu] = field(default_factory=list)
     warnings: List[HealthWarning] = field(default_factory=list)
-    claim_errors: List[ClaimFileError] = field(default_factory=list)
+    claim_errors: List[ClaimFileProblem] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,5 +1,6 @@
-"""The Sampler: one call gives a Report of this host and its GPUs, with utilization means over
-``settings.window_s``. Claims and health warnings are laid on by gpumon_agent.collect.
+"""The Sampler: the measurements — one call gives a Report of this host and its GPUs (NVML,
+psutil), with utilization means over ``settings.window_s``. It composes nothing else: claims and
+health warnings are laid on by gpumon_agent.compose's ReportComposer.
 
 ``sample()`` never raises: NVML trouble is in ``Report.nvml`` and the GPUs' state, an unreadable
 host value is ``None``, and an unexpected bug leaves a note and a minimal report.
@@ -15,12 +16,12 @@ import collections
 import math
 import threading
 import time
-from typing import Deque, Dict, List, Tuple
+from typing import Callable, Deque, Dict, List, Tuple
 
 from gpumon_agent import __version__
 from gpumon_agent.host import HostReader, local_timezone
 from gpumon_agent.nvml import NvmlReader
-from gpumon_agent.procs import describe
+from gpumon_agent.procs import name_processes
 from gpumon_agent.report import GPU_LOST, SOURCE_DAEMON, Gpu, Host, Nvml, Report, utc_iso
 from gpumon_agent.settings import AgentSettings
 
@@ -29,8 +30,16 @@ MAX_HISTORY = 10_000
 
 
 class Sampler:
-    def __init__(self, settings: AgentSettings, call_timeout_s: float = 2.0) -> None:
+    """``clock``: the monotonic clock the utilization windows are measured on."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        call_timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
+        self._clock = clock
         self._nvml = NvmlReader(call_timeout_s=call_timeout_s)
         self._host = HostReader()
         self._history: Dict[str, Deque[Tuple[float, float]]] = {}
@@ -63,10 +72,10 @@ class Sampler:
 
     def _sample(self) -> Report:
         nvml_sample = self._nvml.read()
-        now = time.monotonic()
+        now = self._clock()
         host = self._host.read()
         zone, offset = local_timezone()
-        self._fill_processes(nvml_sample.gpus)
+        name_processes(nvml_sample.gpus)
         self._fill_means(nvml_sample.gpus, now)
         notes = [f"host: could not read the {problem}" for problem in self._host.problems]
         return Report(
@@ -83,20 +92,11 @@ class Sampler:
             gpus=nvml_sample.gpus,
         )
 
-    @staticmethod
-    def _fill_processes(gpus: List[Gpu]) -> None:
-        seen: Dict[int, Tuple[str, str]] = {}  # a process on several GPUs is looked up once
-        for gpu in gpus:
-            for process in gpu.processes or []:  # None: unknown, nothing to look up
-                if process.pid not in seen:
-                    seen[process.pid] = describe(process.pid)
-                process.user, process.command = seen[process.pid]
-
     def _fill_means(self, gpus: List[Gpu], now: float) -> None:
         oldest = now - self.settings.window_s
         current = set()
         for gpu in gpus:
-            key = gpu.uuid or f"index:{gpu.index}"
+            key = gpu.key
             current.add(key)
             history = self._history.get(key)
             if history is None:

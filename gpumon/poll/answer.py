@@ -7,6 +7,7 @@ import re
 from gpumon.poll import result as codes
 from gpumon.poll.transport import CommandOutput, PollFailure
 from gpumon_agent.report import MAX_REPORT_BYTES, Report, ReportError, check
+from gpumon_agent.text import cut_start
 
 REASON_CHARS = 300  # the agent's own words kept in a reason (the sheet cell stays readable)
 _NOT_FOUND = re.compile(rb"command not found")  # bash; dash says "not found", exit 127
@@ -67,5 +68,4 @@ def trim(data: bytes | str, limit: int = REASON_CHARS) -> str:
     """One line of printable text: the last lines (errors come last), at most ``limit``."""
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     lines = [_CONTROL.sub("", line).strip() for line in text.splitlines()]
-    text = " | ".join(line for line in lines if line)
-    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+    return cut_start(" | ".join(line for line in lines if line), limit)

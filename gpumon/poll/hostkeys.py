@@ -1,4 +1,5 @@
-"""known_hosts: which host keys are trusted, checking a server's key, and `gpumon trust HOST`.
+"""known_hosts: which host keys are trusted, checking a server's key, and recording one (for
+`gpumon trust HOST`, gpumon.trust).
 
 Files read, like OpenSSH: the system ``/etc/ssh/ssh_known_hosts``, the user's
 ``~/.ssh/known_hosts``, and ``[poll] known_hosts`` if set. OpenSSH's format is read as OpenSSH
@@ -19,11 +20,10 @@ import hmac
 import logging
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gpumon.config import Config, ConfigError
+from gpumon.config import Config
 
 if TYPE_CHECKING:
     import paramiko
@@ -219,68 +219,6 @@ def _pattern_matches(pattern: str, name: str) -> bool:
         ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower()
     )
     return re.fullmatch(regex, name.lower()) is not None
-
-
-# --- gpumon trust HOST --------------------------------------------------------------------
-
-
-def trust(config: Config, host: str, assume_yes: bool) -> int:
-    """Connect to HOST, show its key, and record it (asking first unless --yes).
-
-    0: recorded or already trusted; 1: refused (changed key, revoked, declined, unreachable).
-    """
-    from gpumon.poll.inventory import resolve
-    from gpumon.poll.transport import PollFailure, fetch_host_key
-
-    try:
-        dest = resolve(config, host)
-    except ConfigError as e:
-        print(f"gpumon trust: {e}", file=sys.stderr)
-        return 2
-    if dest.local:
-        print(f"gpumon trust: {host} is polled locally (local = true): no SSH host key to trust")
-        return 0
-    known_hosts = KnownHosts(known_hosts_files(config))
-    try:
-        key = fetch_host_key(dest, config.poll, known_hosts)
-    except PollFailure as e:
-        print(f"gpumon trust: {host} ({dest.label}): {e.reason}", file=sys.stderr)
-        return 1
-    verdict = known_hosts.check(dest.known_hosts_name, key.get_name(), key.asbytes())
-    print(f"{host} ({dest.label}) offers {verdict.key_type} key {verdict.fingerprint}")
-    if verdict.status == TRUSTED:
-        where = ", ".join(k.where for k in verdict.known if k.blob == key.asbytes())
-        print(f"already trusted ({where}); nothing to do")
-        return 0
-    if verdict.status in (CHANGED, REVOKED):
-        print(f"gpumon trust: refusing — {verdict.reason(host)}", file=sys.stderr)
-        for known in verdict.known:
-            print(
-                f"  {known.where}: {known.key_type} {fingerprint(known.blob)}",
-                file=sys.stderr,
-            )
-        return 1
-    target = record_file(config)
-    if not assume_yes:
-        if not sys.stdin.isatty():
-            print(
-                f"not recorded: check the fingerprint with the server's admin (on the server: "
-                f"`ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub`), then run "
-                f"`gpumon trust {host} --yes`",
-                file=sys.stderr,
-            )
-            return 1
-        answer = input(f"Record it in {target} for {dest.known_hosts_name}? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("not recorded")
-            return 1
-    try:
-        append_known_host(target, dest.known_hosts_name, key)
-    except OSError as e:
-        print(f"gpumon trust: cannot write {target} ({e}); nothing recorded", file=sys.stderr)
-        return 1
-    print(f"recorded in {target}")
-    return 0
 
 
 def append_known_host(path: str, name: str, key: paramiko.PKey) -> None:

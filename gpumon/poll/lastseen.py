@@ -14,9 +14,9 @@ import os
 import time
 from pathlib import Path
 
-from gpumon.filelock import LockTimeout, held
 from gpumon.poll.result import ServerResult
 from gpumon_agent.atomic import write_atomic
+from gpumon_agent.filelock import FileLock, LockBusy, LockFileError
 from gpumon_agent.report import parse_utc_iso
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,12 @@ class LastSeen:
         """Record ON times (UTC ISO) and persist them, merged with the file's current ones."""
         if not seen:
             return
-        lock = self.path.with_name(self.path.name + ".lock")
+        lock = FileLock(
+            str(self.path.with_name(self.path.name + ".lock")), 0o600, timeout_s=LOCK_WAIT_S
+        )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with held(lock, LOCK_WAIT_S):
+            with lock:
                 merged = self._read()
                 for name, when in {**self.times, **seen}.items():
                     if name not in merged or _later(when, merged[name]):
@@ -46,7 +48,7 @@ class LastSeen:
                 self.times = merged
                 text = json.dumps(dict(sorted(merged.items())), indent=1) + "\n"
                 write_atomic(self.path, text.encode("utf-8"), mode=0o600)
-        except (OSError, LockTimeout) as e:
+        except (OSError, LockBusy, LockFileError) as e:
             self.times.update(seen)  # this process still knows them
             log.warning("%s: cannot save last-seen times (%s)", self.path, e)
 

@@ -47,7 +47,7 @@ from gpumon.poll.transport import PollFailure
 from gpumon_agent.bounds import cut
 from gpumon_agent.report import (
     GPU_OK,
-    ClaimFileError,
+    ClaimFileProblem,
     ClaimInfo,
     Gpu,
     GpuProcess,
@@ -453,7 +453,7 @@ def agent_report(target: Target) -> Report:
     )
     report.gpus = _gpus(target)
     report.claim_errors = [
-        ClaimFileError(path=s.labels.get("file", "?"), error=s.labels.get("error", "?"))
+        ClaimFileProblem(path=s.labels.get("file", "?"), error=s.labels.get("error", "?"))
         for s in sorted(target.named("gpumon_claim_error_info"), key=lambda s: s.labels.get("file"))
     ]
     report.warnings = _warnings(target, report)

@@ -340,8 +340,7 @@ class Opener:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def open(self, dest: Destination, attempt: Attempt) -> Connection:
-        via = self._via(dest, attempt) if dest.proxy_jump else None
-        return self._open(dest, attempt, via, final=True)
+        return self._open(dest, attempt, self.open_jumps(dest, attempt), final=True)
 
     def close(self) -> None:
         with self._lock:
@@ -349,8 +348,9 @@ class Opener:
         for conn in jumps:
             _quietly(conn.close)
 
-    def _via(self, dest: Destination, attempt: Attempt) -> Connection:
-        """The last hop of dest's ProxyJump chain, opened (and kept) hop by hop."""
+    def open_jumps(self, dest: Destination, attempt: Attempt) -> Connection | None:
+        """The last hop of dest's ProxyJump chain, opened (and kept) hop by hop, to reach
+        ``dest`` through; None when it has no ProxyJump."""
         via: Connection | None = None
         chain = ""
         for hop in dest.proxy_jump:
@@ -369,7 +369,6 @@ class Opener:
                         attempt.where = saved
                     self.jumps[chain] = conn
             via = conn
-        assert via is not None
         return via
 
     def _hop_destination(self, hop: str, via_hop: bool = False) -> Destination:
@@ -625,17 +624,15 @@ def _authenticate(
     )
 
 
-def fetch_host_key(dest: Destination, poll: PollConfig, known_hosts: KnownHosts) -> paramiko.PKey:
-    """Connect and key-exchange only (for `gpumon trust`): the server's host key, unchecked."""
+def fetch_host_key(dest: Destination, opener: Opener) -> paramiko.PKey:
+    """Connect and key-exchange only (for `gpumon trust`): the server's host key, unchecked.
+    Jump hosts are opened through ``opener`` (and kept there: its owner closes it)."""
     attempt = Attempt(dest.name)
-    opener = Opener(poll, known_hosts)
+    poll = opener.poll
+    via = opener.open_jumps(dest, attempt)
+    sock, _ = _connect(dest, attempt, poll.connect_timeout_s, via)
+    transport = _transport(sock)
     try:
-        via = opener._via(dest, attempt) if dest.proxy_jump else None
-        sock, _ = _connect(dest, attempt, poll.connect_timeout_s, via)
-        transport = _transport(sock)
-        try:
-            return _negotiate(transport, dest, attempt, poll.handshake_timeout_s, known_hosts)
-        finally:
-            transport.close()
+        return _negotiate(transport, dest, attempt, poll.handshake_timeout_s, opener.known_hosts)
     finally:
-        opener.close()
+        transport.close()

@@ -16,9 +16,3 @@ def open_backend(config: Config) -> Backend:
         raise ConfigError(f'{config.origin}: [sheet] backend must be "google" or "xlsx"')
     module = importlib.import_module(_MODULES[name])
     return module.open_backend(config)
-
-
-def close_backend(backend: Backend) -> None:
-    close = getattr(backend, "close", None)
-    if close is not None:
-        close()

@@ -17,6 +17,7 @@ from gpumon.poll.result import AGENT_STALE, DCGM_ONLY, ServerResult
 from gpumon_agent.command import short_command
 from gpumon_agent.health import in_gpu_error, processes_unknown
 from gpumon_agent.report import GPU_LOST, GPU_OK, ClaimInfo, Gpu, GpuProcess, parse_utc_iso
+from gpumon_agent.text import cut
 
 ON, OFF = "ON", "OFF"
 CELL_LIMIT = 120  # characters in a per-GPU cell
@@ -46,7 +47,7 @@ def render(result: ServerResult, tz: dt.tzinfo, sheet_gpus: set[int] | None = No
                 "ip": None,  # the last known address stays
                 "status": OFF,
                 "time": seen,  # the last-seen time, never "now"; None keeps what is there
-                "health": _limit(result.reason or result.reason_code or "unreachable"),
+                "health": cut(result.reason or result.reason_code or "unreachable", CELL_LIMIT),
             },
             gpus={index: dict(blank) for index in sheet_gpus},
             absent=dict(blank),
@@ -55,8 +56,8 @@ def render(result: ServerResult, tz: dt.tzinfo, sheet_gpus: set[int] | None = No
         gpu.index: {
             "util": format_util(gpu),
             "memory": format_memory(gpu),
-            "running": _limit(running_cell(gpu)),
-            "job": _limit(format_job(gpu.claims)),
+            "running": cut(running_cell(gpu), CELL_LIMIT),
+            "job": cut(format_job(gpu.claims), CELL_LIMIT),
         }
         for gpu in report.gpus
     }
@@ -211,7 +212,7 @@ def health(result: ServerResult, sheet_gpus: set[int]) -> str:
             items.append(f"{_gpu_list(gone)} not found")
     for problem in report.claim_errors:
         items.append(f"bad claim file {os.path.basename(problem.path)}: {problem.error}")
-    return _limit("; ".join(items), HEALTH_LIMIT) if items else HEALTH_OK
+    return cut("; ".join(items), HEALTH_LIMIT) if items else HEALTH_OK
 
 
 def _processes_warned(gpu: Gpu, warned: set[tuple[str, int | None]]) -> bool:
@@ -223,7 +224,3 @@ def _processes_warned(gpu: Gpu, warned: set[tuple[str, int | None]]) -> bool:
 
 def _gpu_list(indices: list[int]) -> str:
     return ("GPU " if len(indices) == 1 else "GPUs ") + ", ".join(str(i) for i in indices)
-
-
-def _limit(text: str, limit: int = CELL_LIMIT) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

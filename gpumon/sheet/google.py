@@ -1,6 +1,6 @@
 """The Google Sheets backend: gspread's HTTP client + a service account, one read and one write.
 
-Per push (``gpumon.push.push_once``):
+Per push (``gpumon.fleet.push_once``):
 
 - ``read``: ONE ``spreadsheets.get`` with ``includeGridData`` and a field mask — sheet id and
   title, the spreadsheet's time zone, merges, each cell's displayed text, and the developer
@@ -19,6 +19,9 @@ Per push (``gpumon.push.push_once``):
   columns (ON green / OFF red, utilisation bands, the time format), marked done by sheet
   metadata "gpumon.setup" so they are never applied twice or to people's columns.
 
+The request bodies are built by gpumon.sheet.google_requests (pure functions); this module
+sends them, reads the answers and turns failures into errors that say what to do.
+
 No ``open_by_key``/``worksheet()`` (each costs a read) and no Drive call: the spreadsheet is
 opened by key, the worksheet found in the read. Errors: 429/5xx/timeouts are retried with
 back-off inside ``[sheet] retry_budget_s``; 401 gets one token refresh; 403 names the service
@@ -33,7 +36,6 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import gspread
@@ -44,24 +46,20 @@ from gspread.urls import SPREADSHEETS_API_V4_BASE_URL
 
 from gpumon.config import Config, ConfigError
 from gpumon.sheet.google_auth import authorized_session, load_credentials, safe_url
-from gpumon.sheet.grid import (
-    CellWrite,
-    Grid,
-    Merge,
-    Setup,
-    SheetError,
-    WriteStats,
-    a1,
-    cell_text,
+from gpumon.sheet.google_requests import (
+    ROW_KEY,
+    SETUP_KEY,
+    SETUP_VERSION,
+    Anchor,
+    SheetRead,
+    setup_requests,
+    write_body,
 )
+from gpumon.sheet.grid import CellWrite, Grid, Merge, Setup, SheetError, WriteStats, a1
 from gpumon.sheet.retry import Budget, OutOfBudget, Retry
+from gpumon_agent.text import cut
 
 log = logging.getLogger("gpumon.sheet.http")  # -v: each request and its time
-
-ROW_KEY = "gpumon.row"  # row developer metadata: value = the row's anchor
-SETUP_KEY = "gpumon.setup"  # sheet developer metadata: value = "1:status,time,util"
-SETUP_VERSION = "1"
-FORMATTED_KINDS = ("status", "time", "util")
 
 # Everything one push needs, in one GET.
 READ_FIELDS = (
@@ -72,10 +70,6 @@ READ_FIELDS = (
     "rowMetadata(developerMetadata(metadataId,metadataKey,metadataValue))))"
 )
 
-GREEN = {"red": 0.72, "green": 0.88, "blue": 0.8}
-RED = {"red": 0.96, "green": 0.78, "blue": 0.76}
-AMBER = {"red": 0.99, "green": 0.91, "blue": 0.7}
-TIME_FORMAT = {"type": "DATE_TIME", "pattern": "yyyy-mm-dd hh:mm:ss"}
 
 _KEY_IN_URL = re.compile(r"/spreadsheets/d/([A-Za-z0-9_-]+)")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]{20,}$")
@@ -128,27 +122,6 @@ def open_backend(config: Config, session: requests.Session | None = None) -> Goo
     )
 
 
-@dataclass
-class _Anchor:
-    value: str
-    metadata_id: int
-    row: int  # as read
-
-
-@dataclass
-class _Read:
-    """What the last read found that writes and set-ups rely on."""
-
-    sheet_id: int
-    title: str
-    cols: int
-    values: list[list[str]]
-    anchors: dict[str, list[_Anchor]] = field(default_factory=dict)  # value → where it sits
-    row_metadata: dict[int, list[int]] = field(default_factory=dict)  # row → gpumon.row ids
-    setup_id: int | None = None
-    formatted: set[str] = field(default_factory=set)  # kinds whose formats are applied
-
-
 class GoogleBackend:
     def __init__(
         self,
@@ -173,7 +146,7 @@ class GoogleBackend:
         self.credentials_path = credentials_path
         self.budget = Budget(retry_budget_s)
         self.retry = Retry(self.budget, timeout_s, _transient, sleep=sleep)
-        self._last: _Read | None = None
+        self._last: SheetRead | None = None
         self._after_setup = False
 
     # -- the Backend protocol -------------------------------------------------------------------
@@ -189,7 +162,7 @@ class GoogleBackend:
         sheet = self._pick_sheet(answer.get("sheets", []), answer)
         props = sheet["properties"]
         grid_props = props.get("gridProperties", {})
-        read = _Read(
+        read = SheetRead(
             sheet_id=props.get("sheetId", 0),
             title=props.get("title", ""),
             cols=grid_props.get("columnCount", 0),
@@ -203,7 +176,7 @@ class GoogleBackend:
             for i, meta in enumerate(data.get("rowMetadata", [])):
                 for entry in meta.get("developerMetadata", []):
                     if entry.get("metadataKey") == ROW_KEY:
-                        anchor = _Anchor(
+                        anchor = Anchor(
                             entry.get("metadataValue", ""), entry["metadataId"], top + i
                         )
                         read.anchors.setdefault(anchor.value, []).append(anchor)
@@ -273,86 +246,9 @@ class GoogleBackend:
 
     def setup(self, setup: Setup) -> WriteStats:
         read = self._require_read()
-        stats = WriteStats()
-        requests_: list[dict[str, Any]] = []
-        sheet_id = read.sheet_id
-
-        # 1. Anchors that must go: stale ones, others on rows about to be (re-)anchored, and
-        #    any copy of an anchor about to be attached elsewhere.
-        doomed: set[int] = set()
-        for value in [*setup.stale_anchors, *setup.anchors.values()]:
-            doomed |= {a.metadata_id for a in read.anchors.get(value, [])}
-        for row in setup.anchors:
-            doomed |= set(read.row_metadata.get(row, []))
-        for metadata_id in sorted(doomed):
-            lookup = {"developerMetadataLookup": {"metadataId": metadata_id}}
-            requests_.append({"deleteDeveloperMetadata": {"dataFilter": lookup}})
-
-        # 2. Header cells, in new columns when the grid is too narrow; styled like the header.
-        if setup.new_headers:
-            widest = max(setup.new_headers) + 1
-            if widest > read.cols:
-                requests_.append(
-                    {
-                        "appendDimension": {
-                            "sheetId": sheet_id,
-                            "dimension": "COLUMNS",
-                            "length": widest - read.cols,
-                        }
-                    }
-                )
-            first = min(setup.new_headers)
-            for col, text in sorted(setup.new_headers.items()):
-                if first > 0:
-                    requests_.append(
-                        {
-                            "copyPaste": {
-                                "source": _cell_range(sheet_id, setup.header_row, first - 1),
-                                "destination": _cell_range(sheet_id, setup.header_row, col),
-                                "pasteType": "PASTE_FORMAT",
-                            }
-                        }
-                    )
-                requests_.append(_put(sheet_id, setup.header_row, col, text))
-                stats.cells += 1
-
-        # 3. Anchors on rows as read.
-        for row, value in sorted(setup.anchors.items()):
-            requests_.append(_anchor_request(sheet_id, row, value))
-
-        # 4. New rows (--add-rows), bottom-up so the indices given stay valid.
-        gpu_col, server_col = setup.columns.get("gpu"), setup.columns.get("server")
-        for new in setup.new_rows:
-            count = len(new.gpus)
-            if count == 0:
-                continue
-            at = new.before_row
-            requests_.append(
-                {
-                    "insertDimension": {
-                        "range": {
-                            "sheetId": sheet_id,
-                            "dimension": "ROWS",
-                            "startIndex": at,
-                            "endIndex": at + count,
-                        },
-                        "inheritFromBefore": at > 0,
-                    }
-                }
-            )
-            for i, gpu in enumerate(new.gpus):
-                if gpu is not None and gpu_col is not None:
-                    requests_.append(_put(sheet_id, at + i, gpu_col, gpu))
-                    stats.cells += 1
-            if new.name_first and server_col is not None:
-                requests_.append(_put(sheet_id, at, server_col, new.server))
-                stats.cells += 1
-            for i, value in enumerate(new.anchors[:count]):
-                requests_.append(_anchor_request(sheet_id, at + i, value))
-
-        # 5. Formats of gpumon's own columns, once (only where the column's kind is new).
-        requests_.extend(self._format_requests(read, setup))
-
+        built = setup_requests(read, setup)
+        stats = WriteStats(cells=built.cells)
+        requests_ = built.requests
         if not requests_:
             return stats
         attempts = self.budget.attempts
@@ -383,87 +279,16 @@ class GoogleBackend:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _format_requests(self, read: _Read, setup: Setup) -> list[dict[str, Any]]:
-        start, end = setup.data_rows
-        kinds = [k for k in FORMATTED_KINDS if k in setup.columns and k not in read.formatted]
-        if not kinds or end <= start:
-            return []
-        out: list[dict[str, Any]] = []
-        for kind in kinds:
-            col = setup.columns[kind]
-            span = {
-                "sheetId": read.sheet_id,
-                "startRowIndex": start,
-                "endRowIndex": end,
-                "startColumnIndex": col,
-                "endColumnIndex": col + 1,
-            }
-            if kind == "status":
-                for text, color in (("ON", GREEN), ("OFF", RED)):
-                    out.append(_color_rule(span, "TEXT_EQ", text, color))
-            elif kind == "util":
-                # Utilisation is text ("37%"): bands by formula, since a gradient needs numbers.
-                cell = a1(start, col)
-                number = f'IFERROR(VALUE(SUBSTITUTE({cell},"%","")),-1)'
-                for formula, color in (
-                    (f"={number}>=80", RED),
-                    (f"=AND({number}>=30,{number}<80)", AMBER),
-                    (f"=AND({number}>=0,{number}<30)", GREEN),
-                ):
-                    out.append(_color_rule(span, "CUSTOM_FORMULA", formula, color))
-            elif kind == "time":
-                out.append(
-                    {
-                        "repeatCell": {
-                            "range": span,
-                            "cell": {"userEnteredFormat": {"numberFormat": TIME_FORMAT}},
-                            "fields": "userEnteredFormat.numberFormat",
-                        }
-                    }
-                )
-        done = sorted(read.formatted | set(kinds))
-        if read.setup_id is not None:
-            lookup = {"developerMetadataLookup": {"metadataId": read.setup_id}}
-            out.append({"deleteDeveloperMetadata": {"dataFilter": lookup}})
-        out.append(
-            {
-                "createDeveloperMetadata": {
-                    "developerMetadata": {
-                        "metadataKey": SETUP_KEY,
-                        "metadataValue": f"{SETUP_VERSION}:{','.join(done)}",
-                        "location": {"sheetId": read.sheet_id},
-                        "visibility": "DOCUMENT",
-                    }
-                }
-            }
-        )
-        return out
-
     def _send_rows(
-        self, read: _Read, rows: dict[str, dict[int, Any]], verify: bool
+        self, read: SheetRead, rows: dict[str, dict[int, Any]], verify: bool
     ) -> dict[str, Any]:
-        data = []
-        for value, cols in rows.items():
-            line: list[Any] = [None] * (max(cols) + 1)
-            for col, cell in cols.items():
-                line[col] = cell_text(cell)  # Google refuses lone surrogates, long cells
-            lookup = {"metadataId": read.anchors[value][0].metadata_id}
-            data.append(
-                {
-                    "dataFilter": {"developerMetadataLookup": lookup},
-                    "majorDimension": "ROWS",
-                    "values": [line],
-                }
-            )
-        body: dict[str, Any] = {"valueInputOption": "RAW", "data": data}
-        if verify:
-            body["includeValuesInResponse"] = True
+        body = write_body(read, rows, verify)
         url = f"{SPREADSHEETS_API_V4_BASE_URL}/{self.key}/values:batchUpdateByDataFilter"
         return self._call("post", url, json=body)
 
     def _check_rows(
         self,
-        read: _Read,
+        read: SheetRead,
         rows: dict[str, dict[int, Any]],
         answer: dict[str, Any],
         stats: WriteStats,
@@ -531,7 +356,7 @@ class GoogleBackend:
             "in [sheet] url"
         )
 
-    def _require_read(self) -> _Read:
+    def _require_read(self) -> SheetRead:
         if self._last is None:
             raise SheetError("internal: write or setup before any read of the sheet")
         return self._last
@@ -705,8 +530,7 @@ def _api_message(e: gspread.exceptions.APIError) -> str:
 
 
 def _short(e: BaseException) -> str:
-    text = str(e.args[0]) if e.args else type(e).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+    return cut(str(e.args[0]) if e.args else type(e).__name__, 160)
 
 
 def _place(values: list[list[str]], row: int, left: int, texts: list[str]) -> None:
@@ -738,66 +562,3 @@ def _same_outside(now: list[str], then: list[str], skip: dict[int, Any]) -> bool
         if a != b:
             return False
     return True
-
-
-def _cell_range(sheet_id: int, row: int, col: int) -> dict[str, int]:
-    return {
-        "sheetId": sheet_id,
-        "startRowIndex": row,
-        "endRowIndex": row + 1,
-        "startColumnIndex": col,
-        "endColumnIndex": col + 1,
-    }
-
-
-def _put(sheet_id: int, row: int, col: int, value: Any) -> dict[str, Any]:
-    """One cell's value, RAW (a number stays a number, text stays text)."""
-    if isinstance(value, bool):
-        typed = {"boolValue": value}
-    elif isinstance(value, (int, float)):
-        typed = {"numberValue": value}
-    else:
-        typed = {"stringValue": cell_text(str(value))}
-    return {
-        "updateCells": {
-            "rows": [{"values": [{"userEnteredValue": typed}]}],
-            "fields": "userEnteredValue",
-            "start": {"sheetId": sheet_id, "rowIndex": row, "columnIndex": col},
-        }
-    }
-
-
-def _anchor_request(sheet_id: int, row: int, value: str) -> dict[str, Any]:
-    return {
-        "createDeveloperMetadata": {
-            "developerMetadata": {
-                "metadataKey": ROW_KEY,
-                "metadataValue": value,
-                "location": {
-                    "dimensionRange": {
-                        "sheetId": sheet_id,
-                        "dimension": "ROWS",
-                        "startIndex": row,
-                        "endIndex": row + 1,
-                    }
-                },
-                "visibility": "DOCUMENT",
-            }
-        }
-    }
-
-
-def _color_rule(
-    span: dict[str, int], kind: str, value: str, color: dict[str, float]
-) -> dict[str, Any]:
-    """Conditional background: ``kind`` "TEXT_EQ" (value = the text) or "CUSTOM_FORMULA"."""
-    condition = {"type": kind, "values": [{"userEnteredValue": value}]}
-    return {
-        "addConditionalFormatRule": {
-            "rule": {
-                "ranges": [span],
-                "booleanRule": {"condition": condition, "format": {"backgroundColor": color}},
-            },
-            "index": 0,
-        }
-    }

@@ -32,6 +32,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Protocol, Union
 
+from gpumon_agent.text import cut
+
 Value = Union[str, int, float, bool]
 
 # The most text one cell holds: Excel's limit (Google's is 50,000), so a value fits both.
@@ -51,10 +53,7 @@ def cell_text(value: Value) -> Value:
     ``CELL_MAX_CHARS``. Every backend writes text through this (and plan compares with it)."""
     if not isinstance(value, str):
         return value
-    text = _UNCELLABLE.sub(REPLACEMENT, value)
-    if len(text) > CELL_MAX_CHARS:
-        text = text[: CELL_MAX_CHARS - 1] + "…"
-    return text
+    return cut(_UNCELLABLE.sub(REPLACEMENT, value), CELL_MAX_CHARS)
 
 
 def column_letter(col: int) -> str:
@@ -178,3 +177,6 @@ class Backend(Protocol):
     def write(self, writes: list[CellWrite]) -> WriteStats: ...
 
     def setup(self, setup: Setup) -> WriteStats: ...
+
+    def close(self) -> None:
+        """Release what the backend holds (an HTTP session, a workbook); it is not used after."""

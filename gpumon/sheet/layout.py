@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from gpumon.config import DEFAULT_COLUMNS, server_key
 from gpumon.sheet.grid import Grid, a1
+from gpumon_agent.text import cut
 
 # A server name as people write it in the Server column: a host name or an ssh_config alias.
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,253}[A-Za-z0-9])?$")
@@ -238,7 +239,7 @@ def _find_blocks(
                 break
             if not _SERVER_NAME.match(name):
                 warnings.append(
-                    f"{a1(row, server_col)}: '{_short(name)}' is not a server name (letters, "
+                    f"{a1(row, server_col)}: '{cut(name, 30)}' is not a server name (letters, "
                     "digits, '.', '-', '_'); row left alone"
                 )
                 current = None
@@ -281,7 +282,7 @@ def _place_gpu_row(grid: Grid, block: Block, row: int, gpu_col: int, warnings: l
     match = _GPU_INDEX.match(text)
     if match is None:
         warnings.append(
-            f"{where}: GPU '{_short(text)}' of '{block.server}' is not a GPU index (0, 1, ...); "
+            f"{where}: GPU '{cut(text, 30)}' of '{block.server}' is not a GPU index (0, 1, ...); "
             "no GPU values written in this row"
         )
         return
@@ -300,7 +301,3 @@ def _place_gpu_row(grid: Grid, block: Block, row: int, gpu_col: int, warnings: l
         )
         return
     block.gpu_rows[index] = row
-
-
-def _short(text: str, limit: int = 30) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -46,6 +46,7 @@ from gpumon.sheet.grid import (
 )
 from gpumon.sheet.layout import LayoutError, read_layout
 from gpumon_agent.atomic import atomic_file
+from gpumon_agent.text import cut
 
 # The lab's sheet, as far as the seed shows it (rows 1-7 of the fixture).
 TITLE = "Server and GPU usage"
@@ -249,7 +250,7 @@ class XlsxBackend:
         except Exception as e:
             # A damaged workbook fails anywhere in zipfile, openpyxl or the XML parser (e.g.
             # xml.etree's ParseError on a character XML cannot hold): all mean "unreadable".
-            detail = _short(f"{type(e).__name__}: {e}")
+            detail = cut(f"{type(e).__name__}: {e}", 200)
             raise SheetError(
                 f"{self.path}: not a readable .xlsx workbook ({detail}). gpumon leaves it "
                 "exactly as it is: restore it, or move it away and gpumon makes a fresh one"
@@ -549,10 +550,6 @@ def _lock_owner(lock: Path) -> str:
         return ""
     owner = text.split(",", 1)[0].strip()
     return f" by {owner}" if owner and "\x00" not in owner and len(owner) < 80 else ""
-
-
-def _short(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _letter(col: int) -> str:

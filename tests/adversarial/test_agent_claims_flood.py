@@ -15,7 +15,6 @@ import psutil
 import pytest
 from agent_proc import wait_for
 
-from gpumon_agent import claims as claims_mod
 from gpumon_agent import pidstat
 from gpumon_agent.claims import (
     MAX_CLAIM_ERRORS,
@@ -25,6 +24,7 @@ from gpumon_agent.claims import (
     claim_gpus,
     new_record,
 )
+from gpumon_agent.claims import allocation as claims_mod
 from gpumon_agent.report import Gpu, Report
 from harness.users import GPUMON
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from agent_proc import wait_for
 
 from gpumon_agent.metrics import REQUEST_TIMEOUT_S
+from harness.timing import SLACK_S
 
 
 def threads(pid: int) -> int:
@@ -38,7 +39,8 @@ def test_60_idle_connections_do_not_break_a_real_scrape_under_tasks_max(deployme
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             assert r.status == 200
             body = r.read().decode()
-        assert time.monotonic() - started < REQUEST_TIMEOUT_S  # not queued behind the idle ones
+        # Not queued behind the idle ones (each would hold it up to REQUEST_TIMEOUT_S).
+        assert time.monotonic() - started < 0 + SLACK_S
         assert "gpumon_nvml_up 1.0" in body
         assert threads(daemon.pid) < 8  # connections cost sockets, not threads
         assert daemon.poll() is None
@@ -47,7 +49,7 @@ def test_60_idle_connections_do_not_break_a_real_scrape_under_tasks_max(deployme
         idle[0].settimeout(REQUEST_TIMEOUT_S + 10)
         waited = time.monotonic()
         assert idle[0].recv(1) == b""
-        assert time.monotonic() - waited < REQUEST_TIMEOUT_S + 5
+        assert time.monotonic() - waited < REQUEST_TIMEOUT_S + SLACK_S
     finally:
         for sock in idle:
             sock.close()

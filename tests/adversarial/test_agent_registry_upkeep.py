@@ -121,7 +121,7 @@ def test_a_full_disk_is_logged_once_per_state_change_not_every_sample(deployment
 
 
 class OneHost:
-    def collect(self) -> Report:
+    def compose(self) -> Report:
         return Report(generated_at=utc_iso(), host=Host(hostname="h"))
 
 

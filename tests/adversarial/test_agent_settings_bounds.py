@@ -12,7 +12,7 @@ from agent_proc import AGENT, agent_env
 
 from gpumon.config import Config, PollConfig, ServerEntry
 from gpumon.poll.poller import Poller
-from gpumon_agent import snapshot
+from gpumon_agent import entry
 from gpumon_agent.claims import ClaimError
 from gpumon_agent.hook import claim
 from gpumon_agent.settings import BOUNDS, AgentSettings, SettingsError
@@ -81,13 +81,13 @@ def test_the_report_fast_path_takes_no_max_age_the_full_cli_refuses(tmp_path, ra
     state.mkdir()
     (state / "report.json").write_text('{"schema": "gpumon.report"}\n')
     env = {"GPUMON_STATE_DIR": str(state), "GPUMON_MAX_AGE": raw}
-    assert snapshot.fast_report(["report", "--json"], env) is None
+    assert entry.fast_report(["report", "--json"], env) is None
     with pytest.raises(SettingsError, match="GPUMON_MAX_AGE"):
         AgentSettings.from_env(env)
 
 
 def test_the_fast_paths_bounds_mirror_the_settings():
-    assert BOUNDS["max_age_s"][3:5] == snapshot.MAX_AGE_BOUNDS
+    assert BOUNDS["max_age_s"][3:5] == entry.MAX_AGE_BOUNDS
 
 
 def test_the_local_poller_reports_a_bad_variable_as_that_servers_failure(tmp_path, monkeypatch):

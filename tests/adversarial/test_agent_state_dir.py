@@ -13,10 +13,11 @@ import time
 import pytest
 from agent_proc import AGENT, agent_env
 
-from gpumon_agent.collect import read_gpu_count
+from gpumon_agent.compose import read_gpu_count
 from gpumon_agent.filelock import FileLock, LockFileError
 from gpumon_agent.settings import AgentSettings
 from gpumon_agent.snapshot import read_snapshot
+from harness.timing import SLACK_S
 
 PLANT = "import os, sys; os.symlink(sys.argv[1], sys.argv[2])"
 
@@ -93,5 +94,5 @@ def test_planted_snapshot_and_gpu_count_files_are_not_followed_nor_hang(tmp_path
     os.mkfifo(state / "report.json")  # nobody writes it: a blocking open would hang forever
     started = time.monotonic()
     data, fresh, why = read_snapshot(settings)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 0 + SLACK_S  # no wait at all: the open did not block
     assert data is None and "not a regular file" in why

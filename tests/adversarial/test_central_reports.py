@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpumon.config import SheetConfig
+from gpumon.fleet import open_poller, push_once
 from gpumon.poll import result as codes
 from gpumon.poll.answer import bounded, interpret
 from gpumon.poll.result import ServerResult
 from gpumon.poll.transport import CommandOutput, PollFailure
-from gpumon.push import open_poller, push_once
 from gpumon.sheet.cells import render
 from gpumon.sheet.grid import _UNCELLABLE, CELL_MAX_CHARS
 from gpumon.sheet.layout import read_layout

@@ -14,11 +14,12 @@ import pytest
 from central_kit import ScriptedPoller, gpu, off, on, seed_workbook
 
 from gpumon.config import Config, PollConfig, ServerEntry, SheetConfig
+from gpumon.fleet import push_once
 from gpumon.poll.answer import interpret
 from gpumon.poll.result import ServerResult
 from gpumon.poll.transport import CommandOutput, PollFailure
-from gpumon.push import push_once, report
-from gpumon.sheet.google import ROW_KEY
+from gpumon.push import print_outcome
+from gpumon.sheet.google_requests import ROW_KEY
 from gpumon.sheet.xlsx import XlsxBackend
 from gpumon_agent.report import utc_iso
 from harness.sheets_fixtures import GoogleEnv, google_fixture, sheets_server_fixture  # noqa: F401
@@ -64,7 +65,7 @@ def test_google_dry_run_before_the_first_push_lists_every_cell_the_first_push_wr
     listed = {(c.cell, c.server, c.column, c.new) for c in dry.changes}
     assert listed, "the dry run listed nothing"
     out = io.StringIO()
-    report(google.config, dry, out=out, err=io.StringIO())
+    print_outcome(google.config, dry, out=out, err=io.StringIO())
     for change in dry.changes:
         assert str(change) in out.getvalue()
 

@@ -26,7 +26,7 @@ from central_kit import (
 )
 
 from gpumon.config import Config, PollConfig, SheetConfig
-from gpumon.push import push_once
+from gpumon.fleet import push_once
 from gpumon.sheet.grid import CELL_MAX_CHARS, REPLACEMENT, CellWrite, cell_text
 from gpumon.sheet.xlsx import XlsxBackend
 from gpumon_agent.report import ClaimInfo

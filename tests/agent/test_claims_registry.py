@@ -26,10 +26,11 @@ from gpumon_agent.claims import (
     LockTimeout,
     RegistryError,
     new_record,
-    print_claims,
 )
+from gpumon_agent.cli import claims_command
 from gpumon_agent.report import Gpu
 from gpumon_agent.settings import AgentSettings
+from harness.timing import SLACK_S
 
 NOBODY = 65534
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
@@ -253,7 +254,7 @@ def test_bad_claim_files_are_each_reported_and_good_ones_still_count(registry, s
 
     started = time.monotonic()
     live, errors = registry.live_claims()
-    assert time.monotonic() - started < 2  # the FIFO did not block the scan
+    assert time.monotonic() - started < 0 + SLACK_S  # no wait at all: the FIFO did not block
     assert [c.job for c in live] == ["good"]
     reasons = {os.path.basename(e.path).split("-")[-1]: e.error for e in errors}
     assert "not JSON" in reasons["a1a1a1.json"]
@@ -392,7 +393,7 @@ def test_a_lock_held_forever_makes_others_fail_after_the_bounded_wait(registry):
             with registry.lock(timeout_s=0.3):
                 pass
         waited = time.monotonic() - started
-        assert 0.3 <= waited < 2
+        assert 0.3 <= waited < 0.3 + SLACK_S  # the bounded wait, not the holder's 60 s
         assert "fuser -v" in str(err.value) and registry.lock_path in str(err.value)
     finally:
         holder.kill()
@@ -441,12 +442,12 @@ def test_claims_listing_shows_live_claims_and_escapes_control_characters(registr
     registry.create(record)
     write_raw(registry, "bad.json", b"x")
     settings = AgentSettings(claims_dir=registry.path)
-    assert print_claims(settings) == 0
+    assert claims_command(settings) == 0
     out, err = capsys.readouterr()
     assert "\x1b" not in out
     assert "evil\\x1b[2Jjob" in out and "0,1" in out and "epoch=4 loss=0.5" in out
     assert "bad.json" in err
-    assert print_claims(settings, as_json=True) == 0
+    assert claims_command(settings, as_json=True) == 0
     data = json.loads(capsys.readouterr().out)
     assert [c["job"] for c in data["claims"]] == ["evil\x1b[2Jjob"]
     assert data["errors"][0]["path"].endswith("bad.json")

@@ -273,14 +273,14 @@ def test_the_gpu_count_is_remembered_across_restarts(tmp_path, fake_nvml):
 # --- in-process: what a real NVML cannot be made to do on cue -----------------------------------
 
 
-class FlakyCollector:
+class FlakyComposer:
     """Fails on the samples named in ``fail_on`` (1-based), else returns a small Report."""
 
     def __init__(self, fail_on: set[int]) -> None:
         self.fail_on = fail_on
         self.calls = 0
 
-    def collect(self) -> Report:
+    def compose(self) -> Report:
         self.calls += 1
         if self.calls in self.fail_on:
             raise RuntimeError("first sample broke" if self.calls == 1 else "driver went away")
@@ -290,11 +290,11 @@ class FlakyCollector:
 def test_a_failing_sample_keeps_the_last_good_values_and_says_so(tmp_path, caplog):
     settings = AgentSettings(state_dir=str(tmp_path))
     state = DaemonState()
-    collector = FlakyCollector(fail_on={1, 3, 4})
+    composer = FlakyComposer(fail_on={1, 3, 4})
     failures = StateLog()
 
     def tick() -> Report:
-        tick_once(settings, collector, state, failures)
+        tick_once(settings, composer, state, failures)
         return Report.from_json((tmp_path / "report.json").read_bytes())
 
     first = tick()  # fails before any good sample: a report that says why, not nothing
@@ -349,8 +349,8 @@ def test_ticks_stay_on_a_fixed_grid(tmp_path, costs, expected_starts):
     stop = threading.Event()
     starts: list[float] = []
 
-    class TimedCollector:
-        def collect(self) -> Report:
+    class TimedComposer:
+        def compose(self) -> Report:
             starts.append(clock.now - 1000.0)
             clock.now += costs[len(starts) - 1]
             if len(starts) == len(costs):
@@ -361,7 +361,7 @@ def test_ticks_stay_on_a_fixed_grid(tmp_path, costs, expected_starts):
         assert seconds > 0
         clock.now += seconds
 
-    loop(settings, TimedCollector(), DaemonState(), stop, clock=clock, wait=sleep)
+    loop(settings, TimedComposer(), DaemonState(), stop, clock=clock, wait=sleep)
 
     assert starts == pytest.approx(expected_starts)
 

@@ -240,7 +240,7 @@ print(json.dumps([mw, time.monotonic() - t]))
 
     milliwatts, seconds = json.loads(out)
     assert milliwatts == 60_000
-    assert seconds >= 0.4
+    assert seconds >= 0.5 - 0.1  # the test held it 0.5 s; the child's clock starts a little late
 
 
 @needs_current_pynvml

@@ -53,4 +53,4 @@ def test_a_long_or_multiline_command_is_one_cut_line():
 
     assert user == pwd.getpwuid(os.geteuid()).pw_name
     assert command.startswith(f"{sys.executable} -c {code} two lines xxx")
-    assert len(command) == MAX_COMMAND_CHARS and command.endswith("...")
+    assert len(command) == MAX_COMMAND_CHARS and command.endswith("…")

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from agent_proc import AGENT, agent_env, imported_modules, report_json
 
-from gpumon_agent import snapshot
+from gpumon_agent import entry
+from gpumon_agent.cli import summarize
 from gpumon_agent.report import (
     SOURCE_DAEMON,
     SOURCE_ONESHOT,
@@ -27,7 +28,7 @@ from gpumon_agent.report import (
     utc_iso,
 )
 from gpumon_agent.settings import AgentSettings
-from gpumon_agent.snapshot import latest_report, read_snapshot, summarize, write_snapshot
+from gpumon_agent.snapshot import latest_report, read_snapshot, write_snapshot
 from gpumon_agent.usage import USE_BUSY, USE_UNKNOWN, judge_use
 from harness.fakenvml import ONLY_V3_PROCESS_QUERIES, FakeProcess, FakeState, make_gpu
 
@@ -59,8 +60,8 @@ def test_fresh_snapshot_is_printed_as_is_without_importing_nvml_or_psutil(tmp_pa
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout == written
     modules = imported_modules(done.stderr.decode())
-    assert "gpumon_agent.snapshot" in modules  # the probe sees the agent's imports at all
-    heavy = {"pynvml", "psutil", "gpumon_agent.collect", "gpumon_agent.report", "json"}
+    assert {"gpumon_agent.entry", "gpumon_agent.snapshot"} <= modules  # the probe sees them
+    heavy = {"pynvml", "psutil", "gpumon_agent.compose", "gpumon_agent.report", "json"}
     # The console script answers before the full CLI: its argparse/dataclasses/typing cost more
     # than everything else the command does.
     heavy |= {"gpumon_agent.cli", "gpumon_agent.settings", "argparse", "dataclasses", "typing"}
@@ -92,7 +93,7 @@ def test_fast_path_accepts_the_report_command_lines(tmp_path, argv):
 # Runs only the fast path; exits 3 where it would hand over to the full CLI.
 FAST_ONLY = """
 import sys
-from gpumon_agent.snapshot import fast_report
+from gpumon_agent.entry import fast_report
 code = fast_report(sys.argv[1:])
 sys.exit(3 if code is None else code)
 """
@@ -127,7 +128,7 @@ def test_fast_path_defaults_mirror_the_agent_settings():
     assert (
         defaults.state_dir,
         defaults.max_age_s,
-    ) == (snapshot.DEFAULT_STATE_DIR, snapshot.DEFAULT_MAX_AGE_S)
+    ) == (entry.DEFAULT_STATE_DIR, entry.DEFAULT_MAX_AGE_S)
 
 
 def test_without_a_daemon_report_samples_once_and_says_so(tmp_path, fake_nvml):
@@ -354,7 +355,7 @@ def test_schema_doc_names_every_field_and_code():
         schema.GpuProcess,
         schema.ClaimInfo,
         schema.HealthWarning,
-        schema.ClaimFileError,
+        schema.ClaimFileProblem,
     ]
     fields = {f.name for record in records for f in dataclasses.fields(record)}
     codes = set(HEALTH_CODES) | set(NVML_ERROR_CODES) | {name for _, name in THROTTLE_REASONS}

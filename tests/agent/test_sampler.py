@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -17,7 +16,11 @@ import dataclasses, json
 from gpumon_agent.report import Report
 from gpumon_agent.sampler import Sampler
 from gpumon_agent.settings import AgentSettings
-sampler = Sampler(AgentSettings(interval_s={interval}, window_s={window}), call_timeout_s=5)
+# The windows run on this clock: a test moves it (now[0] += seconds), never waits for it.
+now = [1000.0]
+sampler = Sampler(
+    AgentSettings(interval_s={interval}, window_s={window}), call_timeout_s=5, clock=lambda: now[0]
+)
 
 def sample():
     return json.loads(sampler.sample().to_json())
@@ -78,7 +81,7 @@ def test_a_sample_is_a_complete_report(fake_nvml, child_sampler):
     assert report["host"]["cpu_count"] == os.cpu_count()
     assert report["nvml"]["available"] is True
     assert [g["utilization_mean_pct"] for g in report["gpus"]] == [30.0, 30.0]
-    assert report["warnings"] == []  # collect.py adds warnings and claims
+    assert report["warnings"] == []  # compose.py adds warnings and claims
     assert all(g["claims"] == [] for g in report["gpus"])
 
 
@@ -128,16 +131,18 @@ def test_the_mean_covers_the_window_only(fake_nvml, child_sampler):
     child = child_sampler(fake.env(), interval=0.1, window=1.5)
 
     means = []
-    for utilization in (10, 20, 30, 60):
+    for at, utilization in ((1000.25, 10), (1000.5, 20), (1000.75, 30), (1001.0, 60)):
         state.gpus[0].utilization_gpu = utilization
         fake.write(state)
-        means.append(child.run("result = sample()")["gpus"][0]["utilization_mean_pct"])
-    time.sleep(1.6)
+        gpu = child.run(f"now[0] = {at}; result = sample()")["gpus"][0]
+        means.append(gpu["utilization_mean_pct"])
+    at_the_edge = child.run("now[0] = 1002.5; result = sample()")["gpus"][0]  # 1001.0 + window
     state.gpus[0].utilization_gpu = 90
     fake.write(state)
-    after_window = child.run("result = sample()")["gpus"][0]
+    after_window = child.run("now[0] = 1004.25; result = sample()")["gpus"][0]  # all out
 
     assert means == [10.0, 15.0, 20.0, 30.0]
+    assert at_the_edge["utilization_mean_pct"] == 60.0  # 60 (at 1001.0) and 60 now; 10-30 left
     assert (after_window["utilization_pct"], after_window["utilization_mean_pct"]) == (90.0, 90.0)
 
 

@@ -12,8 +12,9 @@ import pytest
 
 from gpumon.cli import main
 from gpumon.poll import result as codes
-from gpumon.poll.hostkeys import CHANGED, REVOKED, TRUSTED, UNKNOWN, KnownHosts, trust
+from gpumon.poll.hostkeys import CHANGED, REVOKED, TRUSTED, UNKNOWN, KnownHosts
 from gpumon.poll.poller import Poller
+from gpumon.trust import trust
 from harness.sshd import Fleet, keygen
 
 

@@ -12,6 +12,7 @@ from gpumon.config import Config, ConfigError, PollConfig, ServerEntry
 from gpumon.poll import result as codes
 from gpumon.poll.inventory import parse_jump, resolve
 from gpumon.poll.poller import Poller
+from gpumon.trust import trust
 from harness.sshd import JUMP, Fleet
 
 
@@ -145,3 +146,18 @@ def test_the_gateway_line_forwards_only_to_the_fleet(fleet: Fleet, tmp_path: Pat
     assert result.reason_code == codes.UNREACHABLE
     assert result.stage == "connect"
     assert f"jump host {gateway.address}:{fleet.port} could not reach 127.0.0.250" in result.reason
+
+
+def test_trust_reaches_a_server_through_its_proxy_jump_host(fleet: Fleet, tmp_path, capsys):
+    config = fleet.config(tmp_path)
+    gateway = fleet.server("gateway")
+    config.servers["target"].proxy_jump = f"{gateway.address}:{fleet.port}"
+    before = fleet.logins_to(gateway)
+
+    code = trust(config, "target", assume_yes=True)
+
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "offers ssh-ed25519 key SHA256:" in out and "already trusted" in out
+    assert fleet.logins_to(gateway) == before + 1  # the key exchange went through the hop
+    assert fleet.logins_to(fleet.server("target")) == 0  # a key exchange only: no login

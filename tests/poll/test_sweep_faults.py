@@ -27,12 +27,12 @@ from harness.sshd import (
     RefusedPort,
     SilentListener,
 )
+from harness.timing import SLACK_S
 
 HEALTHY = 20
 HANDSHAKE_S = 2.0
 AUTH_S = 2.0
 COMMAND_S = 2.0
-SLACK_S = 1.5  # scheduling on a loaded 2-core machine; deadlines are the contract, not speed
 
 
 # What gpumon-agent 0.1.0 (Report schema 1) prints, sampled now; braces doubled for the

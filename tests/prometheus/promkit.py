@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from gpumon.config import Config
-from gpumon.sheet.backends import close_backend, open_backend
+from gpumon.sheet.backends import open_backend
 from gpumon.sheet.layout import read_layout
 
 GPUMON = Path(sys.executable).with_name("gpumon")
@@ -27,7 +27,7 @@ def sheet_rows(config: Config) -> dict[tuple[str, int | None], dict[str, str]]:
     try:
         grid = backend.read()
     finally:
-        close_backend(backend)
+        backend.close()
     layout = read_layout(grid, config.sheet.columns)
     headers = {col: grid.cell(layout.header_row, col) for col in range(grid.width)}
     rows: dict[tuple[str, int | None], dict[str, str]] = {}

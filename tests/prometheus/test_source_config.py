@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from gpumon.config import ConfigError, parse
+from gpumon.fleet import open_poller
 from gpumon.poll.prometheus import PrometheusSource
-from gpumon.push import open_poller
 
 ORIGIN = "/etc/gpumon/gpumon.toml"
 SERVERS = '\n[servers.ganbsp]\nhost = "192.0.2.10"\n'

@@ -21,7 +21,7 @@ from gpumon.sheet.cells import (
 from gpumon_agent.report import (
     GPU_ERROR,
     GPU_LOST,
-    ClaimFileError,
+    ClaimFileProblem,
     ClaimInfo,
     HealthWarning,
     Nvml,
@@ -129,7 +129,7 @@ def test_health_collects_everything_a_reader_should_know():
         HealthWarning("gpu_lost", "GPU 2 lost (fell off the bus)", 2),
         HealthWarning("gpu_temperature_high", "at 91 °C", 4),
     ]
-    result.report.claim_errors = [ClaimFileError("/run/gpumon/claims/x.json", "not JSON")]
+    result.report.claim_errors = [ClaimFileProblem("/run/gpumon/claims/x.json", "not JSON")]
     text = health(result, {0, 1, 2, 3, 5})
     assert text == (
         "agent stale; GPU 3: Unknown Error; load 31 on 8 CPUs; GPU 2 lost (fell off the bus); "

@@ -17,6 +17,7 @@ from gpumon.sheet.grid import CellWrite, NewRows, Setup
 from harness.sheets_client import ACCOUNT, write_service_account_key
 from harness.sheets_fixtures import GoogleEnv, google_fixture, sheets_server_fixture  # noqa: F401
 from harness.sheets_server import Person
+from harness.timing import SLACK_S
 
 GET = "sheets.spreadsheets.get"
 WRITE = "sheets.spreadsheets.values.batchUpdateByDataFilter"
@@ -343,7 +344,7 @@ def test_429_for_ever_gives_up_within_the_budget_and_the_next_push_recovers(
         GoogleSheetError, match=r"quota exceeded \(429\); gave up after \d+ tries"
     ) as e:
         backend.write(writes(hcpbsp="OFF"))
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 1.5 + SLACK_S  # the retry budget
     assert e.value.kind == "quota" and len(google.server.requests(WRITE)) >= 2
     fault.times = 0
     backend.read()  # the next push: a fresh budget
@@ -368,7 +369,7 @@ def test_a_slow_answer_times_out_and_is_retried_then_given_up(google: GoogleEnv)
     started = time.monotonic()
     with pytest.raises(GoogleSheetError, match=r"no answer within 0\.3 s") as e:
         backend.read()
-    assert e.value.kind == "timeout" and time.monotonic() - started < 1.6
+    assert e.value.kind == "timeout" and time.monotonic() - started < 1.0 + SLACK_S  # the budget
     google.server.clear_faults()
 
 

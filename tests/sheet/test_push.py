@@ -23,18 +23,17 @@ from sheetkit import (
 )
 
 from gpumon.config import Config, PollConfig, ServerEntry, SheetConfig, parse
-from gpumon.poll.result import ServerResult
-from gpumon.push import (
+from gpumon.fleet import (
     EXIT_CONFIG,
     EXIT_LAYOUT,
     EXIT_LOCKED,
     EXIT_OK,
     EXIT_SHEET,
-    push,
     push_lock,
     push_once,
-    report,
 )
+from gpumon.poll.result import ServerResult
+from gpumon.push import print_outcome, push
 from gpumon.sheet.xlsx import XlsxBackend
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,7 +135,7 @@ def test_dry_run_prints_the_changes_and_writes_nothing(tmp_path, capsys):
     results[8] = off("mlbsp", "connection refused")
     outcome = push_once(config, XlsxBackend(path), ScriptedPoller(results), dry_run=True)
     assert path.read_bytes() == original
-    report(config, outcome)
+    print_outcome(config, outcome)
     out = capsys.readouterr().out
     assert "dry run: nothing written." in out
     assert "set-up: I7: add header 'GPU util'" in out

@@ -10,7 +10,7 @@ import pytest
 from sheetkit import SEED_SERVERS, seed_workbook
 
 from gpumon.config import SheetConfig
-from gpumon.push import open_poller, push_once
+from gpumon.fleet import open_poller, push_once
 from gpumon.sheet.xlsx import XlsxBackend
 from harness.sshd import GARBAGE, Fleet, canned_report
 

@@ -13,7 +13,7 @@ import openpyxl
 from sheetkit import gpu, on
 
 from gpumon.config import Config, PollConfig, ServerEntry, SheetConfig
-from gpumon.push import push_lock
+from gpumon.fleet import push_lock
 from gpumon.serve import Service
 from gpumon.sheet.xlsx import XlsxBackend
 

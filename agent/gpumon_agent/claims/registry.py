@@ -1,4 +1,4 @@
-"""The GPU claims registry: which job holds which GPU, as training jobs registered it.
+"""The claims registry: the directory of claim files, read and written safely.
 
 Layout (``AgentSettings.claims_path``, default ``/run/gpumon/claims``; docs/claims.md)::
 
@@ -15,7 +15,7 @@ stops them from forging someone else's); symlinks and non-regular files are refu
 (O_NOFOLLOW, fstat); size, nesting depth, numbers and fields are bounded. Files are read in
 turns per owner, at most MAX_CLAIM_FILES a scan, so a user who floods the registry hides only
 their own claims; allocation reads every claim or refuses. A bad file becomes a
-``ClaimFileError`` in the Report (at most MAX_CLAIM_ERRORS), never an exception.
+``ClaimFileProblem`` in the Report (at most MAX_CLAIM_ERRORS), never an exception.
 
 A claim is live while the process that made it runs: same pid, same boot-relative start time
 (gpumon_agent.pidstat: a reused pid does not revive it, a wall-clock step does not kill it),
@@ -24,8 +24,7 @@ the registry's owner (the agent, which made the directory; in a sticky directory
 delete any file). The agent also remakes a deleted registry and replaces a lock file a user
 could lock others out with (``upkeep``), and clears dead writers' temporary files.
 
-Entry points: ``ClaimRegistry`` (files), ``choose_gpus`` (allocation, pure), ``annotate`` and
-``IdleTracker`` (per-GPU claim status in a Report), ``print_claims`` (``gpumon-agent claims``).
+Must stay importable on Python 3.8.
 """
 
 from __future__ import annotations
@@ -33,13 +32,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
 import re
 import secrets
-import socket
 import stat
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import (
@@ -50,56 +46,37 @@ from typing import (
     Iterator,
     List,
     Optional,
-    Sequence,
     Set,
     Tuple,
-    Union,
 )
 
 from gpumon_agent import pidstat
 from gpumon_agent.atomic import TMP_MARK, write_atomic
+from gpumon_agent.claims.record import (
+    MAX_CLAIM_BYTES,
+    MAX_JSON_DEPTH,
+    ClaimError,
+    ClaimRecord,
+    InvalidClaimFile,
+    check_owner_process,
+    json_depth_ok,
+)
 from gpumon_agent.filelock import FileLock, LockBusy, LockFileError, open_lock_file
 from gpumon_agent.report import (
-    GPU_OK,
-    ClaimFileError,
-    ClaimInfo,
-    Gpu,
-    Report,
-    parse_utc_iso,
-    utc_iso,
+    ClaimFileProblem,
 )
 from gpumon_agent.safedir import make_dirs, untrusted, user_name
 from gpumon_agent.settings import AgentSettings
-from gpumon_agent.usage import judge_use
 
-CLAIM_SCHEMA = "gpumon.claim"
-CLAIM_VERSION = 1
-MAX_CLAIM_BYTES = 64 * 1024  # a claim file larger than this is refused unread
-MAX_PROGRESS_BYTES = 4 * 1024  # progress, as compact JSON
-MAX_JOB_CHARS = 200
-MAX_COMMAND_CHARS = 4096
-# Nesting of a whole claim file (checked before it is parsed: deep nesting is what makes a
-# parser recurse) and of its progress (which the writer checks, so it always fits the first).
-MAX_JSON_DEPTH = 16
-MAX_PROGRESS_DEPTH = 8
-MAX_CLAIM_GPUS = 64
-MAX_GPU_INDEX = 4095
-MAX_UUID_CHARS = 96
-MAX_PID = 4194304  # the kernel's PID_MAX_LIMIT
-MAX_UID = 2**32 - 2
 # Claim files read per agent scan: bounds the agent's work and the Report's size whatever users
 # drop here. Only well-formed names whose owner checks out count, taken in turns per owner, so a
 # user who floods the registry hides only their own claims.
 MAX_CLAIM_FILES = 128
-# Claim files read before allocating: every claim must be seen to never hand out a claimed GPU;
-# past this many the claimer refuses rather than guess.
-MAX_ALLOCATION_FILES = 4096
+
 MAX_CLAIM_ERRORS = 32  # claim_errors entries per scan (the rest are counted in one more)
 LOCK_NAME = ".lock"
 DEFAULT_LOCK_TIMEOUT_S = 10.0
-# Claims written by gpumon-agent 0.1, which recorded only the wall-clock start (pid_started),
-# are compared that way, with this slack. Newer claims compare boot-relative ticks, exactly.
-START_TIME_SLACK_S = 1.0
+
 # Leftover temporary files of dead writers: distinct writer pids checked per clean-up pass.
 MAX_TMP_PIDS = 1024
 
@@ -111,17 +88,6 @@ _TMP_RE = re.compile(
     + re.escape(TMP_MARK)
     + r"(\d{1,7})-[0-9a-f]{1,32}$"
 )
-# JSON strings (closed, or running to the end of the text: always a match from a quote, so the
-# scan stays linear), and innermost brackets, for the depth check.
-_JSON_STRING_RE = re.compile(rb'"[^"\\]*(?:\\(?:.|\Z)[^"\\]*)*(?:"|\Z)', re.DOTALL)
-_INNERMOST_RE = re.compile(rb"\[[^\[\]{}]*\]|\{[^\[\]{}]*\}")
-
-# A GPU request: "auto" or explicit indices / UUIDs (see parse_gpu_request).
-GpuRequest = Optional[List[Union[int, str]]]
-
-
-class ClaimError(Exception):
-    """A claim could not be made or kept. The message says what happened and what to do."""
 
 
 class RegistryError(ClaimError):
@@ -130,301 +96,6 @@ class RegistryError(ClaimError):
 
 class LockTimeout(ClaimError):
     """Another claimer held the registry lock for longer than the bounded wait."""
-
-
-class NoFreeGpu(ClaimError):
-    """Not enough GPUs are free (or the ones asked for are taken)."""
-
-
-class InvalidClaimFile(ValueError):
-    """Why one claim file does not count (becomes a ClaimFileError)."""
-
-
-# --- the claim record --------------------------------------------------------------------------
-
-
-@dataclass
-class ClaimedGpu:
-    index: int
-    uuid: Optional[str] = None
-
-
-@dataclass
-class ClaimRecord:
-    """One claim file's content, validated. ``path`` is where it was read from or written to."""
-
-    job: str
-    user: str
-    uid: int
-    pid: int
-    pid_started: float  # wall-clock start of pid (informational; 0.1 agents compare it)
-    hostname: str
-    command: str
-    started_at: str  # utc_iso
-    gpus: List[ClaimedGpu] = field(default_factory=list)
-    updated_at: Optional[str] = None
-    progress: Dict[str, Any] = field(default_factory=dict)
-    path: str = ""
-    # Start of pid in clock ticks since boot (/proc/PID/stat field 22): tells a reused pid
-    # apart whatever the wall clock does. None in claims of gpumon-agent 0.1.
-    pid_start_ticks: Optional[int] = None
-
-    @property
-    def file_name(self) -> str:
-        return os.path.basename(self.path)
-
-    def covers(self, gpu: Gpu) -> bool:
-        """True if this claim holds ``gpu`` (by UUID when both sides know it, else by index)."""
-        for held in self.gpus:
-            if held.uuid is not None and gpu.uuid is not None:
-                if held.uuid == gpu.uuid:
-                    return True
-            elif held.index == gpu.index:
-                return True
-        return False
-
-    def info(self) -> ClaimInfo:
-        return ClaimInfo(
-            job=self.job,
-            user=self.user,
-            pid=self.pid,
-            started_at=self.started_at,
-            updated_at=self.updated_at,
-            progress=dict(self.progress),
-        )
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {
-            "schema": CLAIM_SCHEMA,
-            "version": CLAIM_VERSION,
-            "job": self.job,
-            "user": self.user,
-            "uid": self.uid,
-            "pid": self.pid,
-            "pid_started": self.pid_started,
-            "pid_start_ticks": self.pid_start_ticks,
-            "hostname": self.hostname,
-            "command": self.command,
-            "started_at": self.started_at,
-            "updated_at": self.updated_at,
-            "gpus": [{"index": g.index, "uuid": g.uuid} for g in self.gpus],
-            "progress": self.progress,
-        }
-
-    def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), allow_nan=False, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_dict(cls, data: Any, path: str = "") -> ClaimRecord:
-        """Validate a decoded claim file; raises InvalidClaimFile naming the bad field."""
-        if not isinstance(data, dict):
-            raise InvalidClaimFile("not a JSON object")
-        if data.get("schema") != CLAIM_SCHEMA:
-            raise InvalidClaimFile(f"schema is {data.get('schema')!r}, expected {CLAIM_SCHEMA!r}")
-        if data.get("version") != CLAIM_VERSION:
-            raise InvalidClaimFile(
-                f"claim version {data.get('version')!r}, this agent reads {CLAIM_VERSION}"
-                " (mixed gpumon-agent versions on this server?)"
-            )
-        gpus_raw = _field(data, "gpus", list)
-        if not gpus_raw:
-            raise InvalidClaimFile("field 'gpus': claims no GPU")
-        if len(gpus_raw) > MAX_CLAIM_GPUS:
-            raise InvalidClaimFile(f"field 'gpus': more than {MAX_CLAIM_GPUS} GPUs")
-        gpus = []
-        for i, g in enumerate(gpus_raw):
-            if not isinstance(g, dict):
-                raise InvalidClaimFile(f"field 'gpus[{i}]': expected an object")
-            index = _bounded(g, "index", 0, MAX_GPU_INDEX, f"gpus[{i}].")
-            uuid = _field(g, "uuid", str, f"gpus[{i}].", optional=True)
-            if uuid is not None and len(uuid) > MAX_UUID_CHARS:
-                raise InvalidClaimFile(f"field 'gpus[{i}].uuid': longer than {MAX_UUID_CHARS}")
-            gpus.append(ClaimedGpu(index=index, uuid=uuid))
-        progress = _field(data, "progress", dict)
-        if _depth(progress) > MAX_PROGRESS_DEPTH:
-            raise InvalidClaimFile(f"field 'progress': nested deeper than {MAX_PROGRESS_DEPTH}")
-        if len(_compact(progress)) > MAX_PROGRESS_BYTES:
-            raise InvalidClaimFile(f"field 'progress': larger than {MAX_PROGRESS_BYTES} bytes")
-        pid_started = float(_field(data, "pid_started", float))
-        if not math.isfinite(pid_started):
-            raise InvalidClaimFile("field 'pid_started': not a finite number")
-        ticks = None
-        if data.get("pid_start_ticks") is not None:
-            ticks = _bounded(data, "pid_start_ticks", 0, 2**63 - 1)
-        record = cls(
-            job=_capped(data, "job", MAX_JOB_CHARS),
-            user=_capped(data, "user", 64),
-            uid=_bounded(data, "uid", 0, MAX_UID),
-            pid=_bounded(data, "pid", 1, MAX_PID),
-            pid_started=pid_started,
-            hostname=_capped(data, "hostname", 255),
-            command=_capped(data, "command", MAX_COMMAND_CHARS),
-            started_at=_capped(data, "started_at", 40),
-            updated_at=_field(data, "updated_at", str, optional=True),
-            gpus=gpus,
-            progress=progress,
-            path=path,
-            pid_start_ticks=ticks,
-        )
-        if record.updated_at is not None and len(record.updated_at) > 40:
-            raise InvalidClaimFile("field 'updated_at': longer than 40 characters")
-        for name in ("started_at", "updated_at"):
-            value = getattr(record, name)
-            if value is not None:
-                try:
-                    parse_utc_iso(value)
-                except ValueError:
-                    raise InvalidClaimFile(f"field {name!r}: not an ISO-8601 time") from None
-        return record
-
-
-def _field(
-    data: Dict[str, Any], name: str, kind: type, prefix: str = "", optional: bool = False
-) -> Any:
-    if name not in data:
-        raise InvalidClaimFile(f"field '{prefix}{name}': missing")
-    value = data[name]
-    if value is None and optional:
-        return None
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise InvalidClaimFile(
-            f"field '{prefix}{name}': expected {kind.__name__}, got {type(value).__name__}"
-        )
-    return value
-
-
-def _bounded(data: Dict[str, Any], name: str, low: int, high: int, prefix: str = "") -> int:
-    value = _field(data, name, int, prefix)
-    if not low <= value <= high:
-        shown = str(value) if -(10**20) < value < 10**20 else "a huge number"
-        raise InvalidClaimFile(f"field '{prefix}{name}': {shown} is not in {low}..{high}")
-    return value
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth of a decoded JSON value (a scalar is 0), without recursion."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            children: Iterable[Any] = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, level)
-        stack.extend((child, level + 1) for child in children)
-    return deepest
-
-
-def json_depth_ok(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether the JSON text ``raw`` nests at most ``limit`` arrays/objects deep, checked before
-    parsing and in linear time at C speed: strings are blanked out, then innermost bracket pairs
-    are removed, one level per pass; brackets left after ``limit`` passes are too deep (or do not
-    pair up, which the parser would refuse anyway)."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return True  # fewer brackets than levels: nothing to scan
-    text = _JSON_STRING_RE.sub(b'""', raw)
-    for _ in range(limit):
-        text, removed = _INNERMOST_RE.subn(b"", text)
-        if not removed:
-            break
-    return not any(bracket in text for bracket in (b"[", b"]", b"{", b"}"))
-
-
-def _capped(data: Dict[str, Any], name: str, limit: int) -> str:
-    value = _field(data, name, str)
-    if len(value) > limit:
-        raise InvalidClaimFile(f"field {name!r}: longer than {limit} characters")
-    return value
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, allow_nan=False, separators=(",", ":"))
-
-
-def clean_progress(progress: Dict[str, Any]) -> Dict[str, Any]:
-    """Progress as the registry stores it: JSON values only, capped in size.
-
-    Numbers from numpy/torch (anything with ``.item()``) become Python numbers; NaN and
-    infinities become the strings "nan", "inf", "-inf" (a diverging loss must not break the
-    Report, which is strict JSON). Raises TypeError for a value JSON cannot hold and
-    ValueError when the whole is over MAX_PROGRESS_BYTES.
-    """
-    cleaned = {str(k): _clean_value(v, str(k)) for k, v in progress.items()}
-    if _depth(cleaned) > MAX_PROGRESS_DEPTH:
-        raise ValueError(
-            f"claim progress nests deeper than {MAX_PROGRESS_DEPTH} levels: report a few "
-            "numbers (epoch, loss, accuracy), not nested structures"
-        )
-    size = len(_compact(cleaned))
-    if size > MAX_PROGRESS_BYTES:
-        raise ValueError(
-            f"claim progress is {size} bytes as JSON, over the {MAX_PROGRESS_BYTES}-byte limit: "
-            "report a few numbers (epoch, loss, accuracy), not arrays"
-        )
-    return cleaned
-
-
-def _clean_value(value: Any, where: str, depth: int = 0) -> Any:
-    if depth > MAX_PROGRESS_DEPTH:
-        raise ValueError(
-            f"claim progress {where!r}: nested deeper than {MAX_PROGRESS_DEPTH} levels"
-        )
-    if value is None or isinstance(value, (bool, str, int)):
-        return value
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_clean_value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        return {str(k): _clean_value(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
-    item = getattr(value, "item", None)  # numpy / torch scalars
-    if callable(item):
-        try:
-            return _clean_value(item(), where, depth)
-        except (TypeError, ValueError):
-            pass
-    raise TypeError(
-        f"claim progress {where!r}: {type(value).__name__} is not a JSON value "
-        "(use numbers, strings, booleans, lists or dicts)"
-    )
-
-
-# --- process identity --------------------------------------------------------------------------
-
-
-def check_owner_process(record: ClaimRecord) -> Optional[str]:
-    """None if the claim's process is alive and is the one that wrote it, "stale" if it is gone
-    (dead, zombie, or the pid now belongs to a newer process), else why the claim is bogus.
-
-    Compares the boot-relative start time (pidstat), so a wall-clock step changes nothing."""
-    proc = pidstat.proc_stat(record.pid)
-    if proc is None:
-        return "stale"
-    if not proc.visible:  # /proc hides other users' processes (hidepid=): trust the file
-        return None
-    if proc.state in pidstat.ZOMBIE_STATES or proc.start_ticks is None:
-        return "stale"
-    if record.pid_start_ticks is not None:
-        if proc.start_ticks != record.pid_start_ticks:
-            return "stale"
-    elif abs(pidstat.wall_start(proc.start_ticks) - record.pid_started) > START_TIME_SLACK_S:
-        return "stale"  # a claim of gpumon-agent 0.1: only its wall-clock start is known
-    if proc.uids and record.uid not in proc.uids[:2]:
-        return f"pid {record.pid} runs as uid {proc.uids[0]}, not the claim's uid {record.uid}"
-    return None
 
 
 # --- the registry directory -------------------------------------------------------------------
@@ -451,34 +122,34 @@ def agent_uid(settings: AgentSettings) -> Optional[int]:
 
 @dataclass
 class RegistryScan:
-    """One pass over the registry: the live claims, a ClaimFileError per file that does not
+    """One pass over the registry: the live claims, a ClaimFileProblem per file that does not
     count (at most MAX_CLAIM_ERRORS, then one counting the rest), ``unread``: owner uid → claim
     files left unread past the limit, and ``refused``: why the whole registry was not read."""
 
     claims: List[ClaimRecord] = field(default_factory=list)
-    errors: List[ClaimFileError] = field(default_factory=list)
+    errors: List[ClaimFileProblem] = field(default_factory=list)
     unread: Dict[int, int] = field(default_factory=dict)
     refused: Optional[str] = None
 
 
 class _Errors:
-    """ClaimFileErrors, capped: the Report stays small whatever users drop in the registry."""
+    """ClaimFileProblems, capped: the Report stays small whatever users drop in the registry."""
 
     def __init__(self, registry: str) -> None:
         self.registry = registry
-        self.items: List[ClaimFileError] = []
+        self.items: List[ClaimFileProblem] = []
         self.dropped = 0
 
     def add(self, path: str, error: str) -> None:
         if len(self.items) < MAX_CLAIM_ERRORS:
-            self.items.append(ClaimFileError(path, error))
+            self.items.append(ClaimFileProblem(path, error))
         else:
             self.dropped += 1
 
-    def done(self) -> List[ClaimFileError]:
+    def done(self) -> List[ClaimFileProblem]:
         if self.dropped:
             more = f"{self.dropped} more bad files in the registry, not listed"
-            return [*self.items, ClaimFileError(self.registry, more)]
+            return [*self.items, ClaimFileProblem(self.registry, more)]
         return self.items
 
 
@@ -859,8 +530,8 @@ class ClaimRegistry:
 
     def live_claims(
         self, limit: int = MAX_CLAIM_FILES
-    ) -> Tuple[List[ClaimRecord], List[ClaimFileError]]:
-        """The live claims, and a ClaimFileError per file that does not count. Never raises.
+    ) -> Tuple[List[ClaimRecord], List[ClaimFileProblem]]:
+        """The live claims, and a ClaimFileProblem per file that does not count. Never raises.
         See ``scan``."""
         scan = self.scan(limit)
         return scan.claims, scan.errors
@@ -895,7 +566,7 @@ class ClaimRegistry:
             except OSError as e:
                 out.refused = f"cannot list the claims registry: {e.strerror}"
         if out.refused is not None:
-            out.errors = [ClaimFileError(self.path, out.refused)]
+            out.errors = [ClaimFileProblem(self.path, out.refused)]
             return out
         assert directory is not None
         # Who may delete in a sticky directory: the file's owner, the directory's, and root.
@@ -1022,332 +693,3 @@ def _file_kind(mode: int) -> str:
         if test(mode):
             return kind
     return "not a plain file"
-
-
-def new_record(
-    job: str, command: str, gpus: Sequence[Gpu], pid: Optional[int] = None
-) -> ClaimRecord:
-    """A claim by this process (or ``pid``, one of this user's) on ``gpus``, started now."""
-    pid = os.getpid() if pid is None else pid
-    ticks = pidstat.start_ticks(pid)
-    if ticks is None:
-        raise ClaimError(f"process {pid} is not running; cannot claim GPUs for it")
-    uid = os.geteuid()
-    return ClaimRecord(
-        job=(job or "?")[:MAX_JOB_CHARS],
-        user=user_name(uid)[:64],
-        uid=uid,
-        pid=pid,
-        pid_started=pidstat.wall_start(ticks),
-        pid_start_ticks=ticks,
-        hostname=socket.gethostname()[:255],
-        command=command[:MAX_COMMAND_CHARS],
-        started_at=utc_iso(),
-        gpus=[ClaimedGpu(index=g.index, uuid=g.uuid) for g in gpus],
-    )
-
-
-# --- allocation --------------------------------------------------------------------------------
-
-
-def parse_gpu_request(gpus: Union[str, int, Sequence[Union[int, str]], None]) -> GpuRequest:
-    """The request: "auto" (or None) → None; "0,2" / [0, 2] / "GPU-…,GPU-…" / ["GPU-…"] → the list.
-
-    Raises ClaimError for anything else (an empty list, a negative index, junk)."""
-    if gpus is None:
-        return None
-    if isinstance(gpus, bool):
-        raise ClaimError(f"gpus={gpus!r}: give 'auto', indices or UUIDs")
-    if isinstance(gpus, int):
-        items: List[Any] = [gpus]
-    elif isinstance(gpus, str):
-        text = gpus.strip()
-        if text.lower() == "auto":
-            return None
-        items = [part.strip() for part in text.split(",")]
-    else:
-        items = list(gpus)
-    out: List[Union[int, str]] = []
-    for item in items:
-        if isinstance(item, bool):
-            raise ClaimError(f"gpus: {item!r} is not a GPU index or UUID")
-        if isinstance(item, int):
-            value: Union[int, str] = item
-        elif isinstance(item, str) and item.strip().isdigit():
-            value = int(item.strip())
-        elif isinstance(item, str) and re.match(r"^(GPU|MIG)-[0-9A-Za-z-]+$", item.strip()):
-            value = item.strip()
-        else:
-            raise ClaimError(
-                f"gpus: {item!r} is not a GPU index (0, 1, …) or UUID (GPU-…); "
-                "use 'auto' to let gpumon pick"
-            )
-        if isinstance(value, int) and value < 0:
-            raise ClaimError(f"gpus: {value} is not a GPU index")
-        if value not in out:
-            out.append(value)
-    if not out:
-        raise ClaimError("gpus: no GPU given; use 'auto' to let gpumon pick")
-    return out
-
-
-def _describe_taken(gpu: Gpu, holders: List[ClaimRecord]) -> str:
-    if holders:
-        c = holders[0]
-        return f"GPU {gpu.index}: claimed by {c.user} (pid {c.pid}, job {c.job!r})"
-    if gpu.state != GPU_OK:
-        return f"GPU {gpu.index}: {gpu.state}" + (f" ({gpu.error})" if gpu.error else "")
-    if gpu.processes:
-        users = sorted({p.user for p in gpu.processes})
-        n = len(gpu.processes)
-        plural = "es" if n != 1 else ""
-        return f"GPU {gpu.index}: {n} unclaimed process{plural} ({', '.join(users)})"
-    use = judge_use(gpu)
-    return f"GPU {gpu.index}: {use.state} ({use.reason})"
-
-
-def choose_gpus(
-    gpus: Sequence[Gpu], claims: Sequence[ClaimRecord], request: GpuRequest, count: int = 1
-) -> List[Gpu]:
-    """The GPUs to claim. Pure: ``gpus`` as sampled now, ``claims`` the live ones.
-
-    auto (request None): ``count`` GPUs that gpumon_agent.usage judges free (healthy, processes
-    listed and none, little memory used, not busy — never one whose processes are unknown) and
-    no live claim covers, least utilized first (then least memory used, then index). Explicit:
-    exactly those GPUs, each existing and not claimed (a process without a claim, or unknown
-    processes, do not block an explicit request: the user asked for that GPU). Raises NoFreeGpu
-    / ClaimError saying why."""
-    taken = {id(g): [c for c in claims if c.covers(g)] for g in gpus}
-    if request is None:
-        if count < 1:
-            raise ClaimError(f"count={count}: claim at least one GPU")
-        free = [g for g in gpus if judge_use(g).free and not taken[id(g)]]
-        if len(free) < count:
-            busy = [_describe_taken(g, taken[id(g)]) for g in gpus if g not in free]
-            detail = "; ".join(busy[:8]) + ("; …" if len(busy) > 8 else "")
-            raise NoFreeGpu(
-                f"need {count} free GPU{'s' if count != 1 else ''}, {len(free)} of {len(gpus)} "
-                f"free" + (f" — {detail}" if detail else "") + " (`gpumon-agent claims` lists "
-                "the claims; try later or name GPUs with --gpus)"
-            )
-
-        def load(g: Gpu) -> Tuple[float, float, int]:
-            util = g.utilization_pct if g.utilization_pct is not None else 100.0
-            mem = float(g.memory_used_bytes) if g.memory_used_bytes is not None else math.inf
-            return (util, mem, g.index)
-
-        return sorted(free, key=load)[:count]
-    chosen: List[Gpu] = []
-    for want in request:
-        if isinstance(want, int):
-            match = [g for g in gpus if g.index == want]
-        else:
-            match = [g for g in gpus if g.uuid is not None and g.uuid.lower() == want.lower()]
-        if not match:
-            have = ", ".join(str(g.index) for g in gpus) or "none"
-            raise ClaimError(f"no GPU {want} on this server (GPUs: {have})")
-        gpu = match[0]
-        if taken[id(gpu)]:
-            raise NoFreeGpu(_describe_taken(gpu, taken[id(gpu)]) + " — pick another or 'auto'")
-        if gpu.state != GPU_OK:
-            raise ClaimError(_describe_taken(gpu, []) + "; cannot claim it")
-        if gpu not in chosen:
-            chosen.append(gpu)
-    return chosen
-
-
-def claim_gpus(
-    registry: ClaimRegistry,
-    gpus: Sequence[Gpu],
-    request: GpuRequest,
-    count: int,
-    job: str,
-    command: str,
-    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
-) -> ClaimRecord:
-    """Choose and record, atomically among claimers: the lock is held across reading the live
-    claims, choosing, and publishing the new claim file."""
-    with registry.lock(lock_timeout_s):
-        # Every claim must be seen, or a claimed GPU could be handed out again: refuse rather
-        # than guess when the registry cannot be read whole.
-        scan = registry.scan(MAX_ALLOCATION_FILES)
-        if scan.refused is not None:
-            raise RegistryError(scan.refused)
-        if scan.unread:
-            owner, count_left = max(scan.unread.items(), key=lambda item: item[1])
-            raise RegistryError(
-                f"the claims registry {registry.path} holds more claim files than gpumon reads "
-                f"before allocating ({MAX_ALLOCATION_FILES}; {count_left} unread of "
-                f"{user_name(owner)}'s), so it cannot tell which GPUs are free — ask root to "
-                "clean it up"
-            )
-        chosen = choose_gpus(gpus, scan.claims, request, count)
-        record = new_record(job, command, chosen)
-        registry.create(record)
-    return record
-
-
-# --- Report annotation -------------------------------------------------------------------------
-
-
-def _gpu_key(gpu: Gpu) -> str:
-    return gpu.uuid or f"index:{gpu.index}"
-
-
-class IdleTracker:
-    """Remembers, per GPU (UUID, else index), the last time a process was seen on it.
-
-    The daemon keeps one across samples. A one-shot report starts from nothing or from the
-    previous snapshot (``from_report``). What annotate() does with it: see its docstring."""
-
-    def __init__(self) -> None:
-        self.last_busy: Dict[str, float] = {}
-
-    def observe(self, gpu: Gpu, now: float) -> Optional[float]:
-        """Record this sample; the last time ``gpu`` had a process (``now`` if it has one).
-
-        Processes unknown count as busy: an idle stretch starts only where "none" was seen."""
-        key = _gpu_key(gpu)
-        if gpu.processes is None or gpu.processes:
-            self.last_busy[key] = now
-        return self.last_busy.get(key)
-
-    @classmethod
-    def from_report(cls, previous: Optional[Report]) -> IdleTracker:
-        """Seed from an earlier Report: a GPU with processes then was busy at its
-        ``generated_at``; an idle one was last busy at its ``idle_since`` (if it had one)."""
-        tracker = cls()
-        if previous is None:
-            return tracker
-        try:
-            at = parse_utc_iso(previous.generated_at).timestamp()
-        except ValueError:
-            return tracker
-        for gpu in previous.gpus:
-            if gpu.processes is None or gpu.processes:  # unknown counts as busy, as in observe
-                tracker.last_busy[_gpu_key(gpu)] = at
-            elif gpu.idle_since:
-                with contextlib.suppress(ValueError):
-                    since = parse_utc_iso(gpu.idle_since).timestamp()
-                    tracker.last_busy[_gpu_key(gpu)] = min(since, at)
-        return tracker
-
-
-def annotate(
-    report: Report,
-    claims: Sequence[ClaimRecord],
-    tracker: IdleTracker,
-    idle_after_s: float,
-    now: Optional[float] = None,
-) -> None:
-    """Set each GPU's ``claims``, ``unclaimed_use``, ``claimed_idle`` and ``idle_since``.
-
-    - claims: every live claim covering the GPU (matched by GPU, not by pid, so a claimer's
-      children — dataloader workers, the command under `gpumon claim` — are covered).
-    - unclaimed_use: the GPU runs a process and no live claim covers it.
-    - processes unknown (None): nothing is read into them. unclaimed_use is False if a claim
-      covers the GPU, else None; claimed_idle is None if claimed, else False; idle_since None.
-    - idle_since: for a GPU without processes, since when it has had none as far as known:
-      the last time ``tracker`` saw a process there, or, for a claimed GPU, the newest covering
-      claim's start if that is later (a new claim gets the full idle allowance). None while
-      processes run, or when unknown (unclaimed and never seen busy).
-    - claimed_idle: claimed, no process, and ``now - idle_since >= idle_after_s``.
-
-    One-shot rule: with no history (fresh tracker) a claimed GPU counts as idle since its claim
-    started — seed the tracker with IdleTracker.from_report(previous snapshot) to do better.
-    """
-    now = time.time() if now is None else now
-    for gpu in report.gpus:
-        holders = [c for c in claims if c.covers(gpu)]
-        gpu.claims = [c.info() for c in holders]
-        last_busy = tracker.observe(gpu, now)
-        if gpu.processes is None:
-            gpu.unclaimed_use = False if holders else None
-            gpu.claimed_idle = None if holders else False
-            gpu.idle_since = None
-            continue
-        gpu.unclaimed_use = bool(gpu.processes) and not holders
-        if gpu.processes:
-            gpu.idle_since = None
-            gpu.claimed_idle = False
-            continue
-        since = last_busy
-        for c in holders:
-            started = _timestamp(c.started_at)
-            if started is not None and (since is None or started > since):
-                since = started
-        gpu.idle_since = utc_iso(since) if since is not None else None
-        gpu.claimed_idle = bool(holders) and since is not None and now - since >= idle_after_s
-
-
-def _timestamp(text: Optional[str]) -> Optional[float]:
-    if not text:
-        return None
-    try:
-        return parse_utc_iso(text).timestamp()
-    except ValueError:
-        return None
-
-
-def apply_claims(
-    report: Report,
-    registry: ClaimRegistry,
-    tracker: IdleTracker,
-    idle_after_s: float,
-    now: Optional[float] = None,
-) -> None:
-    """What collect.py needs in one call: read the live claims (cleaning stale ones), annotate
-    the GPUs, and add the bad claim files to ``report.claim_errors``."""
-    claims, errors = registry.live_claims()
-    annotate(report, claims, tracker, idle_after_s, now)
-    report.claim_errors.extend(errors)
-
-
-# --- `gpumon-agent claims` --------------------------------------------------------------------
-
-
-def print_claims(settings: AgentSettings, as_json: bool = False) -> int:
-    """List the live claims (and unreadable claim files) of this server. Returns 0, or 1 when
-    the registry cannot be read (or is refused as unsafe)."""
-    registry = ClaimRegistry.for_settings(settings)
-    scan = registry.scan()
-    claims, errors = scan.claims, scan.errors
-    if as_json:
-        out = {
-            "registry": registry.path,
-            "claims": [
-                dict(c.to_dict(), file=c.file_name)
-                for c in sorted(claims, key=lambda c: c.started_at)
-            ],
-            "errors": [{"path": e.path, "error": e.error} for e in errors],
-        }
-        print(json.dumps(out, indent=2))
-    else:
-        if not os.path.isdir(registry.path):
-            print(f"no claims registry at {registry.path} (the gpumon agent creates it)")
-        elif not claims:
-            print(f"no live claims in {registry.path}")
-        else:
-            rows = [("GPUS", "USER", "PID", "STARTED", "JOB", "PROGRESS")]
-            for c in sorted(claims, key=lambda c: c.started_at):
-                rows.append(
-                    (
-                        ",".join(str(g.index) for g in c.gpus),
-                        _printable(c.user),
-                        str(c.pid),
-                        _printable(c.started_at),
-                        _printable(c.job),
-                        _printable(" ".join(f"{k}={v}" for k, v in c.progress.items())),
-                    )
-                )
-            widths = [max(len(r[i]) for r in rows) for i in range(5)]
-            for r in rows:
-                print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
-        for e in errors:
-            print(f"bad claim file {_printable(e.path)}: {_printable(e.error)}", file=sys.stderr)
-    return 1 if scan.refused is not None else 0
-
-
-def _printable(text: str) -> str:
-    """Users write claim files: never let their control characters reach a terminal."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)

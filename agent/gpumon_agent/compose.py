@@ -1,6 +1,6 @@
-"""The one place that composes a full Report: the sampler's GPUs and host, the live claims laid
-over them, and the health warnings. Used by the daemon (every interval) and by `report` when it
-has to sample once itself.
+"""The one place that composes a full Report (``ReportComposer``): the Sampler's measurements
+(GPUs and host, gpumon_agent.sampler), the live claims laid over them, and the health warnings.
+Used by the daemon (every interval) and by `report` when it has to sample once itself.
 
 The daemon (not a one-shot `report`, which runs as any user) also keeps the claims registry: it
 makes it at the first sample, remakes it if it is deleted, repairs its lock file, and clears
@@ -23,7 +23,7 @@ from typing import Optional
 
 from gpumon_agent import health
 from gpumon_agent.claims import ClaimError, ClaimRegistry, IdleTracker, apply_claims
-from gpumon_agent.report import ClaimFileError, Report
+from gpumon_agent.report import ClaimFileProblem, Report
 from gpumon_agent.sampler import Sampler
 from gpumon_agent.settings import AgentSettings
 from gpumon_agent.statelog import StateLog
@@ -35,8 +35,9 @@ GPU_COUNT_FILE = "gpu-count"
 CLEAN_TEMPORARY_EVERY_S = 60.0
 
 
-class Collector:
-    """Keeps what must outlive one sample: the sampler's window, the idle tracker, the GPU count.
+class ReportComposer:
+    """Composes Reports; keeps what must outlive one: the sampler (its utilization windows), the
+    idle tracker, the GPU count.
 
     ``oneshot``: a single sample by `report`, which may run as any user — it reads the remembered
     GPU count but leaves the state dir to the daemon. ``previous``: the last Report known (a stale
@@ -57,14 +58,14 @@ class Collector:
         self.count_path = os.path.join(settings.state_dir, GPU_COUNT_FILE)
         self.expected_gpus = read_gpu_count(self.count_path)
 
-    def collect(self, now: Optional[float] = None) -> Report:
+    def compose(self, now: Optional[float] = None) -> Report:
         now = time.time() if now is None else now
         report = self.sampler.sample()
 
         trouble = None if self.oneshot else self.keep_registry()
         apply_claims(report, self.registry, self.tracker, self.settings.idle_after_s, now)
         if trouble is not None and all(e.error != trouble for e in report.claim_errors):
-            report.claim_errors.insert(0, ClaimFileError(self.registry.path, trouble))
+            report.claim_errors.insert(0, ClaimFileProblem(self.registry.path, trouble))
 
         report.warnings.extend(health.evaluate(report, self.expected_gpus))
         if report.nvml.available:
