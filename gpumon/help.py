@@ -115,6 +115,30 @@ COMMANDS: dict[str, CommandHelp] = {
         ),
         examples=("gpumon check --config /etc/gpumon/gpumon.toml",),
     ),
+    "free": CommandHelp(
+        summary="the GPUs free right now, and the command to claim them",
+        description="List the GPUs free right now across the fleet, least-loaded server first, "
+        "with the command that claims them (ssh SERVER gpumon claim --gpus 2,3 -- …). Free: no "
+        "process, no live claim, GPU memory and utilization low, and not reserved by someone "
+        "else in the sheet's Usage column; a GPU reserved for PERSON (--for; default: you) "
+        "counts as free for them. A GPU whose use cannot be told (NVML cannot list its "
+        "processes, it errs or is lost, the server is OFF) is never free. --count N: only "
+        "servers with N such GPUs. People's names in Usage map to Unix users through [people] "
+        "in the config (docs/reservations.md). Reads the sheet once and polls once; writes "
+        "nothing.",
+        exit_codes=(
+            (0, "some GPU is free (with --count: N on one server)"),
+            (1, "none is free right now"),
+            (2, "config error, or nothing to poll"),
+            (3, "the sheet cannot be read"),
+            (4, "the sheet's layout cannot be used (no header row with a Server column)"),
+        ),
+        examples=(
+            "gpumon free --count 2            # two free GPUs on one server",
+            "gpumon free --for Niv            # Niv's reserved GPUs count as free",
+            "gpumon free --json | jq -r '.[0] | \"\\(.server) \\(.gpu)\"'",
+        ),
+    ),
     "trust": CommandHelp(
         summary="show a server's SSH host key and record it",
         description="Connect to HOST, show its SSH host key fingerprint and record it in the "
