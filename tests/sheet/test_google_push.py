@@ -110,7 +110,12 @@ def test_the_seed_sheet_is_adopted_and_pushed_many_times_keeping_every_persons_c
     rows = rows_of(google)
     assert rows["hcpbsp"][IP : TIME + 1] == ["192.0.2.100", "ON", "2019-03-14 16:04:00"]
     assert google.values()[HEADER][8:] == [
-        "GPU util", "GPU memory", "Running", "Job", "Health", "State"
+        "GPU util",
+        "GPU memory",
+        "Running",
+        "Job",
+        "Health",
+        "State",
     ]
 
 
