@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
+import pwd
 import shlex
 import sys
 from dataclasses import dataclass
@@ -46,11 +48,14 @@ class ServerPick:
 
 
 def caller() -> str:
-    """The Unix user running this command."""
+    """The Unix user running this command (its uid's name; $USER only without one)."""
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry and no $USER
-        return "?"
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        try:
+            return getpass.getuser()
+        except (KeyError, OSError):
+            return str(os.getuid())
 
 
 def free(
@@ -140,9 +145,11 @@ def print_picks(
     picks: list[ServerPick], person: str, count: int | None, judged: Judged, out: TextIO
 ) -> None:
     if not picks:
-        wanted = f"{count} free GPUs on one server" if count else "a free GPU"
-        most = _most_free(judged, person)
-        print(f"no server has {wanted} for {person} right now{most}.", file=out)
+        if count:
+            most = _most_free(judged, person)
+            print(f"no server has {count} GPUs free for {person} right now{most}.", file=out)
+        else:
+            print(f"no GPU is free for {person} right now.", file=out)
         return
     rows = []
     for p in picks:

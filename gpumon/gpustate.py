@@ -237,17 +237,17 @@ def _judge(result: ServerResult, gpu: Gpu, res: Reservation | None, given: State
     if res is not None:
         others = [u for u in runners if not res.holds(u) and u != "?"]
         if others:
-            who = ", ".join(others)
+            who = ", ".join(_people_of(others, given.people))
             conflict = f"GPU {gpu.index}: {who} on {res.label()}'s reservation"
             return state(OTHER_ON_RESERVED, f"{who}{claimed} — {reserved}", conflict)
         if not any(res.holds(u) for u in runners):  # only processes whose user is unknown
             return state(IN_USE, f"in use by {', '.join(runners)} — {reserved}")
-        person = ", ".join(_people_of(runners, res, given.people))
+        person = ", ".join(_people_of([u for u in runners if res.holds(u)], given.people))
         if claimed:
             kind = CLAIMED_IDLE if gpu.claimed_idle else RESERVER_RUNNING
             return state(kind, f"{person} {CHECK}{claimed}")
         return state(RESERVER_RUNNING, f"{person} {CHECK} {_programs(gpu)}")
-    who = ", ".join(runners)
+    who = ", ".join(_people_of(runners, given.people))
     if claimed:
         return state(CLAIMED_IDLE if gpu.claimed_idle else IN_USE, f"{who}{claimed}")
     return state(IN_USE, f"in use by {who}")
@@ -274,15 +274,9 @@ def _state(
     )
 
 
-def _people_of(users: list[str], res: Reservation, people: People) -> list[str]:
-    """The reservation's people that these users are (their [people] names)."""
-    out: list[str] = []
-    for user in users:
-        found = people.match(user)
-        name = found[0] if found is not None and found[0] in res.people else user
-        if name not in out:
-            out.append(name)
-    return out
+def _people_of(users: list[str], people: People) -> list[str]:
+    """Who these Unix users are, for people to read: their [people] names, once each."""
+    return list(dict.fromkeys(people.person_of(user) for user in users))
 
 
 def _programs(gpu: Gpu) -> str:

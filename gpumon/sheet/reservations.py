@@ -89,6 +89,11 @@ class People:
         """(person, their Unix users) for a name as typed, or None."""
         return self.by_name.get(_fold(name)) or self.by_user.get(name.casefold())
 
+    def person_of(self, user: str) -> str:
+        """The person a Unix user is ([people]), else the user name itself."""
+        found = self.by_user.get(user.casefold())
+        return found[0] if found is not None else user
+
     def resolve(self, name: str) -> tuple[str, tuple[str, ...]]:
         """As ``match``, and a name that matches nobody is taken as a Unix user of that name
         (`gpumon free --for lww` before lww ever ran anything)."""

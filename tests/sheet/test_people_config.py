@@ -6,7 +6,7 @@ import pytest
 
 from gpumon.config import ConfigError, parse
 
-BASE = '[servers.box]\nlocal = true\n'
+BASE = "[servers.box]\nlocal = true\n"
 
 
 def people(body: str) -> dict[str, list[str]]:
@@ -38,7 +38,7 @@ def test_no_people_section_is_no_people():
         ('"" = ["niv"]', "a person's name as the Usage column says it"),
         ('"' + "N" * 65 + '" = ["niv"]', "a person's name"),
         ('"Niv\\u0007" = ["niv"]', "a person's name"),
-        ("[people.Niv]\nusers = [\"niv\"]", "expected a list of strings"),
+        ('[people.Niv]\nusers = ["niv"]', "expected a list of strings"),
     ],
 )
 def test_a_bad_people_entry_names_the_line_and_the_fix(body, said):
