@@ -65,7 +65,8 @@ EXIT_LOCKED = 5
 # The one table of what the central commands' exit statuses mean (for cron, systemd, --help).
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "done (push: servers that are down are data, not errors: they show OFF)",
-    EXIT_PROBLEM: "status: some server is OFF; check: a problem was found; trust: not recorded",
+    EXIT_PROBLEM: "status: some server is OFF; check: a problem was found; trust: not recorded; "
+    "free: no GPU is free",
     EXIT_CONFIG: "config error (gpumon.toml, [sheet] settings, credentials file), or nothing "
     "to poll",
     EXIT_SHEET: "the sheet cannot be read or written (unreachable, quota exhausted, permission, "
