@@ -84,7 +84,7 @@ def free(
         return EXIT_CONFIG
     picks = pick(judged, person, count)
     if as_json:
-        json.dump(to_json(picks), out, indent=2, ensure_ascii=False)
+        json.dump(to_json(picks), out, indent=2)  # ASCII: server text may hold lone surrogates
         out.write("\n")
     else:
         print_picks(picks, person, count, judged, out)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from gpumon.poll.result import ServerResult
 from gpumon.sheet.layout import PLAIN_ROW, Layout
-from gpumon.sheet.reservations import People, Reservation, reservation_for
+from gpumon.sheet.reservations import People, Reservation, ReservationIndex
 from gpumon.usetimes import GpuTimes, times_key
 from gpumon_agent.command import short_command
 from gpumon_agent.report import GPU_LOST, Gpu, parse_utc_iso
@@ -138,6 +138,7 @@ def advance_times(
 def gpu_states(given: StateInput) -> list[GpuState]:
     """Every GPU's state, server by server in poll order, GPUs by index."""
     out: list[GpuState] = []
+    index_of = ReservationIndex(given.reservations)
     for result in given.results:
         block = given.layout.block(result.name) if given.layout is not None else None
         rows = set(block.gpu_rows) if block is not None else set()
@@ -146,12 +147,12 @@ def gpu_states(given: StateInput) -> list[GpuState]:
         if report is None:
             text = _off_text(result, given)
             for index in sorted(rows) or ([PLAIN_ROW] if plain else []):
-                res = reservation_for(given.reservations, result.name, index)
+                res = index_of.get(result.name, index)
                 out.append(_state(result, index, None, OFF, text, None, res))
             continue
         reported = {gpu.index: gpu for gpu in report.gpus}
         for index in sorted(rows | set(reported)):
-            res = reservation_for(given.reservations, result.name, index)
+            res = index_of.get(result.name, index)
             gpu = reported.get(index)
             if gpu is None:
                 kind, text = (LOST, "not found") if report.nvml.available else (UNKNOWN, "")
@@ -161,7 +162,7 @@ def gpu_states(given: StateInput) -> list[GpuState]:
             else:
                 out.append(_judge(result, gpu, res, given))
         if plain and not report.gpus:
-            res = reservation_for(given.reservations, result.name, PLAIN_ROW)
+            res = index_of.get(result.name, PLAIN_ROW)
             text = "no GPU" if report.nvml.available else ""
             out.append(_state(result, PLAIN_ROW, None, UNKNOWN, text, None, res))
     return out

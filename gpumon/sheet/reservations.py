@@ -183,23 +183,36 @@ def read_reservations(
     return out
 
 
+class ReservationIndex:
+    """Looks reservations up by server and GPU, the server-wide ones included, in O(1)."""
+
+    def __init__(self, reservations: Mapping[tuple[str, int], Reservation]) -> None:
+        self.reservations = reservations
+        self.wide: dict[str, Reservation] = {}
+        for (server, _), reservation in reservations.items():
+            if reservation.server_wide:
+                self.wide.setdefault(server, reservation)
+
+    def get(self, server: str, gpu: int) -> Reservation | None:
+        """The reservation on GPU ``gpu`` of ``server``: its row's, else the server-wide one
+        (which also covers a GPU the sheet has no row for)."""
+        key = server_key(server)
+        found = self.reservations.get((key, gpu))
+        return found if found is not None else self.wide.get(key)
+
+
 def server_reservation(
     reservations: Mapping[tuple[str, int], Reservation], server: str
 ) -> Reservation | None:
     """The server-wide reservation of ``server``, if its block has one."""
-    key = server_key(server)
-    for (name, _), reservation in reservations.items():
-        if name == key and reservation.server_wide:
-            return reservation
-    return None
+    return ReservationIndex(reservations).wide.get(server_key(server))
 
 
 def reservation_for(
     reservations: Mapping[tuple[str, int], Reservation], server: str, gpu: int
 ) -> Reservation | None:
-    """The reservation on GPU ``gpu`` of ``server``: its row's, else the server-wide one."""
-    found = reservations.get((server_key(server), gpu))
-    return found if found is not None else server_reservation(reservations, server)
+    """The reservation on GPU ``gpu`` of ``server`` (one look-up; for many, ReservationIndex)."""
+    return ReservationIndex(reservations).get(server, gpu)
 
 
 def _server_wide(grid: Grid, block: Block, col: int, people: People) -> Reservation | None:
