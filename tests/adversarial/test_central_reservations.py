@@ -99,3 +99,39 @@ def test_many_reserved_gpus_with_conflicts_keep_health_within_its_limit(tmp_path
     _, sheet = push(tmp_path, {}, [on("mlbsp", gpus)])
     health = sheet["M17"].value
     assert "GPU 0: user0 on Niv's reservation" in health and len(health) <= 240
+
+
+def test_a_dry_run_saves_no_times(tmp_path):
+    path = seed_workbook(tmp_path / "sheet.xlsx")
+    config = Config(
+        path=str(tmp_path / "gpumon.toml"),
+        state_dir=str(tmp_path / "state"),
+        sheet=SheetConfig(path=str(path), time_zone="Asia/Seoul"),
+    )
+    backend = XlsxBackend(path, time_zone="Asia/Seoul")
+    results = [on("mlbsp", [gpu(0), gpu(1), gpu(2)])]
+    outcome = push_once(config, backend, ScriptedPoller(results), dry_run=True)
+    assert not (tmp_path / "state" / FILE_NAME).exists()
+    mlbsp = [s.text for s in outcome.gpu_states if s.server == "mlbsp"]
+    assert mlbsp == ["free — reserved by Niv"] * 3
+
+
+def test_free_json_survives_server_text_that_is_not_utf8(tmp_path):
+    import io
+    import json
+
+    from sheetkit import seed_grid
+
+    from gpumon.fleet import judge_gpus
+    from gpumon.free import pick, to_json
+    from gpumon.sheet.layout import read_layout
+
+    grid = seed_grid()
+    claim = ClaimInfo(job="kws\udcff", user="lww", pid=1, started_at=POLLED)
+    results = [on("ecbsp", [gpu(0)]), on("trlbsp", [gpu(0, claims=[claim])])]
+    config = Config(path="t.toml")
+    judged = judge_gpus(config, grid, read_layout(grid), results, {}, 0.0)
+    out = io.StringIO()
+    json.dump(to_json(pick(judged, "lww", None)), out)
+    assert [row["server"] for row in json.loads(out.getvalue())] == ["ecbsp"]
+    assert "claimed 'kws\udcff'" in next(s.text for s in judged.states if s.server == "trlbsp")
