@@ -16,7 +16,8 @@ kind                   text (examples)
 ``in_use``             ``in use by lww``; ``lww — claimed 'kws ch32'`` (not started yet);
                        ``in use (20.0 GiB used; processes unknown)``
 ``unknown``            ``unknown use`` (processes cannot be listed and no memory or
-                       utilization says it is busy, or the GPU errs)
+                       utilization says it is busy, or the GPU errs);
+                       ``unknown use — agent stale`` (the server's report is old)
 ``lost``               ``lost`` (off the bus); ``not found`` (a sheet row the server lacks)
 ``off``                ``server OFF since 14:02``
 =====================  ==========================================================
@@ -32,7 +33,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from gpumon.poll.result import ServerResult
+from gpumon.poll.result import AGENT_STALE, ServerResult
 from gpumon.sheet.layout import PLAIN_ROW, Layout
 from gpumon.sheet.reservations import People, Reservation, ReservationIndex
 from gpumon.usetimes import GpuTimes, times_key
@@ -113,8 +114,8 @@ def advance_times(
     out = dict(times)
     for result in results:
         report = result.report
-        if not result.on or report is None:
-            continue
+        if not result.on or report is None or result.reason_code == AGENT_STALE:
+            continue  # nothing new is known
         for gpu in report.gpus:
             key = times_key(result.name, gpu.uuid, gpu.index)
             before = out.get(key, GpuTimes())
@@ -159,6 +160,12 @@ def gpu_states(given: StateInput) -> list[GpuState]:
                 if not report.nvml.available:
                     text = "unknown use — no NVML" if report.nvml.error else "unknown use"
                 out.append(_state(result, index, None, kind, text, None, res))
+            elif result.reason_code == AGENT_STALE:
+                # An old report says nothing about now: never free.
+                text = "unknown use — agent stale" + (
+                    f" — reserved by {res.label()}" if res else ""
+                )
+                out.append(_state(result, index, gpu.uuid, UNKNOWN, text, None, res))
             else:
                 out.append(_judge(result, gpu, res, given))
         if plain and not report.gpus:

@@ -117,6 +117,15 @@ def test_unknown_processes_are_unknown_use_never_free():
     assert state.users is None
 
 
+def test_a_stale_report_is_unknown_use_and_keeps_the_times():
+    from gpumon.poll.result import AGENT_STALE
+
+    stale = on("ecbsp", [gpu(0)], reason_code=AGENT_STALE, reason="agent stale: 5 min old")
+    state = one([stale], "ecbsp", 0)
+    assert (state.kind, state.text) == (UNKNOWN, "unknown use — agent stale")
+    assert advance_times({}, [stale], NOW) == {}
+
+
 def test_memory_in_use_is_in_use_whatever_the_process_list_says():
     for processes in (None, []):
         g = gpu(0, used_gib=20, processes=processes)
