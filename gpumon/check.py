@@ -6,18 +6,21 @@ It reads the sheet and polls the fleet like a push, but writes nothing.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from gpumon.config import OWNED_COLUMNS, Config, ConfigError
-from gpumon.fleet import FleetSession, open_fleet, poll_names
+from gpumon.fleet import FleetSession, known_users, open_fleet, poll_names
 from gpumon.poll import result as codes
 from gpumon.poll.result import ServerResult
 from gpumon.sheet.grid import Grid, SheetError, a1, column_letter
 from gpumon.sheet.layout import Block, Layout, LayoutError, read_layout
 from gpumon.sheet.plan import sheet_timezone
+from gpumon.sheet.reservations import read_reservations
 from gpumon.table import printable
 
 OK, INFO, FAIL = "ok  ", "    ", "FAIL"
@@ -79,13 +82,14 @@ def _check(config: Config, fleet: FleetSession, checks: Checklist) -> int:
     checks.ok(f"config: {config.origin}{how}")
     _check_state_dir(config, checks)
     layout: Layout | None = None
+    grid: Grid | None = None
     try:
         backend = fleet.backend()
     except (ConfigError, SheetError) as e:
         checks.fail(f"sheet: {e}")
         backend = None
     if backend is not None:
-        layout = _check_sheet(config, backend, checks)
+        grid, layout = _check_sheet(config, backend, checks)
     not_polled: list[str] = []
     names = poll_names(config, layout.servers() if layout else [], not_polled)
     for warning in not_polled:
@@ -101,8 +105,9 @@ def _check(config: Config, fleet: FleetSession, checks: Checklist) -> int:
             results = poller.sweep(names)
             for result in results:
                 _check_server(result, checks)
-            if layout is not None:
+            if layout is not None and grid is not None:
                 _check_placement(config, layout, results, checks)
+                _check_reservations(config, grid, layout, results, checks)
     if checks.failures:
         print(f"{len(checks.failures)} problem(s) found.", file=checks.out)
         return 1
@@ -124,12 +129,12 @@ def _check_state_dir(config: Config, checks: Checklist) -> None:
         checks.fail(f"state directory: {folder} is not writable — set state_dir in {config.origin}")
 
 
-def _check_sheet(config: Config, backend, checks: Checklist) -> Layout | None:
+def _check_sheet(config: Config, backend, checks: Checklist) -> tuple[Grid | None, Layout | None]:
     try:
         grid = backend.read()
     except (SheetError, ConfigError) as e:
         checks.fail(f"sheet: {e}")
-        return None
+        return None, None
     checks.ok(f"sheet: read worksheet '{grid.title}' ({len(grid.values)} rows, {_zone(grid)})")
     zone_warning = sheet_timezone(grid, config.sheet.time_zone)[1]
     if zone_warning:
@@ -144,7 +149,7 @@ def _check_sheet(config: Config, backend, checks: Checklist) -> Layout | None:
         layout = read_layout(grid, config.sheet.columns)
     except LayoutError as e:
         checks.fail(f"layout: {e}")
-        return None
+        return grid, None
     header = ", ".join(
         f"{grid.cell(layout.header_row, col)} ({column_letter(col)})"
         for _, col in sorted(layout.columns.items(), key=lambda kv: kv[1])
@@ -159,7 +164,7 @@ def _check_sheet(config: Config, backend, checks: Checklist) -> Layout | None:
         checks.info(f"  {block.server}: {_rows(block)}")
     for warning in layout.warnings:
         checks.fail(f"layout: {warning}")
-    return layout
+    return grid, layout
 
 
 def _check_server(result: ServerResult, checks: Checklist) -> None:
@@ -206,6 +211,44 @@ def _check_placement(
                 f"Server cell and the index in column {column}, below {a1(block.name_row, 0)}; "
                 "or push with --add-rows)"
             )
+
+
+def _check_reservations(
+    config: Config, grid: Grid, layout: Layout, results: list[ServerResult], checks: Checklist
+) -> None:
+    """The Usage column's names that match nobody: each once, with the cells that name it."""
+    if "usage" not in layout.columns:
+        checks.info(
+            "reservations: no Usage column, so no GPU reads as reserved (name it in "
+            '[sheet.columns] usage = ["..."] if yours is called otherwise)'
+        )
+        return
+    reservations = read_reservations(grid, layout, config.people, known_users(results))
+    cells: dict[str, list[str]] = {}
+    spelled: dict[str, str] = {}
+    reserved = 0
+    for reservation in dict.fromkeys(reservations.values()):
+        reserved += 1
+        for name in reservation.unmatched:
+            key = name.casefold()
+            spelled.setdefault(key, name)
+            if reservation.cell not in cells.setdefault(key, []):
+                cells[key].append(reservation.cell)
+    checks.ok(f"reservations: {reserved} Usage cell(s) name someone ({len(config.people)} in "
+              "[people])")  # fmt: skip
+    for key, where in cells.items():
+        name = spelled[key]
+        shown = ", ".join(where[:5]) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+        checks.info(
+            f"reservations: {name!r} ({shown}) is no [people] name and no Unix user seen on the "
+            f"fleet — the State column cannot tell {name}'s own jobs from others'; add "
+            f'[people] {_toml_key(name)} = ["unix-user"] to {config.origin}'
+        )
+
+
+def _toml_key(name: str) -> str:
+    """``name`` as a TOML key: bare when it may be, else quoted."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name, ensure_ascii=False)
 
 
 def _indices(indices: list[int]) -> str:

@@ -74,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("check", parents=[common])
 
+    free = command("free", parents=[common])
+    free.add_argument(
+        "--count", type=_count, metavar="N", help="only servers with N free GPUs, N each"
+    )
+    free.add_argument(
+        "--for",
+        dest="person",
+        metavar="PERSON",
+        help="a [people] name or Unix user: GPUs reserved for them count as free (default: you)",
+    )
+    free.add_argument("--json", action="store_true", help="a JSON list, one object per GPU")
+
     trust = command("trust", parents=[common])
     trust.add_argument("host", metavar="HOST", help="server name as in the sheet or config")
     trust.add_argument("--yes", action="store_true", help="record without asking")
@@ -127,6 +139,18 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
         default=default("auto"),
         help="colour the table: auto (a terminal, unless NO_COLOR is set), always, never",
     )
+
+
+def _count(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"{value}: give 1 to 1024 GPUs")
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -234,6 +258,10 @@ def _main(argv: list[str]) -> int:
         from gpumon.check import check
 
         return check(config)
+    if args.command == "free":
+        from gpumon.free import free
+
+        return free(config, count=args.count, person=args.person, as_json=args.json)
     if args.command == "prometheus-targets":
         from gpumon.targets import prometheus_targets
 

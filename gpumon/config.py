@@ -54,6 +54,8 @@ GOOGLE_MIN_INTERVAL_S = 10.0
 DEFAULT_COLUMNS: dict[str, list[str]] = {
     "server": ["Server", "Host", "Hostname"],
     "gpu": ["GPU", "GPU #", "GPU index"],
+    # People's: reservations are read from it (gpumon.sheet.reservations), never written.
+    "usage": ["Usage", "Reserved by", "Reservation"],
     # Owned columns are overwritten, so their aliases must never match a column people keep.
     "ip": ["IP", "IP address"],
     "status": ["ON/OFF", "On-Off"],
@@ -63,9 +65,17 @@ DEFAULT_COLUMNS: dict[str, list[str]] = {
     "running": ["Running"],
     "job": ["Job"],
     "health": ["Health"],
+    "state": ["State", "GPU state"],
 }
-# Columns gpumon owns (writes). Every other column is people's.
-OWNED_COLUMNS = ("ip", "status", "time", "util", "memory", "running", "job", "health")
+# Columns gpumon owns (writes). Every other column is people's. New ones are added in this
+# order, right of the table (State last, so the columns of sheets set up before it keep their
+# letters).
+OWNED_COLUMNS = ("ip", "status", "time", "util", "memory", "running", "job", "health", "state")
+# [people]: a person's name as the Usage column says it → their Unix user names.
+MAX_PEOPLE = 1000
+MAX_PERSON_CHARS = 64
+# A Unix user name as useradd accepts it (a trailing "$" for Samba machine accounts).
+UNIX_USER = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}\$?$")
 
 
 def server_key(name: str) -> str:
@@ -172,6 +182,8 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     servers: dict[str, ServerEntry] = field(default_factory=dict)
+    # [people]: "Niv" → ["niv", "nkim"] (gpumon.sheet.reservations matches Usage names by it)
+    people: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def origin(self) -> str:
@@ -271,7 +283,8 @@ def parse(text: str, origin: str) -> Config:
             )
         server = _dataclass_section(where, f"servers.{name}", dict(entry), ServerEntry, name=name)
         config.servers[name] = server
-    top.finish(("state_dir", "poll", "sheet", "serve", "source", "metrics", "servers"))
+    config.people = _people(where, top.table("people"))
+    top.finish(("state_dir", "poll", "sheet", "serve", "source", "metrics", "servers", "people"))
     _check_values(where, config)
     return config
 
@@ -410,6 +423,51 @@ def _columns(where: _Where, data: Any) -> dict[str, list[str]]:
             columns[key] = names
     section.finish(list(DEFAULT_COLUMNS))
     return columns
+
+
+def _people(where: _Where, data: dict[str, Any]) -> dict[str, list[str]]:
+    """[people]: ``Niv = ["niv", "nkim"]`` (or ``Niv = "niv"``); names unique without case, each
+    Unix user listed for one person only."""
+    if len(data) > MAX_PEOPLE:
+        raise ConfigError(f"{where.at('people')}: more than {MAX_PEOPLE} people")
+    people: dict[str, list[str]] = {}
+    folded: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    example = '[people]\nNiv = ["niv", "nkim"]'
+    for name, value in data.items():
+        dotted = f"people.{name}"
+        shown = name if len(name) <= MAX_PERSON_CHARS else name[:MAX_PERSON_CHARS] + "…"
+        if not name.strip() or len(name) > MAX_PERSON_CHARS or not name.isprintable():
+            raise ConfigError(
+                f"{where.at(dotted)}: {shown!r} — a person's name as the Usage column says it "
+                f"(1-{MAX_PERSON_CHARS} printable characters), e.g.\n{example}"
+            )
+        users = [value] if isinstance(value, str) else value
+        users = _typed(where, dotted, users, list)
+        if not users:
+            raise ConfigError(f"{where.at(dotted)}: give at least one Unix user, e.g.\n{example}")
+        for user in users:
+            if not UNIX_USER.match(user):
+                raise ConfigError(
+                    f"{where.at(dotted)}: {user[:40]!r} is not a Unix user name (letters, digits, "
+                    "'.', '_', '-'; at most 64 characters)"
+                )
+            earlier = owner.get(user)
+            if earlier is not None and earlier != name:
+                raise ConfigError(
+                    f"{where.at(dotted)}: user {user!r} is listed for {earlier!r} too; a Unix "
+                    "user belongs to one person"
+                )
+            owner[user] = name
+        key = " ".join(name.split()).casefold()
+        if key in folded:
+            raise ConfigError(
+                f"{where.at(dotted)}: {name!r} and {folded[key]!r} are one name to gpumon "
+                "(case and spaces do not count); keep one"
+            )
+        folded[key] = name
+        people[name] = list(dict.fromkeys(users))
+    return people
 
 
 def _check_values(where: _Where, config: Config) -> None:

@@ -6,7 +6,10 @@
 - ``open_fleet``: one context manager that opens the sheet backend and the poller when first
   asked for and closes what it opened, kept open across pushes as long as it is held;
 - ``push_once``: one push with them (one read, one sweep, one plan, one write), under
-  ``push_lock`` when it writes;
+  ``push_lock`` when it writes; it judges every GPU's State (``judge_gpus``: the sheet's
+  reservations against claims and processes, gpumon.gpustate) and keeps the idle/unused times
+  in the state directory (gpumon.usetimes);
+- ``survey``: the same read, sweep and judgement without a write (`gpumon free`);
 - ``outcome_messages``: what a push's outcome says (warnings, set-up, planned changes, the
   summary line), which `gpumon push` prints and `gpumon serve` logs;
 - the exit codes of the commands (``EXIT_CODES``) and ``exit_code`` for an error a push raised.
@@ -35,10 +38,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from gpumon.config import Config, ConfigError
+from gpumon.gpustate import GpuState, StateInput, advance_times, gpu_states, health_lines
 from gpumon.poll.result import ServerResult
-from gpumon.sheet.grid import Backend, SheetError, WriteStats
-from gpumon.sheet.layout import LayoutError, read_layout, server_key
-from gpumon.sheet.plan import Change, Plan, plan
+from gpumon.sheet.cells import StateCells
+from gpumon.sheet.grid import Backend, Grid, SheetError, WriteStats
+from gpumon.sheet.layout import Layout, LayoutError, read_layout, server_key
+from gpumon.sheet.plan import Change, Plan, plan, sheet_timezone
+from gpumon.sheet.reservations import People, Reservation, read_reservations
+from gpumon.usetimes import FILE_NAME as TIMES_FILE
+from gpumon.usetimes import GpuTimes, load_times, save_times
 from gpumon_agent.filelock import FileLock, LockBusy, LockFileError
 
 if TYPE_CHECKING:
@@ -57,7 +65,8 @@ EXIT_LOCKED = 5
 # The one table of what the central commands' exit statuses mean (for cron, systemd, --help).
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "done (push: servers that are down are data, not errors: they show OFF)",
-    EXIT_PROBLEM: "status: some server is OFF; check: a problem was found; trust: not recorded",
+    EXIT_PROBLEM: "status: some server is OFF; check: a problem was found; trust: not recorded; "
+    "free: no GPU is free",
     EXIT_CONFIG: "config error (gpumon.toml, [sheet] settings, credentials file), or nothing "
     "to poll",
     EXIT_SHEET: "the sheet cannot be read or written (unreachable, quota exhausted, permission, "
@@ -295,6 +304,9 @@ class PushOutcome:
     setup_lines: list[str] = field(default_factory=list)  # what the set-up did
     reads: int = 0
     duration_s: float = 0.0
+    # (server_key, GPU index) → the Usage cell's reservation (gpumon.sheet.reservations)
+    reservations: dict[tuple[str, int], Reservation] = field(default_factory=dict)
+    gpu_states: list[GpuState] = field(default_factory=list)  # every GPU's State
 
     @property
     def changes(self) -> list[Change]:
@@ -341,8 +353,9 @@ def push_once(
     One read of the sheet, one sweep of the fleet, one plan, one write of the cells that changed
     (none if nothing did). A set-up (new header cells, row anchors, rows for ``add_rows``)
     happens only when the plan needs one; the sheet is then read once more and planned afresh,
-    so every write rests on what the sheet says after the set-up. Raises SheetError,
-    LayoutError, ConfigError (``exit_code`` maps them).
+    so every write rests on what the sheet says after the set-up. The GPUs' idle/unused times
+    are saved in the state directory (not by a dry run). Raises SheetError, LayoutError,
+    ConfigError (``exit_code`` maps them).
     """
     started = time.monotonic()
     sheet = config.sheet
@@ -351,10 +364,31 @@ def push_once(
     not_polled: list[str] = []
     names = poll_names(config, layout.servers(), not_polled)
     results = poller.sweep(names) if names else []
+    now = time.time()
+    times_path = config.state_path(TIMES_FILE)
+    times = advance_times(load_times(times_path), results, now)
+    if not dry_run:
+        try:
+            save_times(times_path, times, now)
+        except OSError as e:
+            not_polled.append(
+                f"{times_path}: cannot save the GPUs' idle/unused times ({e.strerror or e}); "
+                f"the State column counts them from now — set state_dir in {config.origin} "
+                "to a writable folder"
+            )
+    judged = judge_gpus(config, grid, layout, results, times, now)
     kwargs = {"columns": sheet.columns, "time_zone": sheet.time_zone, "add_rows": add_rows}
-    the_plan = plan(grid, layout, results, **kwargs)
+    the_plan = plan(grid, layout, results, states=judged.cells, **kwargs)
     the_plan.warnings.extend(not_polled)
-    outcome = PushOutcome(results=results, plan=the_plan, names=names, dry_run=dry_run, reads=1)
+    outcome = PushOutcome(
+        results=results,
+        plan=the_plan,
+        names=names,
+        dry_run=dry_run,
+        reads=1,
+        reservations=judged.reservations,
+        gpu_states=judged.states,
+    )
     if dry_run:
         outcome.setup_lines = the_plan.describe_setup()
         outcome.duration_s = time.monotonic() - started
@@ -366,12 +400,14 @@ def push_once(
         grid = backend.read()
         outcome.reads += 1
         layout = read_layout(grid, sheet.columns)
-        the_plan = plan(grid, layout, results, **kwargs)
+        judged = judge_gpus(config, grid, layout, results, times, now)
+        outcome.reservations, outcome.gpu_states = judged.reservations, judged.states
+        the_plan = plan(grid, layout, results, states=judged.cells, **kwargs)
         the_plan.warnings.extend(not_polled)
         if the_plan.setup is not None:
             # Rows still missing: the cells say so (a plan with add_rows counts on the rows it
             # asks for), while the warnings keep what the set-up still has to do.
-            as_is = plan(grid, layout, results, **dict(kwargs, add_rows=False))
+            as_is = plan(grid, layout, results, states=judged.cells, **dict(kwargs, add_rows=False))
             as_is.warnings = the_plan.warnings + [
                 f"set-up not complete yet: {line}" for line in the_plan.describe_setup()
             ]
@@ -381,6 +417,72 @@ def push_once(
     outcome.stats = backend.write(the_plan.writes)  # an empty list costs no request
     outcome.duration_s = time.monotonic() - started
     return outcome
+
+
+# --- every GPU's State ------------------------------------------------------------------------
+
+
+@dataclass
+class Judged:
+    """The sheet's reservations held against one sweep (gpumon.gpustate)."""
+
+    reservations: dict[tuple[str, int], Reservation]
+    states: list[GpuState]
+    people: People
+    cells: dict[str, StateCells]  # server_key → its State cells and Health lines
+    layout: Layout | None = None
+    results: list[ServerResult] = field(default_factory=list)
+
+
+def known_users(results: Sequence[ServerResult]) -> set[str]:
+    """The Unix users the fleet shows: with processes, holding claims, logged in."""
+    users: set[str] = set()
+    for result in results:
+        report = result.report
+        if report is None:
+            continue
+        for gpu in report.gpus:
+            users.update(p.user for p in gpu.processes or [])
+            users.update(c.user for c in gpu.claims)
+        users.update(u.name for u in report.host.users or [])
+    users.discard("?")
+    return users
+
+
+def judge_gpus(
+    config: Config,
+    grid: Grid,
+    layout: Layout,
+    results: Sequence[ServerResult],
+    times: dict[str, GpuTimes],
+    now: float,
+) -> Judged:
+    """Every GPU's State from the sheet's Usage column, ``[people]`` and one sweep. Pure."""
+    users = known_users(results)
+    reservations = read_reservations(grid, layout, config.people, users)
+    people = People.of(config.people, users)
+    tz = sheet_timezone(grid, config.sheet.time_zone)[0]
+    states = gpu_states(StateInput(results, layout, reservations, people, times, now, tz))
+    conflicts = health_lines(states)
+    cells: dict[str, StateCells] = {}
+    for state in states:
+        entry = cells.setdefault(server_key(state.server), StateCells())
+        entry.gpus[state.gpu] = state.text
+    for server, lines in conflicts.items():
+        cells.setdefault(server_key(server), StateCells()).health.extend(lines)
+    return Judged(reservations, states, people, cells, layout, list(results))
+
+
+def survey(config: Config, backend: Backend, poller: Sweeper) -> Judged:
+    """What a push would see, without writing anything: one read of the sheet, one sweep,
+    every GPU judged (the saved idle/unused times are read, not updated). For `gpumon free`."""
+    grid = backend.read()
+    layout = read_layout(grid, config.sheet.columns)
+    names = poll_names(config, layout.servers())
+    results = poller.sweep(names) if names else []
+    now = time.time()
+    times = advance_times(load_times(config.state_path(TIMES_FILE)), results, now)
+    return judge_gpus(config, grid, layout, results, times, now)
 
 
 PUSH_LOCK = "push.lock"

@@ -38,13 +38,26 @@ CONFIG_SEARCH = (
     "./gpumon-sheet.xlsx). `gpumon check` says which one it read."
 )
 
+STATE_HELP = (
+    "The State column says per GPU what is really going on: the reservation typed in Usage "
+    "(read, never written; names mapped to Unix users by [people]) against the live claim, the "
+    "processes and the GPU's health: free; free — reserved by Niv; Niv ✓ python3 train.py; "
+    "lww — reserved by Niv (also in Health); lww — claimed 'kws', idle 2 h; reserved by Niv — "
+    "unused 3 d; unknown use; lost; server OFF since 14:02. Idle and unused times are kept in "
+    "the state directory (gpu-times.json; not by --dry-run). docs/reservations.md."
+)
+
 MAIN = CommandHelp(
     summary="",
     description="Keep the 'Server and GPU usage' sheet live from every server's gpumon agent.\n\n"
     + CONFIG_SEARCH,
     exit_codes=(
         (0, "done"),
-        (1, "check/status/trust: something is wrong or down (see the command's --help)"),
+        (
+            1,
+            "check/status/trust: something is wrong or down; free: no GPU is free (see the "
+            "command's --help)",
+        ),
         (2, "config error (gpumon.toml, a key file, a time zone, a bad option)"),
         (3, "push/serve: the sheet cannot be read or written"),
         (4, "push: the sheet's layout cannot be used"),
@@ -62,7 +75,7 @@ COMMANDS: dict[str, CommandHelp] = {
         summary="poll every server once and write the sheet (for cron)",
         description="Poll every server once and bring the sheet's status columns up to date: "
         "one read of the sheet, one sweep of the fleet, one write of the cells that changed. "
-        "Servers that are down are shown OFF in the sheet; that is not an error.",
+        "Servers that are down are shown OFF in the sheet; that is not an error.\n\n" + STATE_HELP,
         exit_codes=(
             (0, "done (servers that are down show OFF in the sheet)"),
             (2, "config error (gpumon.toml, the key file, the worksheet name, a time zone)"),
@@ -79,7 +92,8 @@ COMMANDS: dict[str, CommandHelp] = {
         summary="push every [serve] interval_s until SIGTERM",
         description="Push every [serve] interval_s, keeping the SSH connections and the sheet "
         "session open between pushes; one log line per push on stderr (journald priorities "
-        "under systemd). SIGTERM stops it after the push in progress; Ctrl-C stops it at once.",
+        "under systemd). SIGTERM stops it after the push in progress; Ctrl-C stops it at once. "
+        "Each push writes the State column as `gpumon push` does (see its --help).",
         exit_codes=(
             (0, "stopped by SIGTERM"),
             (2, "config error: restarting cannot fix it"),
@@ -107,13 +121,38 @@ COMMANDS: dict[str, CommandHelp] = {
         summary="check config, credentials, sheet layout and SSH to each server",
         description="Check everything a push needs, one line each: which config file was read, "
         "the state directory, the credentials, the sheet and its layout, SSH and the agent on "
-        "each server — and for each problem what to do. Writes nothing.",
+        "each server — and for each problem what to do; and each name in the Usage column that "
+        "matches no [people] name and no Unix user seen on the fleet. Writes nothing.",
         exit_codes=(
             (0, "all good"),
             (1, "a problem was found (the FAIL lines say what to do)"),
             (2, "the config cannot be read (the message names the file, line and key)"),
         ),
         examples=("gpumon check --config /etc/gpumon/gpumon.toml",),
+    ),
+    "free": CommandHelp(
+        summary="the GPUs free right now, and the command to claim them",
+        description="List the GPUs free right now across the fleet, least-loaded server first, "
+        "with the command that claims them (ssh SERVER gpumon claim --gpus 2,3 -- …). Free: no "
+        "process, no live claim, GPU memory and utilization low, and not reserved by someone "
+        "else in the sheet's Usage column; a GPU reserved for PERSON (--for; default: you) "
+        "counts as free for them. A GPU whose use cannot be told (NVML cannot list its "
+        "processes, it errs or is lost, the server is OFF) is never free. --count N: only "
+        "servers with N such GPUs. People's names in Usage map to Unix users through [people] "
+        "in the config (docs/reservations.md). Reads the sheet once and polls once; writes "
+        "nothing.",
+        exit_codes=(
+            (0, "some GPU is free (with --count: N on one server)"),
+            (1, "none is free right now"),
+            (2, "config error, or nothing to poll"),
+            (3, "the sheet cannot be read"),
+            (4, "the sheet's layout cannot be used (no header row with a Server column)"),
+        ),
+        examples=(
+            "gpumon free --count 2            # two free GPUs on one server",
+            "gpumon free --for Niv            # Niv's reserved GPUs count as free",
+            "gpumon free --json | jq -r '.[0] | \"\\(.server) \\(.gpu)\"'",
+        ),
     ),
     "trust": CommandHelp(
         summary="show a server's SSH host key and record it",

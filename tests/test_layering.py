@@ -38,6 +38,7 @@ ALLOWED = {
     ("gpumon_agent/atomic.py", "os.replace"),
     # A damaged last-seen file is moved aside (kept for the admin), not written.
     ("gpumon/poll/lastseen.py", "os.replace"),
+    ("gpumon/usetimes.py", "os.replace"),  # the same for the GPUs' idle/unused times
 }
 
 
@@ -46,6 +47,8 @@ def library_modules() -> list[Path]:
         *sorted((REPO / "gpumon" / "poll").rglob("*.py")),
         *sorted((REPO / "gpumon" / "sheet").rglob("*.py")),
         REPO / "gpumon" / "fleet.py",
+        REPO / "gpumon" / "gpustate.py",
+        REPO / "gpumon" / "usetimes.py",
         REPO / "gpumon" / "config.py",
         REPO / "gpumon" / "keyfile.py",
     ]

@@ -52,7 +52,7 @@ def judge_use(gpu: Gpu) -> GpuUse:
     if gpu.claims:
         holders = ", ".join(f"{c.user} ({c.job})" for c in gpu.claims)
         return GpuUse(USE_BUSY, f"claimed by {holders}")
-    evidence = _use_evidence(gpu)
+    evidence = use_evidence(gpu)
     if evidence:
         unlisted = "processes unknown" if gpu.processes is None else "no process listed"
         return GpuUse(USE_BUSY, f"{', '.join(evidence)}; {unlisted}")
@@ -65,7 +65,9 @@ def judge_use(gpu: Gpu) -> GpuUse:
     return GpuUse(USE_FREE, "no process")
 
 
-def _use_evidence(gpu: Gpu) -> List[str]:
+def use_evidence(gpu: Gpu) -> List[str]:
+    """What GPU memory and utilization say about use, whatever the process list says:
+    ["20.0 GiB used", "85% busy"], or [] when they say nothing (low, or not read)."""
     found = []
     used = gpu.memory_used_bytes
     if used is not None and used >= BUSY_MEMORY_BYTES:

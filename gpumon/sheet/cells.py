@@ -33,11 +33,34 @@ class ServerCells:
     server: dict[str, str | None]  # ip, status, time, health: one cell per server
     gpus: dict[int, dict[str, str]] = field(default_factory=dict)  # index → util, memory, ...
     absent: dict[str, str] = field(default_factory=dict)  # a GPU row the server does not report
+    state: dict[int, str] = field(default_factory=dict)  # GPU index (or PLAIN_ROW) → State
+
+    def gpu_value(self, index: int, column: str) -> str:
+        """What the cell of ``column`` says in GPU ``index``'s row (PLAIN_ROW: the row of a
+        block without GPU rows)."""
+        if column == "state":
+            return self.state.get(index, "")
+        return self.gpus.get(index, self.absent)[column]
 
 
-def render(result: ServerResult, tz: dt.tzinfo, sheet_gpus: set[int] | None = None) -> ServerCells:
-    """The cells of one server. ``sheet_gpus``: the GPU indices that have a row in the sheet."""
+@dataclass
+class StateCells:
+    """One server's State cells and the lines they add to its Health (gpumon.gpustate)."""
+
+    gpus: dict[int, str] = field(default_factory=dict)  # GPU index (or PLAIN_ROW) → State
+    health: list[str] = field(default_factory=list)  # "GPU 1: lww on Niv's reservation"
+
+
+def render(
+    result: ServerResult,
+    tz: dt.tzinfo,
+    sheet_gpus: set[int] | None = None,
+    state: StateCells | None = None,
+) -> ServerCells:
+    """The cells of one server. ``sheet_gpus``: the GPU indices that have a row in the sheet;
+    ``state``: its State cells (blank without)."""
     sheet_gpus = set() if sheet_gpus is None else sheet_gpus
+    state = state or StateCells()
     blank = {"util": "", "memory": "", "running": "", "job": ""}
     report = result.report
     if not result.on or report is None:
@@ -51,6 +74,7 @@ def render(result: ServerResult, tz: dt.tzinfo, sheet_gpus: set[int] | None = No
             },
             gpus={index: dict(blank) for index in sheet_gpus},
             absent=dict(blank),
+            state=dict(state.gpus),
         )
     gpus = {
         gpu.index: {
@@ -67,10 +91,11 @@ def render(result: ServerResult, tz: dt.tzinfo, sheet_gpus: set[int] | None = No
             "ip": report.host.primary_ip or None,
             "status": ON,
             "time": format_time(result.polled_at, tz),
-            "health": health(result, sheet_gpus),
+            "health": health(result, sheet_gpus, state.health),
         },
         gpus=gpus,
         absent=absent,
+        state=dict(state.gpus),
     )
 
 
@@ -154,8 +179,9 @@ def _num(value: Any) -> str:
     return str(value)
 
 
-def health(result: ServerResult, sheet_gpus: set[int]) -> str:
-    """Everything a reader should know about an ON server, most urgent first; "OK" if nothing."""
+def health(result: ServerResult, sheet_gpus: set[int], conflicts: list[str] | None = None) -> str:
+    """Everything a reader should know about an ON server, most urgent first; "OK" if nothing.
+    ``conflicts``: per-GPU reservation conflicts ("GPU 1: lww on Niv's reservation")."""
     report = result.report
     assert report is not None
     items: list[str] = []
@@ -196,6 +222,7 @@ def health(result: ServerResult, sheet_gpus: set[int]) -> str:
             items.append(f"{gpu_text}: {warning.message}")
         else:
             items.append(warning.message)
+    items.extend(conflicts or ())
     for gpu in report.gpus:
         if gpu.unclaimed_use:
             users = sorted({p.user for p in gpu.processes or []})

@@ -30,7 +30,10 @@ _GPU_INDEX = re.compile(r"^\s*#?\s*(\d{1,3})\s*$")
 # Owned columns whose value describes the whole server (one cell per block), and those whose
 # value describes one GPU (one cell per GPU row).
 SERVER_COLUMNS = ("ip", "status", "time", "health")
-GPU_COLUMNS = ("util", "memory", "running", "job")
+GPU_COLUMNS = ("util", "memory", "running", "job", "state")
+# The GPU index that stands for a block's one row when it has no GPU index (a GPU-less
+# server's row): its State and its reservation are the server's.
+PLAIN_ROW = -1
 
 
 class LayoutError(Exception):

@@ -17,15 +17,16 @@ Rules (DESIGN.md, "Rules of the sheet"):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gpumon.config import DEFAULT_COLUMNS, OWNED_COLUMNS
 from gpumon.poll.result import ServerResult
-from gpumon.sheet.cells import ServerCells, render
+from gpumon.sheet.cells import ServerCells, StateCells, render
 from gpumon.sheet.grid import CellWrite, Grid, Merge, NewRows, Setup, a1, cell_text
 from gpumon.sheet.layout import (
     GPU_COLUMNS,
+    PLAIN_ROW,
     SERVER_COLUMNS,
     Block,
     Layout,
@@ -109,8 +110,12 @@ def plan(
     columns: dict[str, list[str]] | None = None,
     time_zone: str | None = None,
     add_rows: bool = False,
+    states: Mapping[str, StateCells] | None = None,
 ) -> Plan:
-    """The writes (and Setup) that make the sheet say what ``results`` say."""
+    """The writes (and Setup) that make the sheet say what ``results`` say. ``states``: each
+    server's State cells and Health lines, by ``server_key`` (gpumon.gpustate); without, the
+    State cells are blank."""
+    states = states or {}
     aliases = columns or DEFAULT_COLUMNS
     tz, tz_warning = sheet_timezone(grid, time_zone)
     out = Plan(layout=layout, columns=dict(layout.columns), warnings=list(layout.warnings))
@@ -143,7 +148,7 @@ def plan(
             for new in setup.new_rows[before:]:
                 sheet_gpus = {g for g in new.gpus if g is not None}
                 try:
-                    new_cells[id(new)] = render(result, tz, sheet_gpus)
+                    new_cells[id(new)] = render(result, tz, sheet_gpus, states.get(key))
                 except Exception:  # the push after the set-up says why (as below)
                     pass
             continue
@@ -152,7 +157,7 @@ def plan(
         if add_rows and result.report is not None:  # as the sheet will be after the set-up
             in_sheet |= {g.index for g in result.report.gpus if 0 <= g.index <= MAX_GPU_INDEX}
         try:
-            cells = render(result, tz, in_sheet)
+            cells = render(result, tz, in_sheet, states.get(key))
         except Exception as e:  # a value render cannot show costs its server, not the push
             out.warnings.append(
                 f"server '{result.name}': its cells could not be made ({type(e).__name__}: "
@@ -165,12 +170,11 @@ def plan(
                 targets.server_cell(block, column, value)
         if block.gpu_rows:
             for index, row in sorted(block.gpu_rows.items()):
-                values = cells.gpus.get(index, cells.absent)
                 for column in GPU_COLUMNS:
-                    targets.gpu_cell(block, row, column, values[column])
+                    targets.gpu_cell(block, row, column, cells.gpu_value(index, column))
         elif block.plain_row:
             for column in GPU_COLUMNS:  # a server without GPU rows: these cells say nothing
-                targets.gpu_cell(block, block.name_row, column, cells.absent[column])
+                targets.gpu_cell(block, block.name_row, column, cells.gpu_value(PLAIN_ROW, column))
         missing = _rowable(
             result.name, sorted(set(cells.gpus) - set(block.gpu_rows) - block.ambiguous_gpus), out
         )
@@ -221,13 +225,11 @@ def _list_new_row_cells(
                         _new_cell(top, out.columns[column], new.server, column, value)
                     )
         for offset, index in enumerate(new.gpus):
-            values = cells.gpus.get(index, cells.absent) if index is not None else cells.absent
             for column in GPU_COLUMNS:
-                if values.get(column):
+                value = cells.gpu_value(PLAIN_ROW if index is None else index, column)
+                if value:
                     col = out.columns[column]
-                    out.changes.append(
-                        _new_cell(top + offset, col, new.server, column, values[column])
-                    )
+                    out.changes.append(_new_cell(top + offset, col, new.server, column, value))
 
 
 def _new_cell(row: int, col: int, server: str, column: str, value: str) -> Change:

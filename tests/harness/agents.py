@@ -48,6 +48,7 @@ class SimAgent:
     state_dir: Path
     dcgm_names: bool = False
     daemon: Daemon | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more GPUMON_* settings for its daemon
 
     @property
     def instance(self) -> str:
@@ -101,6 +102,7 @@ class AgentFleet:
             env = agent_env(agent.nvml.env(log=False), agent.state_dir)
             if agent.dcgm_names:
                 env["GPUMON_METRICS_DCGM_NAMES"] = "1"
+            env.update(agent.env)
             args = ("--interval", str(interval), "--metrics", agent.instance)
             agent.daemon = Daemon(env, agent.state_dir, args)
         for agent in self.agents:

@@ -106,7 +106,7 @@ def apply(grid: Grid, writes) -> Grid:
 
 def with_status_columns(grid: Grid) -> Grid:
     """The seed with gpumon's added header cells (as after the first push's Setup)."""
-    grid.values[6] += ["GPU util", "GPU memory", "Running", "Job", "Health"]
+    grid.values[6] += ["GPU util", "GPU memory", "Running", "Job", "Health", "State"]
     return grid
 
 

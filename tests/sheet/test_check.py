@@ -60,8 +60,8 @@ def test_all_good_prints_what_it_found_and_exits_0(home):
     assert lines[0] == f"ok   config: {home / 'gpumon.toml'}"
     assert "ok   sheet: read worksheet 'Sheet1'" in out
     assert (
-        "ok   header: row 7: Server (A), GPU (B), IP (F), ON/OFF (G), Time (H), GPU util (I)"
-        in (out)
+        "ok   header: row 7: Server (A), GPU (B), Usage (C), IP (F), ON/OFF (G), Time (H), "
+        "GPU util (I)" in (out)
     )
     assert "ok   blocks: 1 servers" in out and "box: row 8, no GPU index (GPU-less?)" in out
     assert "ok   box: ON via local" in out

@@ -109,7 +109,14 @@ def test_the_seed_sheet_is_adopted_and_pushed_many_times_keeping_every_persons_c
     assert rules and all(r["ranges"][0]["startColumnIndex"] >= OWNED_FROM for r in rules)
     rows = rows_of(google)
     assert rows["hcpbsp"][IP : TIME + 1] == ["192.0.2.100", "ON", "2019-03-14 16:04:00"]
-    assert google.values()[HEADER][8:] == ["GPU util", "GPU memory", "Running", "Job", "Health"]
+    assert google.values()[HEADER][8:] == [
+        "GPU util",
+        "GPU memory",
+        "Running",
+        "Job",
+        "Health",
+        "State",
+    ]
 
 
 def test_a_steady_push_is_one_read_and_one_write_of_only_the_changed_cells(

@@ -19,7 +19,7 @@ def test_a1_notation_counts_columns_past_z():
 def test_seed_header_is_row_7_with_the_lab_columns(seed):
     layout = read_layout(seed)
     assert layout.header_row == 6
-    assert layout.columns == {"server": 0, "gpu": 1, "ip": 5, "status": 6, "time": 7}
+    assert layout.columns == {"server": 0, "gpu": 1, "usage": 2, "ip": 5, "status": 6, "time": 7}
     assert layout.warnings == []
 
 

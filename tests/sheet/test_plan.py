@@ -37,7 +37,7 @@ def test_first_push_adds_missing_status_headers_right_of_the_used_range(seed):
     p = plan_for(seed, fleet_on())
     assert p.setup is not None
     assert p.setup.new_headers == {
-        8: "GPU util", 9: "GPU memory", 10: "Running", 11: "Job", 12: "Health",
+        8: "GPU util", 9: "GPU memory", 10: "Running", 11: "Job", 12: "Health", 13: "State",
     }  # fmt: skip
     assert p.setup.header_row == 6
     assert p.columns["health"] == 12 and p.setup.columns["server"] == 0
@@ -140,7 +140,7 @@ def test_merge_reaching_into_a_people_column_is_not_written():
     grid = Grid(
         "S", "UTC",
         [["Server", "GPU", "Owner", "IP", "ON/OFF", "Time", "GPU util", "GPU memory", "Running",
-          "Job", "Health"], ["a", "0", "x", "", "", "keep"]],
+          "Job", "Health", "State"], ["a", "0", "x", "", "", "keep"]],
         merges=[Merge(1, 2, 2, 4)],  # C2:D2: Owner merged with IP
     )  # fmt: skip
     p = plan_for(grid, [on("a", [gpu(0)])])

@@ -38,7 +38,7 @@ from gpumon.sheet.xlsx import XlsxBackend
 
 REPO = Path(__file__).resolve().parents[2]
 GPUMON = Path(sys.executable).with_name("gpumon")
-OWNED = set(range(5, 13))  # F..M: IP, ON/OFF, Time + the five added columns
+OWNED = set(range(5, 14))  # F..N: IP, ON/OFF, Time + the six added columns
 
 
 class Counting:
@@ -93,7 +93,7 @@ def test_push_adopts_the_lab_sheet_then_costs_one_read_and_one_write(tmp_path):
     assert sheet["H8"].value == "2019-03-14 16:01:00"
     after = snapshot(path, OWNED)
     assert after.pop(("Sheet1", "widths")) != before.pop(("Sheet1", "widths"))  # new columns
-    header_cells = {k for k in after if k[1] in {"I7", "J7", "K7", "L7", "M7"}}
+    header_cells = {k for k in after if k[1] in {"I7", "J7", "K7", "L7", "M7", "N7"}}
     assert {k: v for k, v in after.items() if k not in header_cells} == before
 
 

@@ -43,7 +43,7 @@ def test_missing_workbook_reads_as_the_lab_layout_and_is_not_created_by_reading(
     assert grid.values[0] == ["Server and GPU usage"]
     assert grid.values[6] == [
         "Server", "GPU", "Usage", "Note", "Owner", "IP", "ON/OFF", "Time",
-        "GPU util", "GPU memory", "Running", "Job", "Health",
+        "GPU util", "GPU memory", "Running", "Job", "Health", "State",
     ]  # fmt: skip
     assert template_headers() == grid.values[6]
     assert read_layout(grid).blocks == []
