@@ -80,7 +80,8 @@ def run(
         json.dump(found.to_json(), out, indent=1, ensure_ascii=False)
         out.write("\n")
         return 0
-    print(printable(render(found, by, zone, width=terminal_width(out))), file=out)
+    for line in render(found, by, zone, width=terminal_width(out)).splitlines():
+        print(printable(line), file=out)  # names come from sheets and servers
     if png:
         print(f"chart written to {png}", file=out)
     return 0
