@@ -23,6 +23,12 @@ def retention(config: Config) -> Retention:
     return Retention(raw_s=h.raw_days * 86400, five_minute_s=h.five_minute_days * 86400)
 
 
+def max_sample_s(config: Config) -> float:
+    """The longest interval a push stands for: [history] max_sample_s, and never less than two
+    of serve's intervals (a serve run with a long interval is not a string of gaps)."""
+    return max(config.history.max_sample_s, 2 * config.serve.interval_s)
+
+
 def record_samples(config: Config, servers: list[ServerSample], at: float) -> list[str]:
     """Record one push's samples; the warnings to show (none when all went well)."""
     if not config.history.enabled:
@@ -35,7 +41,7 @@ def record_samples(config: Config, servers: list[ServerSample], at: float) -> li
                 conn,
                 servers,
                 at,
-                max_sample_s=config.history.max_sample_s,
+                max_sample_s=max_sample_s(config),
                 retention=retention(config),
             )
     except HistoryCorrupt as e:
