@@ -77,7 +77,9 @@ def write_png(found: History, heat: Heat | None, path: str) -> None:
         names = [p.person for p in shown]
         y = list(range(len(shown)))
         bars.barh([i - 0.2 for i in y], [p.used_gpu_hours for p in shown], 0.4, label="used")
-        bars.barh([i + 0.2 for i in y], [p.reserved_gpu_hours for p in shown], 0.4, label="reserved")
+        bars.barh(
+            [i + 0.2 for i in y], [p.reserved_gpu_hours for p in shown], 0.4, label="reserved"
+        )
         bars.barh(
             [i + 0.2 for i in y],
             [p.reserved_unused_gpu_hours for p in shown],
@@ -94,9 +96,7 @@ def write_png(found: History, heat: Heat | None, path: str) -> None:
         if shown:
             bars.legend(loc="lower right")
         if heat and servers and heat.hours:
-            matrix = [
-                [math.nan if v is None else v for v in heat.values[name]] for name in servers
-            ]
+            matrix = [[math.nan if v is None else v for v in heat.values[name]] for name in servers]
             image = grid.imshow(matrix, aspect="auto", cmap="viridis", vmin=0, vmax=100)
             grid.set_yticks(range(len(servers)), servers)
             step = max(1, len(heat.hours) // 12)

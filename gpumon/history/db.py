@@ -36,6 +36,12 @@ _SIDE_FILES = ("-wal", "-shm", "-journal")
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 
 
+class HistoryConnection(sqlite3.Connection):
+    """A connection that carries its name cache (gpumon.history.store.Names)."""
+
+    names: object = None
+
+
 class HistoryUnavailable(Exception):
     """The history database cannot be used now (the message names it and the cause)."""
 
@@ -71,7 +77,11 @@ def connect(path: Path) -> sqlite3.Connection:
         with contextlib.suppress(FileExistsError):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
     conn = sqlite3.connect(
-        str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        str(path),
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=False,
+        factory=HistoryConnection,
     )
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

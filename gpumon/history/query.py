@@ -125,3 +125,15 @@ def _raw(conn: sqlite3.Connection, names: Names, out: Totals, lo: int, hi: int) 
         out.gpu(server, gpu).add(g)
         for person, seconds in people.items():
             out.person(server, gpu, person).add(seconds)
+
+
+def level_totals(conn: sqlite3.Connection, level: int, lo: int, hi: int) -> Totals:
+    """[lo, hi) from one level alone: 0 the pushes themselves, 300 or 3600 the sums (whole
+    buckets; lo and hi on the level's bucket boundaries). For checking the levels agree."""
+    out = Totals()
+    names = Names(conn)
+    if level == 0:
+        _raw(conn, names, out, lo, hi)
+    else:
+        _agg(conn, names, out, level, lo, hi, None)
+    return out

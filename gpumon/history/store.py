@@ -116,12 +116,38 @@ class Retention:
 
 
 class Names:
-    """``history_names`` ids, looked up once per connection and value."""
+    """``history_names`` ids, looked up once per connection and value (``Names(conn)`` is the
+    connection's one cache: a serve run looks each name up once)."""
+
+    def __new__(cls, conn: sqlite3.Connection) -> Names:
+        cached = getattr(conn, "names", None)  # gpumon.history.db.HistoryConnection's
+        if not isinstance(cached, Names):
+            cached = super().__new__(cls)
+            cached.conn = conn
+            cached.clear()
+            if hasattr(conn, "names"):
+                conn.names = cached  # type: ignore[attr-defined]
+        return cached
+
+    def clear(self) -> None:
+        """Forget every id (after a rollback: ids inserted in it are gone)."""
+        self._ids = {}
+        self._values = {}
+        self._tuples = {}
 
     def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self._ids: dict[str, int] = {}
-        self._values: dict[int, str] = {}
+        self.conn: sqlite3.Connection
+        self._ids: dict[str, int]
+        self._values: dict[int, str]
+        self._tuples: dict[tuple[str, tuple], int]
+
+    def id_of(self, kind: str, value: tuple) -> int:
+        """The id of a tuple of strings (and tuples of them), stored as tagged JSON."""
+        key = (kind, value)
+        found = self._tuples.get(key)
+        if found is None:
+            found = self._tuples[key] = self.id(_json_name(kind, value))
+        return found
 
     def id(self, value: str) -> int:
         found = self._ids.get(value)
@@ -168,10 +194,6 @@ def _json_name(kind: str, value: object) -> str:
     return kind + json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _reservation_value(s: GpuSample) -> object:
-    return [s.reservation_text, list(s.reserved_people), list(s.reserved_by)]
-
-
 def ensure(conn: sqlite3.Connection) -> None:
     from gpumon.history.db import ensure_schema
 
@@ -196,6 +218,7 @@ def record(
         compact(conn, now, retention or Retention(), in_transaction=True)
         conn.execute("COMMIT")
     except BaseException:
+        names.clear()
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
@@ -229,24 +252,23 @@ def _record(
     cap: int,
 ) -> int:
     raw: list[tuple] = []
-    agg: dict[tuple[int, int, int, int], GpuSeconds] = {}
-    person_rows: dict[tuple[int, int, int, int, int], list[float]] = {}
+    agg: list[tuple] = []
+    person_rows: list[tuple] = []
     warnings: list[tuple] = []
     state: list[tuple] = []
     seen: set[int] = set()
+    previous_all: dict[int, dict[int, list]] = {}
+    for sid_, gpu_, *row in conn.execute(
+        "SELECT server, gpu, last_at, first_at, busy_end, reservation, reserved_since, "
+        "reserved_used_end FROM history_state"
+    ):
+        previous_all.setdefault(sid_, {})[gpu_] = row
     for server in servers:
         sid = names.id(_server_name(server.server))
         if sid in seen:
             continue  # one server twice in a push: the first counts
         seen.add(sid)
-        previous = {
-            gpu: row
-            for gpu, *row in conn.execute(
-                "SELECT gpu, last_at, first_at, busy_end, reservation, reserved_since, "
-                "reserved_used_end FROM history_state WHERE server = ?",
-                (sid,),
-            )
-        }
+        previous = previous_all.get(sid, {})
         last = previous.get(SERVER_ROW)
         start = now if last is None else max(min(last[0], now), now - cap)
         samples = {g.gpu: g for g in server.gpus if g.gpu >= 0}
@@ -276,16 +298,15 @@ def _record(
         "mem_total, users, claims, reservation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         raw,
     )
-    conn.executemany(
-        _AGG_UPSERT, [(*key, *(getattr(g, c) for c in GPU_FIELDS)) for key, g in agg.items()]
-    )
-    conn.executemany(_PERSON_UPSERT, [(*key, *values) for key, values in person_rows.items()])
-    conn.executemany(
-        "INSERT INTO history_warnings(bucket, server, code, pushes, last_message) "
-        "VALUES (?, ?, ?, 1, ?) ON CONFLICT(bucket, server, code) DO UPDATE SET "
-        "pushes = pushes + 1, last_message = excluded.last_message",
-        warnings,
-    )
+    conn.executemany(_AGG_UPSERT, agg)
+    conn.executemany(_PERSON_UPSERT, person_rows)
+    if warnings:
+        conn.executemany(
+            "INSERT INTO history_warnings(bucket, server, code, pushes, last_message) "
+            "VALUES (?, ?, ?, 1, ?) ON CONFLICT(bucket, server, code) DO UPDATE SET "
+            "pushes = pushes + 1, last_message = excluded.last_message",
+            warnings,
+        )
     conn.executemany(
         "INSERT OR REPLACE INTO history_state(server, gpu, last_at, first_at, busy_end, "
         "reservation, reserved_since, reserved_used_end) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -297,12 +318,14 @@ def _record(
 def _ids(
     names: Names, s: GpuSample
 ) -> tuple[int | None, int | None, int | None, int | None, int | None]:
-    mem_used = s.memory_used_bytes
-    mem_total = s.memory_total_bytes
-    users = None if s.users is None else names.id(_json_name("u:", list(s.users)))
-    claims = names.id(_json_name("c:", [list(c) for c in s.claims])) if s.claims else None
-    reservation = names.id(_json_name("r:", _reservation_value(s))) if s.reserved_by else None
-    return mem_used, mem_total, users, claims, reservation
+    users = None if s.users is None else names.id_of("u:", s.users)
+    claims = names.id_of("c:", s.claims) if s.claims else None
+    reservation = (
+        names.id_of("r:", (s.reservation_text, s.reserved_people, s.reserved_by))
+        if s.reserved_by
+        else None
+    )
+    return s.memory_used_bytes, s.memory_total_bytes, users, claims, reservation
 
 
 def _gpu_state(
@@ -324,8 +347,8 @@ def _gpu_state(
 
 
 def _spread(
-    agg: dict,
-    person_rows: dict,
+    agg: list,
+    person_rows: list,
     sid: int,
     gpu: int,
     start: int,
@@ -334,41 +357,36 @@ def _spread(
     people: dict,
     names: Names,
 ) -> None:
-    """Add the interval's seconds to each 5-minute and hourly bucket it overlaps, in
-    proportion (whole seconds: the facts are per second times a whole number of seconds)."""
+    """Rows adding the interval's seconds to each 5-minute and hourly bucket it overlaps, in
+    proportion (exact: a count of seconds is 0 or the whole interval, and a piece of the whole
+    is a whole number of seconds)."""
     length = end - start
     if length <= 0:
         return
-    person_ids = [(names.id(_person_name(p)), ps) for p, ps in people.items()]
+    values = [getattr(g, name) for name in GPU_FIELDS]
+    person_values = [
+        (names.id(_person_name(p)), [getattr(ps, name) for name in PERSON_FIELDS])
+        for p, ps in people.items()
+    ]
     for level in LEVELS:
         t = start
         while t < end:
             bucket = t // level * level
             piece = min(end, bucket + level) - t
-            w = piece / length
-            key = (level, bucket, sid, gpu)
-            into = agg.setdefault(key, GpuSeconds())
             if piece == length:
-                into.add(g)
+                agg.append((level, bucket, sid, gpu, *values))
+                for pid, pv in person_values:
+                    person_rows.append((level, bucket, sid, gpu, pid, *pv))
             else:
-                into.add(_scaled(g, piece, length))
-            for pid, ps in person_ids:
-                values = person_rows.setdefault((level, bucket, sid, gpu, pid), [0] * 6)
-                for i, name in enumerate(PERSON_FIELDS):
-                    part = getattr(ps, name)
-                    # Person seconds are 0 or the whole interval: a piece is exact.
-                    values[i] += piece if part == length else part * w
+                agg.append((level, bucket, sid, gpu, *_part(values, piece, length)))
+                for pid, pv in person_values:
+                    person_rows.append((level, bucket, sid, gpu, pid, *_part(pv, piece, length)))
             t += piece
 
 
-def _scaled(g: GpuSeconds, piece: int, length: int) -> GpuSeconds:
-    out = GpuSeconds()
-    for name in GPU_FIELDS:
-        value = getattr(g, name)
-        # Second counts are 0 or the whole interval: the piece's share is exact in integers.
-        share = piece if value == length else value * piece / length
-        setattr(out, name, share)
-    return out
+def _part(values: list, piece: int, length: int) -> list:
+    # Second counts are 0 or the whole interval: the piece's share is exact in integers.
+    return [piece if v == length else v * piece / length for v in values]
 
 
 def compact(
