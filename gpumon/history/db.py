@@ -122,13 +122,24 @@ def open_db(config: Config) -> sqlite3.Connection:
 def unavailable(path: Path, error: BaseException) -> HistoryUnavailable:
     reason = getattr(error, "strerror", None) or str(error)
     hint = ""
-    if "full" in reason.lower():
-        hint = " — free space in the state directory"
+    if "full" in reason.lower() or _nearly_full(path.parent):
+        hint = " — the disk is full: free space in the state directory"
+    elif "i/o" in reason.lower():
+        hint = " — check the disk holding the state directory (dmesg); the next push tries again"
     elif "readonly" in reason.lower().replace("-", "") or "permission" in reason.lower():
         hint = " — make the state directory writable for the user gpumon runs as"
     elif "locked" in reason.lower():
         hint = " — another gpumon has held it for too long; the next push tries again"
     return HistoryUnavailable(f"{path}: {reason}{hint}")
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Less than 1 MiB free (or no inodes) where the database lives."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20 or (st.f_files > 0 and st.f_favail == 0)
 
 
 def move_aside(path: Path, error: BaseException) -> HistoryCorrupt:
