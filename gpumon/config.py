@@ -172,7 +172,7 @@ class HistoryConfig:
     # much, so a gap in pushes (the box down, cron stopped) is a gap, not a long sample.
     max_sample_s: float = 300.0
     raw_days: int = 14  # every push kept this long, then 5-minute sums
-    five_minute_days: int = 60  # 5-minute sums kept this long; hourly sums for ever
+    five_minute_days: int = 30  # 5-minute sums kept this long; hourly sums for ever
     sheet: bool = True  # keep a "GPU hours" worksheet in the spreadsheet / workbook
     sheet_title: str = "GPU hours"
     sheet_every_s: float = 3600.0  # that worksheet rewritten at most this often

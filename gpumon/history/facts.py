@@ -57,7 +57,7 @@ class GpuSeconds:
     reserved_idle_s: float = 0  # reserved, ON, no process at all
     util_s: float = 0  # utilization % × seconds, over util_known_s
     util_known_s: float = 0
-    mem_s: float = 0  # memory used (GiB) × seconds, over mem_known_s
+    mem_s: float = 0  # memory used (MiB) × seconds, over mem_known_s
     mem_known_s: float = 0
 
     def add(self, other: GpuSeconds, weight: float = 1.0) -> None:
@@ -82,7 +82,7 @@ class PersonSeconds:
         return not any(getattr(self, f.name) for f in fields(self))
 
 
-GIB = 1024**3
+MIB = 1024**2
 
 
 def gpu_seconds(sample: GpuSample, seconds: int) -> tuple[GpuSeconds, dict[str, PersonSeconds]]:
@@ -108,7 +108,7 @@ def gpu_seconds(sample: GpuSample, seconds: int) -> tuple[GpuSeconds, dict[str, 
             g.util_s = sample.util_pct * seconds
             g.util_known_s = seconds
         if sample.memory_used_bytes is not None:
-            g.mem_s = sample.memory_used_bytes / GIB * seconds
+            g.mem_s = sample.memory_used_bytes / MIB * seconds
             g.mem_known_s = seconds
     if reserved_by:
         g.reserved_s = seconds

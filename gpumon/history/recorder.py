@@ -19,8 +19,7 @@ from gpumon.history.store import Retention, ensure, record
 
 
 def retention(config: Config) -> Retention:
-    h = config.history
-    return Retention(raw_s=h.raw_days * 86400, five_minute_s=h.five_minute_days * 86400)
+    return Retention.of(config)
 
 
 def max_sample_s(config: Config) -> float:

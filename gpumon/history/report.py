@@ -146,7 +146,7 @@ def _gpu(server: str, gpu: int, g: GpuSeconds) -> GpuHours:
         hours_processes_unknown=g.unknown_s / HOUR,
         hours_claimed=g.claimed_s / HOUR,
         mean_utilization_pct=g.util_s / g.util_known_s if g.util_known_s else None,
-        mean_memory_used_gib=g.mem_s / g.mem_known_s if g.mem_known_s else None,
+        mean_memory_used_gib=g.mem_s / g.mem_known_s / 1024 if g.mem_known_s else None,
     )
 
 

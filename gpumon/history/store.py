@@ -5,12 +5,13 @@ Tables (all ``history_*``, created idempotently; other modules keep their own be
 - ``history_names``: every server, user, job, reservation text … stored once, referred to by
   id (a year of pushes repeats the same few hundred strings millions of times).
 - ``history_raw``: one row per GPU per push (and one per server, ``gpu = -1``): the interval
-  it covers ``[start, end)`` in whole UTC seconds, ON, utilization, memory, and the ids of its
-  users, claims and reservation. Kept ``[history] raw_days`` (14).
+  it covers ``[start, start + dur)`` in whole UTC seconds, ON, utilization (‰), memory (MiB),
+  and the ids of its users, claims and reservation. Kept ``[history] raw_days`` (14).
 - ``history_agg`` / ``history_agg_person``: the same pushes summed per 5-minute (``level``
   300) and per hour (3600) bucket, per GPU, in GPU-seconds (gpumon.history.facts) — written
   with each push, in the same transaction, so every level always holds the same totals.
-  5-minute sums are kept ``[history] five_minute_days`` (60), hourly ones for ever.
+  5-minute sums are kept ``[history] five_minute_days`` (30), hourly ones for ever. Sums are
+  whole numbers (seconds, utilization % x seconds, MiB x seconds).
 - ``history_warnings``: pushes that carried each health warning, per server and hour.
 - ``history_state``: per GPU, what the State column needs (when it was last busy, since when
   its reservation has gone unused) and, per server, the last push's time.
@@ -26,10 +27,12 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gpumon.config import Config
 from gpumon.history.facts import GPU_FIELDS, PERSON_FIELDS, GpuSeconds, gpu_seconds
 from gpumon.history.samples import GpuSample, ServerSample
 
-LEVELS = (300, 3600)  # the aggregate buckets, in seconds
+LEVELS = (300, 3600)
+MIB = 1 << 20  # the aggregate buckets, in seconds
 SERVER_ROW = -1  # the gpu column of a server's own row
 
 SCHEMA = """
@@ -41,11 +44,10 @@ CREATE TABLE IF NOT EXISTS history_raw (
     start INTEGER NOT NULL,
     server INTEGER NOT NULL,
     gpu INTEGER NOT NULL,
-    end INTEGER NOT NULL,
+    dur INTEGER NOT NULL,
     is_on INTEGER NOT NULL,
-    util REAL,
-    mem_used INTEGER,
-    mem_total INTEGER,
+    util INTEGER,
+    mem_mib INTEGER,
     users INTEGER,
     claims INTEGER,
     reservation INTEGER,
@@ -63,9 +65,9 @@ CREATE TABLE IF NOT EXISTS history_agg (
     claimed_s INTEGER NOT NULL DEFAULT 0,
     reserved_s INTEGER NOT NULL DEFAULT 0,
     reserved_idle_s INTEGER NOT NULL DEFAULT 0,
-    util_s REAL NOT NULL DEFAULT 0,
+    util_s INTEGER NOT NULL DEFAULT 0,
     util_known_s INTEGER NOT NULL DEFAULT 0,
-    mem_s REAL NOT NULL DEFAULT 0,
+    mem_s INTEGER NOT NULL DEFAULT 0,
     mem_known_s INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (level, bucket, server, gpu)
 ) WITHOUT ROWID;
@@ -112,7 +114,13 @@ CREATE TABLE IF NOT EXISTS history_meta (
 @dataclass(frozen=True)
 class Retention:
     raw_s: int = 14 * 86400
-    five_minute_s: int = 60 * 86400
+    five_minute_s: int = 30 * 86400
+
+    @classmethod
+    def of(cls, config: Config) -> Retention:
+        """``[history] raw_days`` and ``five_minute_days``."""
+        h = config.history
+        return cls(raw_s=h.raw_days * 86400, five_minute_s=h.five_minute_days * 86400)
 
 
 class Names:
@@ -277,7 +285,7 @@ def _record(
                 # Seen before, not in this push (the server OFF, or the GPU gone): not ON.
                 samples[gpu] = GpuSample(server=server.server, gpu=gpu, on=False, users=None)
         raw.append(
-            (start, sid, SERVER_ROW, now, int(server.on), None, None, None, None, None, None)
+            (start, sid, SERVER_ROW, now - start, int(server.on), None, None, None, None, None)
         )
         server_seconds = GpuSeconds(covered_s=now - start, on_s=(now - start) * server.on)
         _spread(agg, person_rows, sid, SERVER_ROW, start, now, server_seconds, {}, names)
@@ -287,15 +295,16 @@ def _record(
             warnings.append((now // 3600 * 3600, sid, code, message))
         for gpu, sample in sorted(samples.items()):
             ids = _ids(names, sample)
-            raw.append((start, sid, gpu, now, int(sample.on), sample.util_pct, *ids))
+            util = None if sample.util_pct is None else round(sample.util_pct * 10)
+            raw.append((start, sid, gpu, now - start, int(sample.on), util, *ids))
             g, people = gpu_seconds(sample, now - start)
             _spread(agg, person_rows, sid, gpu, start, now, g, people, names)
             state.append(
                 (sid, gpu, now, *_gpu_state(previous.get(gpu), sample, ids[-1], start, now))
             )
     conn.executemany(
-        "INSERT OR REPLACE INTO history_raw(start, server, gpu, end, is_on, util, mem_used, "
-        "mem_total, users, claims, reservation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO history_raw(start, server, gpu, dur, is_on, util, mem_mib, "
+        "users, claims, reservation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         raw,
     )
     conn.executemany(_AGG_UPSERT, agg)
@@ -315,9 +324,7 @@ def _record(
     return len(raw)
 
 
-def _ids(
-    names: Names, s: GpuSample
-) -> tuple[int | None, int | None, int | None, int | None, int | None]:
+def _ids(names: Names, s: GpuSample) -> tuple[int | None, int | None, int | None, int | None]:
     users = None if s.users is None else names.id_of("u:", s.users)
     claims = names.id_of("c:", s.claims) if s.claims else None
     reservation = (
@@ -325,7 +332,8 @@ def _ids(
         if s.reserved_by
         else None
     )
-    return s.memory_used_bytes, s.memory_total_bytes, users, claims, reservation
+    mem = None if s.memory_used_bytes is None else round(s.memory_used_bytes / MIB)
+    return mem, users, claims, reservation
 
 
 def _gpu_state(
@@ -363,7 +371,8 @@ def _spread(
     length = end - start
     if length <= 0:
         return
-    values = [getattr(g, name) for name in GPU_FIELDS]
+    # Stored as whole numbers (util % x s, MiB x s): a year of them stays small.
+    values = [round(getattr(g, name)) for name in GPU_FIELDS]
     person_values = [
         (names.id(_person_name(p)), [getattr(ps, name) for name in PERSON_FIELDS])
         for p, ps in people.items()
@@ -386,7 +395,7 @@ def _spread(
 
 def _part(values: list, piece: int, length: int) -> list:
     # Second counts are 0 or the whole interval: the piece's share is exact in integers.
-    return [piece if v == length else v * piece / length for v in values]
+    return [piece if v == length else round(v * piece / length) for v in values]
 
 
 def compact(
@@ -474,11 +483,11 @@ def raw_samples(
         return cache[id_]
 
     rows = conn.execute(
-        "SELECT start, end, server, gpu, is_on, util, mem_used, mem_total, users, claims, "
-        "reservation FROM history_raw WHERE start < ? AND end > ? AND start >= ?",
+        "SELECT start, start + dur, server, gpu, is_on, util, mem_mib, users, claims, "
+        "reservation FROM history_raw WHERE start < ? AND start + dur > ? AND start >= ?",
         (hi, lo, lo - 86400),
     )
-    for start, end, sid, gpu, is_on, util, mem_used, mem_total, users, claims, res in rows:
+    for start, end, sid, gpu, is_on, util, mem_mib, users, claims, res in rows:
         if gpu == SERVER_ROW:
             yield start, end, sid, gpu, None, is_on
             continue
@@ -488,9 +497,8 @@ def raw_samples(
             server="",
             gpu=gpu,
             on=bool(is_on),
-            util_pct=util,
-            memory_used_bytes=mem_used,
-            memory_total_bytes=mem_total,
+            util_pct=None if util is None else util / 10,
+            memory_used_bytes=None if mem_mib is None else mem_mib * MIB,
             users=None if users is None else tuple(user_list or ()),
             claims=tuple(tuple(c) for c in (decoded(claims) or ())),  # type: ignore[misc]
             reservation_text=reservation[0],

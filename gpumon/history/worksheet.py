@@ -189,8 +189,6 @@ def maybe_write_worksheet(
     sheet this run (a push has)."""
     if not hasattr(backend, "write_owned"):
         return []
-    from gpumon.history.recorder import retention as configured
-
     h = config.history
     title = h.sheet_title
     key = META_KEY.format(backend=config.sheet.backend, title=title)
@@ -202,7 +200,7 @@ def maybe_write_worksheet(
             previous = _claim(conn, key, now, h.sheet_every_s)
             if previous is None:
                 return []
-            keep = retention or configured(config)
+            keep = retention or Retention.of(config)
             start, _ = week_of(moment.date(), zone)
             last_start, _ = week_of((start - dt.timedelta(days=1)).date(), zone)
             this_week = history(conn, start, moment, moment, keep)

@@ -57,7 +57,8 @@ def same(a, b) -> None:
     for key, g in a.gpus.items():
         for f in EXACT:
             assert getattr(g, f) == getattr(b.gpus[key], f), (key, f)
-        assert g.util_s == pytest.approx(b.gpus[key].util_s, rel=1e-9)
+        # Utilization sums are whole numbers per bucket: a rounding per row, no more.
+        assert g.util_s == pytest.approx(b.gpus[key].util_s, rel=1e-3)
 
 
 @pytest.fixture(scope="module")

@@ -182,7 +182,7 @@ def test_the_main_job_records_every_push_and_a_dry_run_records_nothing(tmp_path,
         assert "history" not in done.stderr  # no warning from the store
     db = tmp_path / "home" / ".local" / "state" / "gpumon" / DB_NAME
     conn = sqlite3.connect(db)
-    rows = conn.execute("SELECT start, end FROM history_raw WHERE gpu = -1").fetchall()
+    rows = conn.execute("SELECT start, start + dur FROM history_raw WHERE gpu = -1").fetchall()
     gpus = conn.execute("SELECT DISTINCT gpu FROM history_raw WHERE gpu >= 0").fetchall()
     conn.close()
     # The second push covers the time since the first (whose own row, empty, it replaces);

@@ -117,7 +117,7 @@ def test_a_push_killed_mid_write_leaves_whole_pushes_only(tmp_path):
     with history_db(cfg) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         raw = conn.execute(
-            "SELECT sum(end - start), count(*) FROM history_raw r JOIN history_names n "
+            "SELECT sum(dur), count(*) FROM history_raw r JOIN history_names n "
             "ON n.id = r.server WHERE n.value = 's:a' AND gpu = 0"
         ).fetchone()
         hourly = conn.execute(
