@@ -5,6 +5,7 @@ into the lab's own worksheet."""
 from __future__ import annotations
 
 import copy
+import time
 
 import openpyxl
 import pytest
@@ -220,3 +221,33 @@ def test_google_a_deleted_worksheet_is_made_again_and_a_persons_namesake_left_al
     assert len(google.server.invalid) == 3
     assert all("No grid with id" in e or "already exists" in e for e in google.server.invalid)
     google.server.invalid.clear()
+
+
+def test_serve_records_each_push_and_writes_the_worksheet(tmp_path):
+    from gpumon.config import ServerEntry
+    from gpumon.history.db import history_db
+    from gpumon.serve import Service
+    from gpumon.sheet.xlsx import open_backend
+
+    cfg = xlsx_config(tmp_path)
+    cfg.poll.servers_from_sheet = False
+    cfg.sheet.add_rows = True
+    cfg.servers = {"box": ServerEntry("box")}
+
+    class Poller:
+        def sweep(self, names):
+            return [on(n, [report_gpu(0, processes=[process("kim", "x")])]) for n in names]
+
+    service = Service(cfg, open_backend(cfg), Poller())
+    for _ in range(3):
+        service.push()
+        time.sleep(1.1)  # whole seconds apart: each push covers some time
+    with history_db(cfg) as conn:
+        (pushes,) = conn.execute("SELECT count(*) FROM history_raw WHERE gpu = 0").fetchone()
+    assert pushes == 2  # the first push's empty interval is replaced by the second's
+    book = openpyxl.load_workbook(tmp_path / "sheet.xlsx")
+    assert book.sheetnames == ["Sheet1", "GPU hours"]
+    # A fresh backend (the next cron push) still writes the workbook: its one chart is gpumon's.
+    again = open_backend(cfg)
+    again.read()
+    assert again.writable_problem() is None
