@@ -56,9 +56,13 @@ def record_outcome(
     reservations: Mapping[tuple[str, int], Any] | None = None,
     at: float | None = None,
 ) -> list[str]:
-    """Record a push's outcome (gpumon.fleet.PushOutcome; a dry run is not recorded)."""
+    """Record a push's outcome (gpumon.fleet.PushOutcome; a dry run is not recorded).
+    ``reservations``: by (server, GPU index); by default the outcome's own ``reservations``
+    when it carries them."""
     if getattr(outcome, "dry_run", False) or not config.history.enabled:
         return []
+    if reservations is None:
+        reservations = getattr(outcome, "reservations", None)
     samples = samples_from_outcome(outcome, reservations)
     return record_samples(config, samples, time.time() if at is None else at)
 

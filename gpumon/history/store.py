@@ -462,6 +462,33 @@ def unused_since(conn: sqlite3.Connection, server: str, gpu: int) -> float | Non
     return float(reserved_used_end if reserved_used_end is not None else reserved_since)
 
 
+@dataclass(frozen=True)
+class GpuTimes:
+    """What the State column shows for one GPU (POSIX seconds, None: not applicable)."""
+
+    unused_since: float | None  # its reservation unused by the people it names since
+    idle_since: float | None  # no process on it since
+
+
+def state_times(conn: sqlite3.Connection) -> dict[tuple[str, int], GpuTimes]:
+    """``unused_since`` and ``idle_since`` of every GPU the store knows, in one query (what a
+    push needs for all the sheet's rows)."""
+    names = Names(conn)
+    out: dict[tuple[str, int], GpuTimes] = {}
+    for sid, gpu, last_at, first_at, busy_end, reservation, since, used_end in conn.execute(
+        "SELECT server, gpu, last_at, first_at, busy_end, reservation, reserved_since, "
+        "reserved_used_end FROM history_state WHERE gpu >= 0"
+    ):
+        idle = (
+            None if busy_end == last_at else float(busy_end if busy_end is not None else first_at)
+        )
+        unused = None
+        if reservation is not None and used_end != last_at:
+            unused = float(used_end if used_end is not None else since)
+        out[(names.value(sid)[2:], gpu)] = GpuTimes(unused, idle)
+    return out
+
+
 # --- reading the raw rows back as samples -----------------------------------------------------
 
 

@@ -204,6 +204,20 @@ def test_samples_from_a_push_outcome_carry_users_claims_and_reservations(tmp_pat
     assert samples_from_outcome(outcome)[0].gpus[1].reserved_by == ()  # today: no reservations
 
 
+def test_the_outcomes_own_reservations_are_recorded(tmp_path):
+    from gpumon.history.recorder import record_outcome
+
+    cfg = config(tmp_path, max_sample_s=3600)
+    reservation = SimpleNamespace(text="Lee", people=("Lee",), users=("lee",), unmatched=())
+    for t in (T0, T0 + HOUR):
+        outcome = SimpleNamespace(
+            results=[on("a", [report_gpu(0)])], dry_run=False, reservations={("a", 0): reservation}
+        )
+        assert record_outcome(cfg, outcome, at=t) == []
+    lee = person(read(cfg, T0, T0 + HOUR), "lee")
+    assert lee.reserved_unused_gpu_hours == 1.0
+
+
 def test_a_reservation_naming_people_without_a_user_charges_the_name(tmp_path):
     reservation = SimpleNamespace(
         text="Prof. Park", people=("Park",), users=(), unmatched=("Park",)
