@@ -73,9 +73,16 @@ def after_push(config: Config, outcome: Any, backend: Any = None) -> list[str]:
     if getattr(outcome, "dry_run", False) or not config.history.enabled:
         return []
     now = time.time()
-    warnings = record_outcome(config, outcome, at=now)
+    try:
+        warnings = record_outcome(config, outcome, at=now)
+    except Exception as e:  # the sheet is written: a fault here must not fail the push
+        warnings = [f"history: this push is not recorded ({type(e).__name__}: {e})"]
     if backend is not None and config.history.sheet:
         from gpumon.history.worksheet import maybe_write_worksheet
 
-        warnings += maybe_write_worksheet(config, backend, now)
+        try:
+            warnings += maybe_write_worksheet(config, backend, now)
+        except Exception as e:
+            title = config.history.sheet_title
+            warnings.append(f"history: worksheet {title!r} not written ({type(e).__name__}: {e})")
     return warnings

@@ -251,3 +251,21 @@ def test_serve_records_each_push_and_writes_the_worksheet(tmp_path):
     again = open_backend(cfg)
     again.read()
     assert again.writable_problem() is None
+
+
+def test_a_worksheet_failure_never_fails_the_push(tmp_path, monkeypatch, capsys):
+    from gpumon import fleet as fleet_module
+    from gpumon.push import push as push_command
+
+    path = seed_workbook(tmp_path / "sheet.xlsx")
+    cfg = xlsx_config(tmp_path)
+    monkeypatch.setattr(fleet_module, "open_poller", lambda config: ScriptedPoller(results()))
+
+    def broken(self, *args, **kwargs):  # a fault the real parts cannot be made to produce
+        raise ValueError("something unforeseen")
+
+    monkeypatch.setattr(XlsxBackend, "write_owned", broken)
+    assert push_command(cfg) == 0
+    err = capsys.readouterr().err
+    assert "worksheet 'GPU hours' not written (ValueError: something unforeseen)" in err
+    assert openpyxl.load_workbook(path)["Sheet1"]["G8"].value == "ON"  # the sheet was written
