@@ -97,6 +97,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace FILE atomically when the fleet changed (default: print to stdout)",
     )
 
+    history = command("history", parents=[common])
+    period = history.add_mutually_exclusive_group()
+    period.add_argument(
+        "--since",
+        metavar="SPAN",
+        help="from SPAN ago until now: 7d (the default), 36h, 2w, 90m, or a date 2026-11-23",
+    )
+    period.add_argument("--week", metavar="WEEK", help="an ISO week, Monday to Monday: 2026-W48")
+    history.add_argument(
+        "--by",
+        choices=("person", "server", "gpu"),
+        help="one table: per person, per server or per GPU (default: person and server)",
+    )
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    history.add_argument(
+        "--png",
+        metavar="FILE",
+        help="also draw a chart into FILE (needs matplotlib: pip install 'gpumon[charts]')",
+    )
+
     completion = command("completion")
     completion.add_argument("shell", choices=("bash", "zsh"), help="the shell")
 
@@ -266,6 +286,12 @@ def _main(argv: list[str]) -> int:
         from gpumon.targets import prometheus_targets
 
         return prometheus_targets(config, args.out)
+    if args.command == "history":
+        from gpumon.history_command import run
+
+        return run(
+            config, since=args.since, week=args.week, by=args.by, as_json=args.json, png=args.png
+        )
     if args.command == "trust":
         from gpumon.trust import trust
 

@@ -41,6 +41,10 @@ NUMBER_BOUNDS: dict[str, tuple[float, float]] = {
     "serve.interval_s": (0.1, 86400),  # with the google backend at least GOOGLE_MIN_INTERVAL_S
     "source.timeout_s": (0.5, 300),
     "metrics.port": (1, 65535),
+    "history.max_sample_s": (1, 86400),
+    "history.raw_days": (1, 3660),
+    "history.five_minute_days": (1, 3660),
+    "history.sheet_every_s": (60, 7 * 86400),
 }
 SOURCE_KINDS = ("ssh", "prometheus")
 MAX_SELECTOR_CHARS = 1000
@@ -170,6 +174,21 @@ class MetricsConfig:
 
 
 @dataclass
+class HistoryConfig:
+    """The history store (gpumon.history): every push's GPU-hours, in state_dir/history.sqlite3."""
+
+    enabled: bool = True
+    # The longest interval one push stands for: a push after a longer pause covers only this
+    # much, so a gap in pushes (the box down, cron stopped) is a gap, not a long sample.
+    max_sample_s: float = 300.0
+    raw_days: int = 14  # every push kept this long, then 5-minute sums
+    five_minute_days: int = 30  # 5-minute sums kept this long; hourly sums for ever
+    sheet: bool = True  # keep a "GPU hours" worksheet in the spreadsheet / workbook
+    sheet_title: str = "GPU hours"
+    sheet_every_s: float = 3600.0  # that worksheet rewritten at most this often
+
+
+@dataclass
 class Config:
     path: str | None = None  # None: the embedded default
     # push lock, last-seen times; default: $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/gpumon
@@ -181,6 +200,7 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     servers: dict[str, ServerEntry] = field(default_factory=dict)
     # [people]: "Niv" → ["niv", "nkim"] (gpumon.sheet.reservations matches Usage names by it)
     people: dict[str, list[str]] = field(default_factory=dict)
@@ -274,6 +294,7 @@ def parse(text: str, origin: str) -> Config:
             "--metrics-dcgm-names); docs/metrics.md"
         )
     config.metrics = _dataclass_section(where, "metrics", metrics, MetricsConfig)
+    config.history = _dataclass_section(where, "history", top.table("history"), HistoryConfig)
     servers = top.table("servers")
     for name, entry in servers.items():
         if not isinstance(entry, dict):
@@ -284,7 +305,9 @@ def parse(text: str, origin: str) -> Config:
         server = _dataclass_section(where, f"servers.{name}", dict(entry), ServerEntry, name=name)
         config.servers[name] = server
     config.people = _people(where, top.table("people"))
-    top.finish(("state_dir", "poll", "sheet", "serve", "source", "metrics", "servers", "people"))
+    top.finish(
+        ("state_dir", "poll", "sheet", "serve", "source", "metrics", "history", "servers", "people")
+    )
     _check_values(where, config)
     return config
 
@@ -485,6 +508,7 @@ def _check_values(where: _Where, config: Config) -> None:
         "serve": config.serve,
         "source": config.source,
         "metrics": config.metrics,
+        "history": config.history,
     }
     for dotted, (lo, hi) in NUMBER_BOUNDS.items():
         section, _, key = dotted.partition(".")
@@ -503,6 +527,19 @@ def _check_values(where: _Where, config: Config) -> None:
         )
     if sheet.time_zone is not None:
         _check_time_zone(where, sheet.time_zone)
+    history = config.history
+    if history.five_minute_days < history.raw_days:
+        raise ConfigError(
+            f"{where.at('history.five_minute_days')}: {history.five_minute_days} is less than "
+            f"[history] raw_days ({history.raw_days}) — 5-minute sums are kept at least as long "
+            "as the pushes they sum"
+        )
+    title = history.sheet_title
+    if not title.strip() or len(title) > 100 or any(c in title for c in "[]*?/\\:'"):
+        raise ConfigError(
+            f"{where.at('history.sheet_title')}: {title[:40]!r} cannot name a worksheet "
+            "(1-100 characters, none of [ ] * ? / \\ : ')"
+        )
     for name, server in config.servers.items():
         if server.port is not None and not 0 < server.port < 65536:
             raise ConfigError(f"{where.at(f'servers.{name}.port')}: a TCP port, 1-65535")

@@ -185,6 +185,26 @@ COMMANDS: dict[str, CommandHelp] = {
             "gpumon prometheus-targets | jq '.[].labels.server'",
         ),
     ),
+    "history": CommandHelp(
+        summary="GPU-hours per person, server or GPU: used against reserved",
+        description="GPU-hours from the history every push records (state_dir/history.sqlite3): "
+        "per person the hours used (a process of theirs on the GPU), reserved, reserved but "
+        "unused, on GPUs others reserved, without a reservation, and unclaimed (no `gpumon "
+        "claim` of theirs); per server the mean utilization, the hours OFF and the health "
+        "warnings seen. Over --since SPAN (default 7d) or an ISO --week, in [sheet] time_zone "
+        "(else this machine's). --json for scripts; --png FILE draws used against reserved per "
+        "person and utilization per server by hour (matplotlib: pip install 'gpumon[charts]').",
+        exit_codes=(
+            (0, "printed"),
+            (2, "a bad option or config, or --png without matplotlib"),
+            (6, "no history to read (nothing recorded yet, or the database cannot be opened)"),
+        ),
+        examples=(
+            "gpumon history --week 2026-W48 --by person",
+            "gpumon history --since 30d --json | jq '.people[] | {person, used_gpu_hours}'",
+            "gpumon history --png week.png",
+        ),
+    ),
     "completion": CommandHelp(
         summary="print the shell completion script (bash or zsh)",
         description="Print a completion script for bash or zsh on stdout.",

@@ -34,6 +34,7 @@ from gpumon.fleet import (
     push_lock,
     push_once,
 )
+from gpumon.history.recorder import after_push
 from gpumon.poll.result import ServerResult
 from gpumon.sheet.grid import SheetError
 from gpumon.sheet.layout import LayoutError
@@ -48,10 +49,16 @@ def push(config: Config, dry_run: bool = False, add_rows: bool = False) -> int:
             outcome = push_once(
                 config, fleet.backend(), fleet.poller(), dry_run=dry_run, add_rows=add_rows
             )
+            # After the sheet's write: the history never costs the push (warnings at most).
+            later = after_push(config, outcome, fleet.backend())
     except (LockHeld, ConfigError, SheetError, LayoutError) as e:
         print(f"gpumon: {e}", file=sys.stderr)
         return exit_code(e)
     print_outcome(config, outcome)
+    from gpumon.table import printable
+
+    for line in later:
+        print(printable(f"gpumon: warning: {line}"), file=sys.stderr)
     return EXIT_OK
 
 

@@ -28,6 +28,7 @@ from gpumon.fleet import (
     push_lock,
     push_once,
 )
+from gpumon.history.recorder import after_push
 from gpumon.sheet.grid import SheetError
 from gpumon.sheet.layout import LayoutError
 
@@ -55,6 +56,7 @@ class Service:
                 outcome = push_once(
                     self.config, self.backend, self.poller, add_rows=self.config.sheet.add_rows
                 )
+                later = after_push(self.config, outcome, self.backend)
         except LockHeld as e:
             log.warning("push skipped: %s", e)
             return
@@ -68,6 +70,8 @@ class Service:
             return
         for message in outcome_messages(outcome, "push"):
             log.log(message.level, "%s", message.text)
+        for line in later:
+            log.warning("%s", line)
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait for a running push to finish (True), or give up after timeout_s."""

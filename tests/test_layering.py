@@ -39,6 +39,8 @@ ALLOWED = {
     # A damaged last-seen file is moved aside (kept for the admin), not written.
     ("gpumon/poll/lastseen.py", "os.replace"),
     ("gpumon/usetimes.py", "os.replace"),  # the same for the GPUs' idle/unused times
+    # A corrupt history database is moved aside (kept for the admin), not written.
+    ("gpumon/history/db.py", "os.replace"),
 }
 
 
@@ -46,6 +48,7 @@ def library_modules() -> list[Path]:
     central = [
         *sorted((REPO / "gpumon" / "poll").rglob("*.py")),
         *sorted((REPO / "gpumon" / "sheet").rglob("*.py")),
+        *sorted((REPO / "gpumon" / "history").rglob("*.py")),
         REPO / "gpumon" / "fleet.py",
         REPO / "gpumon" / "gpustate.py",
         REPO / "gpumon" / "usetimes.py",

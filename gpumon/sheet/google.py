@@ -52,10 +52,22 @@ from gpumon.sheet.google_requests import (
     SETUP_VERSION,
     Anchor,
     SheetRead,
+    owned_sheet_id,
+    owned_sheet_requests,
     setup_requests,
     write_body,
 )
-from gpumon.sheet.grid import CellWrite, Grid, Merge, Setup, SheetError, WriteStats, a1
+from gpumon.sheet.grid import (
+    BarChart,
+    CellWrite,
+    Grid,
+    Merge,
+    OwnedWrite,
+    Setup,
+    SheetError,
+    WriteStats,
+    a1,
+)
 from gpumon.sheet.retry import Budget, OutOfBudget, Retry
 from gpumon_agent.text import cut
 
@@ -271,6 +283,63 @@ class GoogleBackend:
         stats.requests = self.budget.attempts - attempts
         self._after_setup = True
         return stats
+
+    def write_owned(
+        self,
+        title: str,
+        rows: list[list[Any]],
+        chart: BarChart | None,
+        *,
+        create: bool,
+        clear_rows: int = 0,
+    ) -> OwnedWrite:
+        """Rewrite gpumon's own worksheet ``title`` (its values only) in ONE batchUpdate; with
+        ``create``, add it first and its chart after. Never touches the lab's worksheet: the
+        owned one is addressed by the sheetId gpumon gave it. Raises SheetError."""
+        read = self._require_read()
+        sheet_id = owned_sheet_id(title)
+        if read.sheet_id == sheet_id or read.title == title:
+            return OwnedWrite(
+                problem=f"[history] sheet_title {title!r} names the lab's own worksheet; give "
+                "gpumon's another name"
+            )
+        self.budget.restart()
+        attempts = self.budget.attempts
+        out = OwnedWrite()
+        url = f"{SPREADSHEETS_API_V4_BASE_URL}/{self.key}:batchUpdate"
+
+        def send(make: bool) -> None:
+            body = {
+                "requests": owned_sheet_requests(sheet_id, title, rows, chart, make, clear_rows)
+            }
+            # Adding a sheet must not be sent twice; a rewrite of values may.
+            self._call("post", url, json=body, resend=_unsent if make else None)
+
+        try:
+            try:
+                send(create)
+                out.created = out.exists = True
+            except GoogleSheetError as e:
+                text = str(e)
+                if e.kind != "bad_request":
+                    raise
+                if create and "already exists" in text and "name" not in text:
+                    send(False)  # ours, from an earlier run whose record was lost
+                    out.exists = True
+                elif create and "already exists" in text:
+                    out.problem = (
+                        f"a worksheet named {title!r} that gpumon did not make is in the "
+                        "spreadsheet; gpumon leaves it alone — rename it, or set [history] "
+                        "sheet_title to another name"
+                    )
+                elif not create and "No grid with id" in text:
+                    out.problem = f"worksheet {title!r} was deleted; it is made again next time"
+                else:
+                    raise
+        except _Unanswered as e:
+            out.problem = f"{e}; it may have been applied, so it is not sent again"
+        out.requests = self.budget.attempts - attempts
+        return out
 
     def close(self) -> None:
         session = getattr(self.http, "session", None)

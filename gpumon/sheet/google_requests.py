@@ -14,10 +14,11 @@ them alone).
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpumon.sheet.grid import Setup, a1, cell_text
+from gpumon.sheet.grid import BarChart, Setup, a1, cell_text
 
 ROW_KEY = "gpumon.row"  # row developer metadata: value = the row's anchor
 SETUP_KEY = "gpumon.setup"  # sheet developer metadata: value = "1:status,time,util"
@@ -284,4 +285,132 @@ def color_rule(span: dict[str, int], kind: str, value: str, color: dict[str, flo
             },
             "index": 0,
         }
+    }
+
+
+# --- a gpumon-owned worksheet ("GPU hours") ---------------------------------------------------
+
+OWNED_COLS = 30  # the columns an owned worksheet is made with, and cleared on each rewrite
+
+
+def owned_sheet_id(title: str) -> int:
+    """The sheetId gpumon gives its own worksheet named ``title`` (Sheets lets the client
+    choose it): the same on every run, so a rewrite addresses it without a read."""
+    return 0x40000000 | (zlib.crc32(("gpumon:" + title).encode("utf-8")) & 0x3FFFFFFF)
+
+
+def _cell(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool) or value is None:
+        return {"userEnteredValue": {"stringValue": "" if value is None else str(value)}}
+    if isinstance(value, (int, float)):
+        return {"userEnteredValue": {"numberValue": value}}
+    return {"userEnteredValue": {"stringValue": cell_text(value)}}
+
+
+def owned_sheet_requests(
+    sheet_id: int,
+    title: str,
+    rows: list[list[Any]],
+    chart: BarChart | None,
+    create: bool,
+    clear_rows: int,
+) -> list[Request]:
+    """One batchUpdate that (with ``create``) adds the worksheet, then clears its values and
+    writes ``rows`` from A1, then (with ``create``) adds the chart — a chart once, so a reader's
+    changes to it are kept. Values are userEnteredValue strings and numbers (never formulas)."""
+    below_chart = chart.anchor_row + 25 if chart is not None else 0  # the chart's rows too
+    height = max(len(rows), clear_rows, below_chart) + 1
+    width = max([OWNED_COLS, *(len(r) for r in rows)])
+    out: list[Request] = []
+    if create:
+        out.append(
+            {
+                "addSheet": {
+                    "properties": {
+                        "sheetId": sheet_id,
+                        "title": title,
+                        "gridProperties": {
+                            "rowCount": height,
+                            "columnCount": width,
+                            "frozenRowCount": 1,
+                        },
+                    }
+                }
+            }
+        )
+    else:
+        out.append(
+            {
+                "updateSheetProperties": {
+                    "properties": {
+                        "sheetId": sheet_id,
+                        "gridProperties": {"rowCount": height, "columnCount": width},
+                    },
+                    "fields": "gridProperties(rowCount,columnCount)",
+                }
+            }
+        )
+    span = {
+        "sheetId": sheet_id,
+        "startRowIndex": 0,
+        "endRowIndex": height,
+        "startColumnIndex": 0,
+        "endColumnIndex": width,
+    }
+    out.append(
+        {
+            "updateCells": {
+                "range": span,
+                "rows": [{"values": [_cell(v) for v in row]} for row in rows],
+                "fields": "userEnteredValue",
+            }
+        }
+    )
+    if create and chart is not None:
+        out.append({"addChart": {"chart": _chart(sheet_id, chart)}})
+    return out
+
+
+def _chart(sheet_id: int, chart: BarChart) -> dict[str, Any]:
+    def source(col: int, first: int) -> dict[str, Any]:
+        return {
+            "sourceRange": {
+                "sources": [
+                    {
+                        "sheetId": sheet_id,
+                        "startRowIndex": first,
+                        "endRowIndex": chart.end_row,
+                        "startColumnIndex": col,
+                        "endColumnIndex": col + 1,
+                    }
+                ]
+            }
+        }
+
+    return {
+        "spec": {
+            "title": chart.title,
+            "basicChart": {
+                "chartType": "BAR",
+                "legendPosition": "BOTTOM_LEGEND",
+                "headerCount": 1,
+                "axis": [{"position": "BOTTOM_AXIS", "title": "GPU-hours"}],
+                "domains": [{"domain": source(chart.category_col, chart.header_row)}],
+                "series": [
+                    {"series": source(col, chart.header_row), "targetAxis": "BOTTOM_AXIS"}
+                    for col in chart.series_cols
+                ],
+            },
+        },
+        "position": {
+            "overlayPosition": {
+                "anchorCell": {
+                    "sheetId": sheet_id,
+                    "rowIndex": chart.anchor_row,
+                    "columnIndex": chart.anchor_col,
+                },
+                "widthPixels": 640,
+                "heightPixels": 400,
+            }
+        },
     }

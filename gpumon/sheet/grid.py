@@ -171,6 +171,39 @@ class WriteStats:
     skipped: list[str] = field(default_factory=list)  # why some writes were not sent
 
 
+# The first words of cell A1 of every worksheet gpumon owns: a worksheet without them is a
+# person's, and never rewritten.
+OWNED_MARKER = "gpumon writes this worksheet"
+
+
+@dataclass(frozen=True)
+class BarChart:
+    """A bar chart over a table of a gpumon-owned worksheet (0-based, end-exclusive rows):
+    categories in ``category_col``, one series per ``series_cols``, their names in
+    ``header_row``, the values in rows [first_row, end_row)."""
+
+    title: str
+    header_row: int
+    first_row: int
+    end_row: int
+    category_col: int
+    series_cols: tuple[int, ...]
+    anchor_row: int = 0  # where the chart sits (its top-left cell)
+    anchor_col: int = 0
+
+
+@dataclass
+class OwnedWrite:
+    """What writing a gpumon-owned worksheet did: requests sent, whether gpumon's worksheet is
+    there now and whether this write made it (with its chart), and why nothing was written
+    when ``problem`` is set."""
+
+    requests: int = 0
+    exists: bool = False
+    created: bool = False
+    problem: str | None = None
+
+
 class Backend(Protocol):
     def read(self) -> Grid: ...
 

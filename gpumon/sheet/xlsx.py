@@ -35,10 +35,13 @@ from typing import Any
 
 from gpumon.config import DEFAULT_COLUMNS, OWNED_COLUMNS, Config, ConfigError
 from gpumon.sheet.grid import (
+    OWNED_MARKER,
+    BarChart,
     CellWrite,
     Grid,
     Merge,
     NewRows,
+    OwnedWrite,
     Setup,
     SheetError,
     WriteStats,
@@ -72,6 +75,7 @@ def open_backend(config: Config) -> XlsxBackend:
         columns=config.sheet.columns,
         time_zone=config.sheet.time_zone or "",
         origin=config.origin,
+        owned_title=config.history.sheet_title if config.history.sheet else None,
     )
 
 
@@ -140,8 +144,10 @@ class XlsxBackend:
         columns: dict[str, list[str]] | None = None,
         time_zone: str = "",
         origin: str = "the config",
+        owned_title: str | None = None,
     ) -> None:
         self.path = Path(path)
+        self.owned_title = owned_title  # gpumon's own worksheet: its chart may be rewritten
         self.worksheet = worksheet
         self.columns = columns or DEFAULT_COLUMNS
         self.time_zone = time_zone
@@ -259,6 +265,8 @@ class XlsxBackend:
         for prefix, what in _UNSAFE_PARTS:
             if any(name.startswith(prefix) for name in names):
                 self._unsafe = what
+        if self._unsafe == _UNSAFE_PARTS[0][1] and self._only_owned_charts(workbook):
+            self._unsafe = None  # the drawings are gpumon's own chart, which openpyxl keeps
         # openpyxl says what it reads but would not write back ("... will be removed",
         # "... is being dropped"): saving would lose a person's work.
         dropped = [
@@ -269,6 +277,73 @@ class XlsxBackend:
         if dropped:
             self._unsafe = f"parts openpyxl cannot keep ({'; '.join(dropped[:3])})"
         self._workbook, self._stamp = workbook, stamp
+
+    def _only_owned_charts(self, workbook: Any) -> bool:
+        """Every drawing in the file is a chart on gpumon's own worksheet (openpyxl reads
+        charts back and writes them again; pictures and shapes it would drop)."""
+        if self.owned_title is None:
+            return False
+        try:
+            drawn = _sheets_with_drawings(self.path)
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, SyntaxError):
+            return False
+        if drawn is None or set(drawn) - {self.owned_title}:
+            return False
+        if self.owned_title not in workbook.sheetnames:
+            return False
+        sheet = workbook[self.owned_title]
+        return _is_owned(sheet) and not getattr(sheet, "_images", [])
+
+    def write_owned(
+        self,
+        title: str,
+        rows: list[list[Any]],
+        chart: BarChart | None,
+        *,
+        create: bool = False,
+        clear_rows: int = 0,
+    ) -> OwnedWrite:
+        """Rewrite gpumon's own worksheet ``title`` in the workbook (made, with its chart, if
+        missing) and save once, atomically; a worksheet of that name that gpumon did not make is
+        left alone. ``create`` and ``clear_rows`` are the Google backend's; here the workbook
+        itself says whether the worksheet is there. Raises SheetError."""
+        del create, clear_rows
+        self.read()  # the file as it is now
+        if title == self._sheet().title:
+            return OwnedWrite(
+                problem=f"[history] sheet_title {title!r} names the lab's own worksheet; give "
+                "gpumon's another name"
+            )
+        self._check_writable()
+        workbook = self._workbook
+        out = OwnedWrite()
+        if title in workbook.sheetnames:
+            sheet = workbook[title]
+            if not _is_owned(sheet):
+                return OwnedWrite(
+                    problem=f"{self.path}: a worksheet named {title!r} that gpumon did not make "
+                    "is in the workbook; gpumon leaves it alone — rename it, or set [history] "
+                    "sheet_title to another name"
+                )
+            if sheet.max_row:
+                sheet.delete_rows(1, sheet.max_row)
+        else:
+            sheet = workbook.create_sheet(title)
+            out.created = True
+        out.exists = True
+        for r, values in enumerate(rows, 1):
+            for c, value in enumerate(values, 1):
+                if value is not None and value != "":
+                    _set(sheet.cell(r, c), value)
+        if out.created and chart is not None:
+            _add_chart(sheet, chart)
+        if not self._save():
+            return OwnedWrite(
+                exists=not out.created,
+                problem=f"{self.path} changed while gpumon wrote it; next time",
+            )
+        out.requests = 1
+        return out
 
     def _sheet(self) -> Any:
         workbook = self._workbook
@@ -532,6 +607,83 @@ def _shift_down(sheet: Any, at: int, count: int) -> None:
         elif box.max_row >= at:
             box.expand(down=count)
         sheet.auto_filter.ref = box.coord
+
+
+def _is_owned(sheet: Any) -> bool:
+    value = sheet.cell(1, 1).value
+    return isinstance(value, str) and value.startswith(OWNED_MARKER)
+
+
+def _add_chart(sheet: Any, chart: BarChart) -> None:
+    from openpyxl.chart import BarChart as XlBarChart
+    from openpyxl.chart import Reference
+
+    bar = XlBarChart()
+    bar.type = "bar"
+    bar.title = chart.title
+    bar.y_axis.title = "GPU-hours"
+    bar.width, bar.height = 18, 10
+    for col in chart.series_cols:
+        data = Reference(
+            sheet, min_col=col + 1, min_row=chart.header_row + 1, max_row=chart.end_row
+        )
+        bar.add_data(data, titles_from_data=True)
+    bar.set_categories(
+        Reference(
+            sheet,
+            min_col=chart.category_col + 1,
+            min_row=chart.first_row + 1,
+            max_row=chart.end_row,
+        )
+    )
+    sheet.add_chart(bar, sheet.cell(chart.anchor_row + 1, chart.anchor_col + 1).coordinate)
+
+
+_REL = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}"
+_PKG_REL = "{http://schemas.openxmlformats.org/package/2006/relationships}Relationship"
+_MAIN = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+_SHAPES = (b"<xdr:sp", b"<xdr:pic", b"<xdr:cxnSp", b"<xdr:grpSp", b"<xdr:contentPart")
+
+
+def _sheets_with_drawings(path: Path) -> dict[str, int] | None:
+    """The worksheets (by title) that hold drawings, and how many; None if any drawing holds
+    more than charts (pictures, shapes) or the package cannot be followed."""
+    import posixpath
+    from xml.etree import ElementTree
+
+    def rels(archive: zipfile.ZipFile, part: str) -> dict[str, tuple[str, str]]:
+        folder, name = posixpath.split(part)
+        rel_name = posixpath.join(folder, "_rels", name + ".rels")
+        if rel_name not in archive.namelist():
+            return {}
+        out = {}
+        for rel in ElementTree.fromstring(archive.read(rel_name)).iter(_PKG_REL):
+            target = rel.get("Target", "")
+            target = (
+                target.lstrip("/")
+                if target.startswith("/")
+                else posixpath.normpath(posixpath.join(folder, target))
+            )
+            out[rel.get("Id", "")] = (rel.get("Type", "").rsplit("/", 1)[-1], target)
+        return out
+
+    with zipfile.ZipFile(path) as archive:
+        book = ElementTree.fromstring(archive.read("xl/workbook.xml"))
+        book_rels = rels(archive, "xl/workbook.xml")
+        drawn: dict[str, int] = {}
+        for sheet in book.iter(f"{_MAIN}sheet"):
+            kind, part = book_rels.get(sheet.get(f"{_REL}id", ""), ("", ""))
+            if kind != "worksheet":
+                continue
+            for rel_kind, target in rels(archive, part).values():
+                if rel_kind != "drawing":
+                    continue
+                xml = archive.read(target)
+                if any(shape in xml for shape in _SHAPES):
+                    return None
+                title = sheet.get("name", "")
+                drawn[title] = drawn.get(title, 0) + 1
+        return drawn
 
 
 def _lock_files(path: Path) -> list[Path]:

@@ -86,7 +86,7 @@ def test_numbers_and_optional_keys_take_what_their_fields_declare():
 def test_every_number_in_the_config_must_be_finite_and_within_its_bounds(dotted, value):
     section, key = dotted.split(".")
     lo, hi = NUMBER_BOUNDS[dotted]
-    if key in ("concurrency", "port"):  # whole numbers: their absurd values are whole too
+    if key in ("concurrency", "port", "raw_days", "five_minute_days"):  # whole numbers: so too
         value = {"nan": "0", "inf": "100000", "-inf": "-5", "-1.0": "-1"}.get(value, "10" * 9)
     with pytest.raises(ConfigError) as caught:
         parse(f"[{section}]\n{key} = {value}\n", "/etc/gpumon/gpumon.toml")

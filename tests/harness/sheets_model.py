@@ -198,6 +198,7 @@ class Sheet:
         default_factory=list
     )  # [start_row, end_row, start_col, end_col]
     conditional_formats: list[dict[str, Any]] = field(default_factory=list)
+    charts: list[dict[str, Any]] = field(default_factory=list)  # EmbeddedChart objects
 
     @property
     def id(self) -> int:
@@ -316,6 +317,8 @@ class Spreadsheet:
             )
         if sheet_id is None:
             sheet_id = 0 if not self.sheets else self._random.randint(1, 2**31 - 1)
+        elif any(sheet.id == sheet_id for sheet in self.sheets):
+            raise bad(f"Invalid requests[0].addSheet: Sheet with id {sheet_id} already exists.")
         props = {
             "sheetId": sheet_id,
             "title": title,
@@ -708,6 +711,8 @@ class Spreadsheet:
                 item["merges"] = [_grid_range(sheet.id, m) for m in sheet.merges]
             if sheet.conditional_formats:
                 item["conditionalFormats"] = copy.deepcopy(sheet.conditional_formats)
+            if sheet.charts:
+                item["charts"] = copy.deepcopy(sheet.charts)
             metas = [
                 m for m in self.metadata.values() if m.kind == "SHEET" and m.sheet_id == sheet.id
             ]
@@ -935,7 +940,16 @@ class Spreadsheet:
             b = self.grid_bounds(body.get("range", {}))
             sheet, r0, c0 = b.sheet, b.start_row, b.start_col
             limit = b
-        for i, row in enumerate(body.get("rows", [])):
+        rows = body.get("rows", [])
+        if limit is not None:
+            # Google: with a range, the fields of every cell in it that the rows do not give
+            # are cleared.
+            for r in range(limit.start_row, min(limit.end_row, sheet.row_count)):
+                given = rows[r - r0].get("values", []) if 0 <= r - r0 < len(rows) else []
+                for c in range(limit.start_col + len(given), min(limit.end_col, sheet.col_count)):
+                    if sheet.rows[r].cells.get(c):
+                        self._update_cell(sheet, r, c, {}, fields)
+        for i, row in enumerate(rows):
             for j, data in enumerate(row.get("values", [])):
                 r, c = r0 + i, c0 + j
                 if limit and (r >= limit.end_row or c >= limit.end_col):
@@ -956,6 +970,23 @@ class Spreadsheet:
             sheet.rows[r].cells[c] = cell
         else:
             sheet.rows[r].cells.pop(c, None)
+
+    def _req_addChart(self, body: dict[str, Any]) -> dict[str, Any]:
+        chart = copy.deepcopy(body.get("chart", {}))
+        anchor = chart.get("position", {}).get("overlayPosition", {}).get("anchorCell", {})
+        sheet = self.sheet_by_id(anchor.get("sheetId", 0)) if anchor else None
+        if sheet is None:
+            sheet_id = chart.get("position", {}).get("sheetId")
+            if sheet_id is None:
+                raise bad("Invalid requests[0].addChart: the chart needs a position.")
+            sheet = self.sheet_by_id(sheet_id)
+        spec = chart.get("spec", {})
+        for series in spec.get("basicChart", {}).get("series", []):
+            for source in series.get("series", {}).get("sourceRange", {}).get("sources", []):
+                self.sheet_by_id(source.get("sheetId", 0))  # a range on a missing sheet fails
+        chart.setdefault("chartId", self._random.randint(1, 2**31 - 1))
+        sheet.charts.append(chart)
+        return {"addChart": {"chart": copy.deepcopy(chart)}}
 
     def _req_repeatCell(self, body: dict[str, Any]) -> None:
         b = self.grid_bounds(body.get("range", {}))
