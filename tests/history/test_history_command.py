@@ -195,3 +195,54 @@ def test_the_main_job_records_every_push_and_a_dry_run_records_nothing(tmp_path,
     assert [s["server"] for s in data["servers"]] == [os.uname().nodename]
     assert {g["gpu"] for g in data["gpus"]} == {0, 1}
     assert all(g["mean_utilization_pct"] in (None, 42.0) for g in data["gpus"])
+
+
+def test_a_reservation_typed_into_usage_is_counted_as_reserved_hours(tmp_path, fake_nvml):
+    """The sheet's Usage column, read by the push (issue 10), reaches the store: a person who
+    reserved an idle GPU has reserved hours and as many reserved-but-unused hours."""
+    import subprocess
+    import sys
+
+    import openpyxl
+
+    from harness.fakenvml import FakeState
+
+    nvml = fake_nvml(FakeState.with_gpus(2, utilization_gpu=0))
+    work = tmp_path / "work"
+    work.mkdir()
+    env = nvml.env()
+    env.update(HOME=str(tmp_path / "home"), GPUMON_STATE_DIR=str(tmp_path / "agent"))
+    env.pop("GPUMON_CONFIG", None)
+    env.pop("XDG_STATE_HOME", None)
+    gpumon = str(Path(sys.executable).with_name("gpumon"))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [gpumon, *args], cwd=work, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    assert run("push").returncode == 0  # the rows of this machine's GPUs are made
+    sheet = work / "gpumon-sheet.xlsx"
+    book = openpyxl.load_workbook(sheet)
+    ws = book.worksheets[0]
+    header = next(r for r in ws.iter_rows() if any(c.value == "Usage" for c in r))
+    usage_col = next(c.column for c in header if c.value == "Usage")
+    gpu_col = next(c.column for c in header if c.value == "GPU")
+    row = next(
+        r for r in range(header[0].row + 1, ws.max_row + 1) if ws.cell(r, gpu_col).value == 1
+    )
+    ws.cell(row, usage_col).value = "Quentin until Friday"
+    book.save(sheet)
+    for _ in range(2):
+        done = run("push")
+        assert done.returncode == 0, done.stderr
+    shown = run("history", "--since", "1h", "--json")
+    assert shown.returncode == 0, shown.stderr
+    people = {p["person"]: p for p in json.loads(shown.stdout)["people"]}
+    quentin = people["Quentin"]
+    assert quentin["reserved_gpu_hours"] > 0
+    assert quentin["reserved_unused_gpu_hours"] == quentin["reserved_gpu_hours"]
+    assert quentin["used_gpu_hours"] == 0
+    assert openpyxl.load_workbook(sheet).worksheets[0].cell(row, usage_col).value == (
+        "Quentin until Friday"
+    )
