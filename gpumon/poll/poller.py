@@ -2,10 +2,12 @@
 
 ``Poller(config).sweep(names)`` gives one ServerResult per name, in order, within
 ``[poll] sweep_timeout_s``. Connections stay open between sweeps (an exec on an open transport
-costs a few ms; a new connection tens) and are re-opened when a server restarted. A worker stuck
-past its stage deadline is aborted from here — its socket and transport closed, which wakes
-every paramiko wait — and its server reported OFF "timed out at <stage>"; the rest of the fleet
-is unaffected.
+costs a few ms; a new connection tens) and are re-opened when a server restarted; on each, the
+agent's `stream` channel stays open too, so a steady poll is one round trip and no process on
+the server (gpumon.poll.stream; one-shot exec for agents and forced commands without it). A
+worker stuck past its stage deadline is aborted from here — its socket and transport closed,
+which wakes every paramiko wait — and its server reported OFF "timed out at <stage>"; the rest
+of the fleet is unaffected.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from gpumon.poll.hostkeys import KnownHosts, known_hosts_files
 from gpumon.poll.inventory import Destination, SshConfigFile, resolve
 from gpumon.poll.lastseen import LastSeen, remember
 from gpumon.poll.result import ServerResult, mark_stale
+from gpumon.poll.stream import ask
 from gpumon.poll.transport import Attempt, Connection, ConnectionLost, Opener, PollFailure
 from gpumon_agent.report import MAX_REPORT_BYTES, Report, utc_iso
 
@@ -207,7 +210,16 @@ class Poller:
                 attempt.hold(conn.close)
                 result.address = attempt.address = conn.peer_ip
                 try:
-                    out = conn.run(dest.command, attempt, poll.command_timeout_s, MAX_REPORT_BYTES)
+                    answer = ask(
+                        conn,
+                        dest.command,
+                        attempt,
+                        poll.command_timeout_s,
+                        MAX_REPORT_BYTES,
+                        use_stream=poll.stream,
+                    )
+                    result.via = answer.via
+                    result.forced_command = conn.forced_command
                     break
                 except ConnectionLost as e:
                     # Kept-open connections die when a server restarts: re-open once.
@@ -219,7 +231,7 @@ class Poller:
                             codes.UNREACHABLE, f"connection lost while polling ({e})", "exec"
                         ) from None
             try:
-                return interpret(out, dest.command)
+                return interpret(answer.out, dest.command)
             except PollFailure as e:
                 if e.code != codes.AGENT_MISSING or not poll.agentless:
                     raise
@@ -288,6 +300,8 @@ def _log_poll(result: ServerResult, attempt: Attempt) -> None:
     else:
         outcome = f"OFF ({result.reason_code}: {result.reason})"
     kept = ", kept connection" if result.reused else ""
+    if result.via:
+        kept += f", {result.via}"
     stages = attempt.stage_times()
     log.info(
         "%s: %s via %s in %.1f ms%s%s",

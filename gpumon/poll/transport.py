@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import paramiko
 
@@ -28,6 +29,9 @@ from gpumon.poll import result as codes
 from gpumon.poll.hostkeys import CHANGED, REVOKED, TRUSTED, KnownHosts
 from gpumon.poll.inventory import Destination, parse_jump
 from gpumon.poll.proxy import ProxyCommandSocket
+
+if TYPE_CHECKING:
+    from gpumon.poll.stream import AgentStream
 
 log = logging.getLogger(__name__)
 # paramiko's own log lines (and tracebacks, e.g. when the sweep closes a hung transport on
@@ -242,6 +246,12 @@ class Connection:
         self.peer_ip = peer_ip
         self.opened_at = time.monotonic()
         self.uses = 0
+        # gpumon.poll.stream's: the kept `stream` channel, until when the agent is polled
+        # one-shot (it has no `stream`), and which forced command answered ("ssh": the
+        # dispatcher; "report": the old `gpumon-agent report --json`; None: unknown).
+        self.stream: AgentStream | None = None
+        self.oneshot_until = 0.0
+        self.forced_command: str | None = None
 
     @property
     def alive(self) -> bool:
@@ -255,6 +265,22 @@ class Connection:
     ) -> CommandOutput:
         """Run ``command``; read at most ``max_bytes`` of stdout, all within ``timeout_s``."""
         started = time.monotonic()
+        channel = self.exec(command, attempt, timeout_s, max_bytes)
+        try:
+            attempt.relabel("read")
+            out = read_output(channel, attempt, max_bytes)
+            out.elapsed_s = time.monotonic() - started
+            if out.exit_status == -1 and not out.stdout and not self.alive:
+                raise ConnectionLost("connection closed while the command ran")
+            return out
+        finally:
+            channel.close()
+
+    def exec(
+        self, command: str, attempt: Attempt, timeout_s: float, max_bytes: int
+    ) -> paramiko.Channel:
+        """A session channel running ``command`` (stage exec, under ``timeout_s``); the caller
+        reads and closes it. Raises ConnectionLost when the transport died under it."""
         attempt.enter("exec", timeout_s)
         self.uses += 1
         try:
@@ -270,28 +296,31 @@ class Connection:
             attempt.check()
             raise ConnectionLost(str(e) or type(e).__name__) from None
         try:
-            try:
-                channel.exec_command(command)
-            except (paramiko.SSHException, EOFError, OSError) as e:
-                attempt.check()
-                if not self.alive:
-                    raise ConnectionLost(str(e) or type(e).__name__) from None
-                raise PollFailure(
-                    codes.AGENT_FAILED, f"server refused to run the command ({e})", "exec"
-                ) from None
-            attempt.relabel("read")
-            out = _read(channel, attempt, max_bytes)
-            out.elapsed_s = time.monotonic() - started
-            if out.exit_status == -1 and not out.stdout and not self.alive:
-                raise ConnectionLost("connection closed while the command ran")
-            return out
-        finally:
+            channel.exec_command(command)
+        except (paramiko.SSHException, EOFError, OSError) as e:
             channel.close()
+            attempt.check()
+            if not self.alive:
+                raise ConnectionLost(str(e) or type(e).__name__) from None
+            raise PollFailure(
+                codes.AGENT_FAILED, f"server refused to run the command ({e})", "exec"
+            ) from None
+        return channel
 
 
-def _read(channel: paramiko.Channel, attempt: Attempt, max_bytes: int) -> CommandOutput:
-    stdout = bytearray()
-    stderr = bytearray()
+def read_output(
+    channel: paramiko.Channel,
+    attempt: Attempt,
+    max_bytes: int,
+    stdout_so_far: bytes = b"",
+    stderr_so_far: bytes = b"",
+) -> CommandOutput:
+    """A command's output on ``channel`` to its end and its exit status, within the attempt's
+    deadline; stdout cut after ``max_bytes`` (``too_large``). ``*_so_far``: already read."""
+    stdout = bytearray(stdout_so_far)
+    stderr = bytearray(stderr_so_far[:STDERR_KEEP])
+    if len(stdout) > max_bytes:
+        return CommandOutput(-1, bytes(stdout[: max_bytes + 1]), bytes(stderr), True)
 
     def drain_stderr() -> None:
         while channel.recv_stderr_ready():
