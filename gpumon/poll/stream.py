@@ -145,7 +145,7 @@ class AgentStream:
         return bool(self._buf)
 
     def answer(self, line: bytes, started: float) -> CommandOutput:
-        if self.leftover():
+        if line.endswith(b"\n") and self.leftover():
             raise PollFailure(
                 codes.BAD_OUTPUT,
                 "bad output: the stream sent more than one line for one request",

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from gpumon.config import Config, PollConfig, ServerEntry
 from gpumon_agent.report import Gpu, GpuProcess, Host, Nvml, Report
+from harness.users import reach_interpreter
 
 REPO = Path(__file__).resolve().parents[2]
 AUTHORIZED_KEYS_EXAMPLE = REPO / "deploy" / "ssh" / "authorized_keys.example"
@@ -93,9 +94,10 @@ class SimServer:
     nvidia_smi: bool = False  # a fake nvidia-smi on PATH (for the agentless read)
     sshd_options: tuple[str, ...] = ()  # more sshd_config lines for this address only
     sshd_index: int = 0
-    # Answers `stream` with the protocol, the behaviour once per request (not for REAL_AGENT,
-    # which speaks it itself).
-    stream: bool = False
+    # Answers `stream` with the protocol, the behaviour once per request, as the real agent
+    # behind the dispatcher would (False: the behaviour whatever is asked, like the old forced
+    # command; REAL_AGENT speaks it itself either way).
+    stream: bool = True
 
 
 def ensure_test_user() -> tuple[pwd.struct_passwd, bool]:
@@ -352,12 +354,23 @@ class Fleet:
 
     def _start_sshd(self, index: int) -> None:
         log = open(self.root / f"sshd{index}.log", "ab")  # noqa: SIM115 - kept for the process
+        reach = None
+        if os.geteuid() == 0:  # the test user's sessions run this venv's agent (REAL_AGENT)
+            stash = self.root / "stash"
+            stash.mkdir(exist_ok=True)
+            reach = reach_interpreter(str(stash))
+
+        def preexec() -> None:
+            _die_with_parent()
+            if reach is not None:
+                reach()
+
         proc = subprocess.Popen(
             [SSHD, "-D", "-e", "-f", str(self.root / f"sshd{index}.conf")],
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=preexec,
         )
         log.close()
         self._procs[index] = proc
@@ -490,12 +503,14 @@ class Fleet:
     def _write_host(self, server: SimServer) -> None:
         if server.report is not None:
             self._write(
-                self.root / "reports" / f"{server.address}.json", server.report.to_json(), 0o644
+                self.root / "reports" / f"{server.address}.json",
+                server.report.to_json() + "\n",  # one line, as the agent prints it
+                0o644,
             )
         script = server.behaviour.format(dir=self.root, addr=server.address, agent=AGENT)
         if server.behaviour == REAL_AGENT and server.report is not None:
             self.write_snapshot(server)
-        if server.stream:
+        if server.stream and server.behaviour != REAL_AGENT:
             # The stream protocol around the behaviour: the hello, then the behaviour once
             # per request line (in a subshell: behaviours exec).
             script = (
