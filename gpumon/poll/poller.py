@@ -178,7 +178,7 @@ class Poller:
             result.destination = attempt.label = dest.label
             local = dest.local
             report = self._local(attempt) if local else self._remote(dest, attempt, result)
-            self._on(result, bounded(report))
+            self._on(result, report)
         except PollFailure as e:
             result.reason_code, result.reason, result.stage = e.code, e.reason, e.stage
         except ConfigError as e:
@@ -231,12 +231,12 @@ class Poller:
                             codes.UNREACHABLE, f"connection lost while polling ({e})", "exec"
                         ) from None
             try:
-                return interpret(answer.out, dest.command)
+                return interpret(answer.out, dest.command)  # bounds checked as decoded
             except PollFailure as e:
                 if e.code != codes.AGENT_MISSING or not poll.agentless:
                     raise
             out = conn.run(agentless.SCRIPT, attempt, poll.command_timeout_s, MAX_REPORT_BYTES)
-            report = agentless.build_report(out, conn.peer_ip)
+            report = bounded(agentless.build_report(out, conn.peer_ip))
             result.degraded = True
             return report
         except PollFailure as e:
@@ -273,13 +273,15 @@ class Poller:
                 "local",
             ) from None
         try:
-            return latest_report(AgentSettings.from_env())
+            report = latest_report(AgentSettings.from_env())
         except SettingsError as e:  # a bad GPUMON_* variable in this process's environment
             raise PollFailure(codes.AGENT_FAILED, f"local agent: {e}", "local") from None
         except Exception as e:
             raise PollFailure(
                 codes.AGENT_FAILED, f"local agent failed: {type(e).__name__}: {e}", "local"
             ) from None
+        # Read in-process, not decoded from the wire: held to the same bounds here.
+        return bounded(report)
 
     def _on(self, result: ServerResult, report: Report) -> None:
         result.on, result.report = True, report
