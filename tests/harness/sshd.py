@@ -512,11 +512,14 @@ class Fleet:
             self.write_snapshot(server)
         if server.stream and server.behaviour != REAL_AGENT:
             # The stream protocol around the behaviour: the hello, then the behaviour once
-            # per request line (in a subshell: behaviours exec).
+            # per request line, read afresh each time (set_behaviour changes what an open
+            # stream answers next), in a subshell (behaviours exec).
+            answer = self.root / "hosts" / f"{server.address}.answer"
+            self._write(answer, script + "\n", 0o644)
             script = (
                 'case "$GPUMON_FAKE_ASK" in *stream)\n'
                 f"  echo '{STREAM_HELLO}'\n"
-                f"  while read -r line; do ( {script}\n ) || exit $?; done\n"
+                f"  while read -r line; do ( . {answer} ) || exit $?; done\n"
                 "  exit 0 ;;\n"
                 f"esac\n{script}"
             )
