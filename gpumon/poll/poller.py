@@ -220,6 +220,7 @@ class Poller:
                     )
                     result.via = answer.via
                     result.forced_command = conn.forced_command
+                    result.oneshot_why = answer.oneshot_why
                     break
                 except ConnectionLost as e:
                     # Kept-open connections die when a server restarts: re-open once.

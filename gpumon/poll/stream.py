@@ -54,10 +54,19 @@ class StreamBroken(Exception):
     """A kept stream ended before it answered (closed between sweeps): open it again."""
 
 
+# Why a server answers one-shot although streams are on (ServerResult.oneshot_why).
+WHY_OLD_COMMAND = (
+    "its forced command is the old `gpumon-agent report --json` (a process per poll) — make it "
+    "`gpumon-agent ssh` in authorized_keys (deploy/ssh/README.md)"
+)
+WHY_OLD_AGENT = "its gpumon-agent has no `stream` (a process per poll) — upgrade gpumon-agent"
+
+
 @dataclass
 class Answer:
     out: CommandOutput
     via: str
+    oneshot_why: str | None = None  # WHY_*: streams are on, yet this one answered one-shot
 
 
 def stream_command(command: str) -> str | None:
@@ -186,8 +195,11 @@ def ask(
     Raises PollFailure (a bad answer: the stream is closed), ConnectionLost (the transport
     died: the caller reconnects)."""
     streamed = stream_command(command) if use_stream else None
-    if streamed is None or time.monotonic() < conn.oneshot_until:
+    if streamed is None:
         return Answer(conn.run(command, attempt, timeout_s, max_bytes), VIA_ONESHOT)
+    if time.monotonic() < conn.oneshot_until:
+        out = conn.run(command, attempt, timeout_s, max_bytes)
+        return Answer(out, VIA_ONESHOT, WHY_OLD_AGENT)
     kept = conn.stream
     if kept is not None:
         conn.stream = None  # given back below only when it answered well
@@ -262,14 +274,17 @@ def _open(
             # An agent older than `stream` (its usage error): one-shot, asked again later.
             conn.oneshot_until = time.monotonic() + RETRY_STREAM_S
             conn.forced_command = None
-            return Answer(conn.run(command, attempt, timeout_s, max_bytes), VIA_ONESHOT)
+            out = conn.run(command, attempt, timeout_s, max_bytes)
+            return Answer(out, VIA_ONESHOT, WHY_OLD_AGENT)
         if not hello and out.stdout.lstrip().startswith(b"{"):
             conn.forced_command = "report"  # the old forced command ran the report anyway
         if out.exit_status == -1 and not out.stdout and not conn.alive:
             raise ConnectionLost("connection closed while the command ran")
         if hello:
             return Answer(out, VIA_NEW_STREAM)
-        return Answer(out, VIA_OLD_COMMAND if conn.forced_command == "report" else VIA_ONESHOT)
+        if conn.forced_command == "report":
+            return Answer(out, VIA_OLD_COMMAND, WHY_OLD_COMMAND)
+        return Answer(out, VIA_ONESHOT)
     finally:
         if not keep:
             stream.close()

@@ -319,3 +319,39 @@ def test_requests_sent_before_the_answer_end_the_stream(
     hello, refusal = out.splitlines()
     assert b"refused: one request at a time" in refusal
     assert code == 2
+
+
+def test_gpumon_check_names_the_servers_still_on_the_old_forced_command(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    import io
+
+    from gpumon.check import check
+
+    fleet.add("current", behaviour=REAL_AGENT)
+    fleet.add("behind1", behaviour=REAL_AGENT, keys=OLD)
+    fleet.add("behind2", behaviour=REAL_AGENT, keys=OLD)
+    old_agent = fleet.add("oldagent", behaviour=OLD_AGENT, keys=PLAIN, stream=False)
+    old_agent.report = canned_report(old_agent.name, old_agent.address)
+    fleet.start()
+    config = fleet.config(tmp_path)
+    config.poll.servers_from_sheet = False
+    config.sheet.path = str(tmp_path / "sheet.xlsx")
+    config.sheet.add_rows = True
+    out = io.StringIO()
+    check(config, out)
+    lines = out.getvalue().splitlines()
+
+    def line(start: str) -> str:
+        return next(x for x in lines if x.startswith(start))
+
+    assert "new stream" in line("ok   current: ON")
+    assert not [x for x in lines if x.startswith("     current: one-shot")]
+    assert "old forced command" in line("ok   behind1: ON")
+    assert "old `gpumon-agent report --json`" in line("     behind1: one-shot:")
+    assert "has no `stream`" in line("     oldagent: one-shot:")
+    summary = line("     2 server(s) still on the old forced command")
+    assert summary.endswith(
+        ': behind1, behind2 — authorized_keys there should say command="gpumon-agent ssh" '
+        "(deploy/ssh/README.md)"
+    )
