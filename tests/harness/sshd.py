@@ -227,6 +227,9 @@ class Fleet:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gpumon-fleet-")))
     _procs: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
     _created_user: bool = False
+    # bench/poll_sweep.py's baselines: a second key, authorized everywhere beside the central
+    # one but with `restrict` alone (no forced command), so they can run `true` or a responder.
+    bench_key: bool = False
 
     def __post_init__(self) -> None:
         self.user, self._created_user = ensure_test_user()
@@ -249,6 +252,12 @@ class Fleet:
         self._write(root / "authorized_keys.old", lines["old"] + "\n", 0o644)
         self._write(root / "authorized_keys.plain", self.client_public + "\n", 0o644)
         self._write(root / "authorized_keys.none", "", 0o644)
+        if self.bench_key:
+            self.bench_client_key = root / "keys" / "bench"
+            extra = "restrict " + keygen(self.bench_client_key, "bench") + "\n"
+            for name in ("authorized_keys", "authorized_keys.legacy", "authorized_keys.old"):
+                with open(root / name, "a") as f:
+                    f.write(extra)
         self._write(
             root / "bin" / "gpumon-agent",
             "#!/bin/sh\n"
