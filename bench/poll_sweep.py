@@ -61,7 +61,7 @@ TARGET_AGENT_CPU_MS = 2.0
 # The floor's responder: one line of the Report's size for each line read, nothing else.
 RESPONDER = (
     "exec /usr/bin/python3 -S -c 'import os, sys\n"
-    "answer = open(sys.argv[1], \"rb\").read()\n"
+    'answer = open(sys.argv[1], "rb").read()\n'
     "while os.read(0, 4096):\n"
     "    os.write(1, answer)' {path}"
 )

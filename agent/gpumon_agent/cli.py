@@ -259,10 +259,17 @@ def main(argv: Optional[List[str]] = None, prog: str = "gpumon-agent") -> int:
 def stream_or_ssh(
     command: str, args: argparse.Namespace, settings: AgentSettings, prog: str
 ) -> int:
-    """`stream` and `ssh` when gpumon_agent.entry's fast start handed them over (a flag or
-    variable to judge) or through `gpumon agent …`: the values checked here, then run."""
-    from gpumon_agent.entry import run_stream, ssh_command
-    from gpumon_agent.stream import DEFAULT_IDLE_TIMEOUT_S, IDLE_TIMEOUT_BOUNDS
+    """`stream`, and `ssh` (the forced command), when gpumon_agent.entry's fast start handed
+    them over (a flag or variable to judge) or through `gpumon agent …`: the values checked
+    here, then what the request asks for run."""
+    from gpumon_agent.stream import (
+        DEFAULT_IDLE_TIMEOUT_S,
+        IDLE_TIMEOUT_BOUNDS,
+        REQUEST_REPORT,
+        allowed_request,
+        refusal,
+        session,
+    )
 
     idle = DEFAULT_IDLE_TIMEOUT_S if args.idle_timeout is None else args.idle_timeout
     low, high = IDLE_TIMEOUT_BOUNDS
@@ -270,12 +277,18 @@ def stream_or_ssh(
         print(f"{prog} {command}: --idle-timeout={idle!r}: give seconds from {low:g} to {high:g}",
               file=sys.stderr)  # fmt: skip
         return 2
-    if command == "stream":
-        return run_stream(settings, idle)
-    own = ["--state-dir", settings.state_dir, "--max-age", repr(settings.max_age_s)]
-    if settings.claims_dir:
-        own += ["--claims-dir", settings.claims_dir]
-    return ssh_command([*own, "--idle-timeout", repr(idle)])
+    if command == "ssh":
+        requested = os.environ.get("SSH_ORIGINAL_COMMAND")
+        found = allowed_request(requested)
+        if found is None:
+            print(refusal(requested), file=sys.stderr)
+            return 2
+        if found == REQUEST_REPORT:
+            return report_command(settings, as_json=True)
+    code, said = session(settings, idle)
+    if said:
+        print(said, file=sys.stderr)
+    return code
 
 
 # --- `report` ---------------------------------------------------------------------------------

@@ -95,44 +95,21 @@ def fast_report(argv: List[str], environ: Optional[Mapping[str, str]] = None) ->
 
 # --- `gpumon-agent ssh`: the forced command --------------------------------------------------
 
-# What the central key may ask for, once its program word is taken off (see allowed_request).
-REQUEST_REPORT = ("report", "--json")
-REQUEST_STREAM = ("stream",)
 # The forced command's own flags (the administrator's, in authorized_keys): passed on.
 SSH_FLAGS = ("--state-dir", "--claims-dir", "--max-age", "--idle-timeout")
-REQUEST_SHOWN_CHARS = 80  # of a refused request, in the refusal
-
-
-def allowed_request(requested: Optional[str]) -> Optional[Tuple[str, ...]]:
-    """REQUEST_REPORT or REQUEST_STREAM when ``requested`` (SSH_ORIGINAL_COMMAND) is one of the
-    two, with or without the program in front (``gpumon-agent``, a path ending in it, or
-    ``gpumon agent``: what central boxes send); None for anything else. Split on blanks only —
-    nothing here is ever given to a shell."""
-    words = (requested or "").split()
-    if words and os.path.basename(words[0]) == "gpumon-agent":
-        words = words[1:]
-    elif len(words) >= 2 and os.path.basename(words[0]) == "gpumon" and words[1] == "agent":
-        words = words[2:]
-    found = tuple(words)
-    return found if found in (REQUEST_REPORT, REQUEST_STREAM) else None
 
 
 def ssh_command(own: List[str], environ: Optional[Mapping[str, str]] = None) -> int:
     """`gpumon-agent ssh [FLAGS]`, the forced command of the central key: run what
     SSH_ORIGINAL_COMMAND asks if it is `report --json` or `stream`, refuse anything else
     (exit 2, nothing run). ``own`` are the forced command's own flags (SSH_FLAGS)."""
+    from gpumon_agent.stream import REQUEST_REPORT, allowed_request, refusal
+
     env = os.environ if environ is None else environ
     requested = env.get("SSH_ORIGINAL_COMMAND")
     found = allowed_request(requested)
     if found is None:
-        shown = "".join(
-            ch if " " <= ch <= "~" else "?" for ch in (requested or "")[:REQUEST_SHOWN_CHARS]
-        )
-        said = "no command given" if requested is None else f"refused {shown!r}"
-        sys.stderr.write(
-            f"gpumon-agent ssh: {said}: this key may only run `gpumon-agent report --json` or "
-            "`gpumon-agent stream`\n"
-        )
+        sys.stderr.write(refusal(requested) + "\n")
         return 2
     if found == REQUEST_REPORT:
         args = ["report", "--json", *_without_flag(own, "--idle-timeout")]
@@ -176,14 +153,12 @@ def _within(value: object, bounds: Tuple[float, float]) -> bool:
 
 
 def run_stream(settings: object, idle_timeout_s: float) -> int:
-    """One stream session on stdin/stdout: 0 when the channel closed or it idled out, 2 when
-    the poller broke the protocol (its error line says how; stderr too)."""
-    from gpumon_agent.stream import ENDED_REFUSED, serve
+    from gpumon_agent.stream import session
 
-    how, why = serve(settings, 0, 1, idle_timeout_s)  # type: ignore[arg-type]
-    if why:
-        sys.stderr.write(f"gpumon-agent stream: {why}\n")
-    return 2 if how == ENDED_REFUSED else 0
+    code, said = session(settings, idle_timeout_s)  # type: ignore[arg-type]
+    if said:
+        sys.stderr.write(said + "\n")
+    return code
 
 
 def _without_flag(args: List[str], flag: str) -> List[str]:

@@ -54,6 +54,46 @@ ENDED_IDLE = "idle"  # no request, or the answer not taken, within the idle time
 ENDED_REFUSED = "refused"  # the poller broke the protocol (the error line says how)
 ENDED_GONE = "gone"  # the channel broke while we wrote
 
+# `gpumon-agent ssh`, the forced command: what the central key may ask for, once its program
+# word is taken off (``allowed_request``).
+REQUEST_REPORT = ("report", "--json")
+REQUEST_STREAM = ("stream",)
+REQUEST_SHOWN_CHARS = 80  # of a refused request, in the refusal
+
+
+def allowed_request(requested: Optional[str]) -> Optional[Tuple[str, ...]]:
+    """REQUEST_REPORT or REQUEST_STREAM when ``requested`` (SSH_ORIGINAL_COMMAND) is one of the
+    two, with or without the program in front (``gpumon-agent``, a path ending in it, or
+    ``gpumon agent``: what central boxes send); None for anything else. Split on blanks only —
+    nothing here is ever given to a shell."""
+    words = (requested or "").split()
+    if words and os.path.basename(words[0]) == "gpumon-agent":
+        words = words[1:]
+    elif len(words) >= 2 and os.path.basename(words[0]) == "gpumon" and words[1] == "agent":
+        words = words[2:]
+    found = tuple(words)
+    return found if found in (REQUEST_REPORT, REQUEST_STREAM) else None
+
+
+def refusal(requested: Optional[str]) -> str:
+    """What `gpumon-agent ssh` says to a request ``allowed_request`` refused: one line, the
+    request cut and printable."""
+    shown = "".join(
+        ch if " " <= ch <= "~" else "?" for ch in (requested or "")[:REQUEST_SHOWN_CHARS]
+    )
+    said = "no command given" if requested is None else f"refused {shown!r}"
+    return (
+        f"gpumon-agent ssh: {said}: this key may only run `gpumon-agent report --json` or "
+        "`gpumon-agent stream`"
+    )
+
+
+def session(settings: AgentSettings, idle_timeout_s: float) -> Tuple[int, str]:
+    """One session on stdin/stdout (fds 0 and 1): ``(exit status, words for stderr)`` — 0 when
+    the channel closed or it idled out, 2 when the poller broke the protocol."""
+    how, why = serve(settings, 0, 1, idle_timeout_s)
+    return (2 if how == ENDED_REFUSED else 0), (f"gpumon-agent stream: {why}" if why else "")
+
 
 def hello() -> bytes:
     # Built by hand: json is not imported on the way to the first answer.

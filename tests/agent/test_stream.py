@@ -15,11 +15,17 @@ from pathlib import Path
 import pytest
 from agent_proc import AGENT, agent_env, imported_modules
 
-from gpumon_agent import entry
 from gpumon_agent.report import SOURCE_DAEMON, Gpu, Host, Report, utc_iso
 from gpumon_agent.settings import AgentSettings
 from gpumon_agent.snapshot import write_snapshot
-from gpumon_agent.stream import MAX_REQUEST_BYTES, STREAM_SCHEMA, hello
+from gpumon_agent.stream import (
+    MAX_REQUEST_BYTES,
+    REQUEST_REPORT,
+    REQUEST_STREAM,
+    STREAM_SCHEMA,
+    allowed_request,
+    hello,
+)
 
 
 def snapshot(state: Path, hostname: str = "gpu7", util: float = 42.0) -> bytes:
@@ -186,11 +192,23 @@ def test_ssh_passes_its_own_flags_to_the_command(tmp_path, env):
 
 
 def test_allowed_request_is_what_the_forced_command_accepts():
-    assert entry.allowed_request("gpumon-agent stream") == entry.REQUEST_STREAM
-    assert entry.allowed_request("  gpumon-agent   report   --json  ") == entry.REQUEST_REPORT
-    assert entry.allowed_request("/opt/x/bin/gpumon-agent stream") == entry.REQUEST_STREAM
+    assert allowed_request("gpumon-agent stream") == REQUEST_STREAM
+    assert allowed_request("  gpumon-agent   report   --json  ") == REQUEST_REPORT
+    assert allowed_request("/opt/x/bin/gpumon-agent stream") == REQUEST_STREAM
     for other in ("stream stream", "report --json --json", "gpumon-agentx stream", None):
-        assert entry.allowed_request(other) is None
+        assert allowed_request(other) is None
+
+
+@pytest.mark.parametrize("args", [["--max-age", "nan"], ["--claims-dir", "/x", "--bogus", "1"]])
+def test_ssh_with_flags_the_fast_start_cannot_judge_goes_through_the_full_cli(env, args):
+    done = subprocess.run(
+        [str(AGENT), "ssh", *args],
+        env=ssh_env(env, "rm -rf /"),
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stdout == b""
 
 
 # --- the stream -----------------------------------------------------------------------------
@@ -286,8 +304,8 @@ def test_stream_start_imports_neither_argparse_nor_nvml(tmp_path, env):
 
 
 def test_stream_cpu_per_request_is_small(tmp_path, env):
-    """The agent's own accounting (its CPU time, /proc/PID/schedstat) over 500 requests: the per-request
-    cost the bench (bench/poll_sweep.py) holds to <= 2 ms; here a loose bound for CI."""
+    """The agent's own accounting (its CPU time, /proc/PID/schedstat) over 500 requests: the
+    per-request cost the bench (bench/poll_sweep.py) holds to <= 2 ms; a loose bound here."""
     snapshot(tmp_path / "state")
     s = Session(["stream"], env)
     s.line()

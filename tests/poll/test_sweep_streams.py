@@ -316,7 +316,7 @@ def test_requests_sent_before_the_answer_end_the_stream(
     fleet: Fleet, transport: paramiko.Transport
 ) -> None:
     code, out, _ = run(transport, "gpumon-agent stream", b"report\nreport\n")
-    hello, refusal = out.splitlines()
+    _hello, refusal = out.splitlines()
     assert b"refused: one request at a time" in refusal
     assert code == 2
 
