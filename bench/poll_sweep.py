@@ -124,7 +124,8 @@ def gpumon_sweeps(config, names: list[str], runs: int, fleet: Fleet | None = Non
             started = time.perf_counter()
             results = poller.sweep(names)
             cold.append(time.perf_counter() - started)
-            check([r.report.to_json() for r in results if r.on], len(names), "gpumon cold")
+            off = {r.reason for r in results if not r.on}
+            check([r.report.to_json() for r in results if r.on], len(names), f"cold {off}")
     cpu = (0.0, 0.0)
     with Poller(config) as poller:
         poller.sweep(names)  # open the connections (and the streams)
@@ -304,8 +305,17 @@ def main() -> int:
     transports: list[paramiko.Transport] = []
     try:
         fleet.start()
+        # Deadlines far above any stage's time: what is timed is the sweep, not a deadline (a
+        # loaded 2-core machine handshakes 64 servers in seconds).
         config = fleet.config(
-            work, stale_after_s=1e9, concurrency=64, sweep_timeout_s=60.0, command_timeout_s=30.0
+            work,
+            stale_after_s=1e9,
+            concurrency=64,
+            connect_timeout_s=20.0,
+            handshake_timeout_s=30.0,
+            auth_timeout_s=30.0,
+            command_timeout_s=30.0,
+            sweep_timeout_s=120.0,
         )
         known_hosts = Path(config.poll.known_hosts or "")
         names = list(config.servers)

@@ -22,6 +22,7 @@ poller treats a timeout so), and opened afresh by the next sweep.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import time
 from dataclasses import dataclass
@@ -47,11 +48,48 @@ VIA_ONESHOT = "one-shot"  # the command exec'd, one process on the server
 VIA_OLD_COMMAND = "old forced command"  # asked for a stream, the old forced command answered
 
 RETRY_STREAM_S = 3600.0  # an agent without `stream` is asked again after this long
+_GATHER_TICK_S = 0.05  # gather re-checks deadlines at least this often
 _REQUEST_LINE = REQUEST + b"\n"
 
 
 class StreamBroken(Exception):
     """A kept stream ended before it answered (closed between sweeps): open it again."""
+
+
+ENDED = "ended"  # gather: the stream ended before it answered
+TIMED_OUT = "timed out"  # gather: its attempt's deadline passed (or the sweep aborted it)
+LINE = "line"
+
+
+def gather(waits: list[tuple[AgentStream, Attempt]], max_bytes: int) -> list[tuple[str, bytes]]:
+    """The answers to requests already sent on many streams, waited for together from one
+    thread (a steady sweep's: no thread per server, no hand-off per answer): per stream, in
+    order, ``(LINE, the line)``, ``(ENDED, what came before the end)`` or ``(TIMED_OUT, b"")``
+    once its attempt's deadline passed or the attempt was aborted."""
+    outcomes: list[tuple[str, bytes] | None] = [None] * len(waits)
+    pending = list(range(len(waits)))
+    while pending:
+        waiting = []
+        for i in pending:
+            stream, attempt = waits[i]
+            try:
+                got = stream.poll_line(max_bytes)
+            except (OSError, EOFError):
+                got = (b"", True)
+            if got is not None:
+                outcomes[i] = (ENDED if got[1] else LINE, got[0])
+            elif attempt.aborted or attempt.remaining() <= 0:
+                outcomes[i] = (TIMED_OUT, b"")
+            else:
+                waiting.append(i)
+        pending = waiting
+        if pending:
+            wake = min(waits[i][1].deadline for i in pending) - time.monotonic()
+            # The channels' pipes wake us when data (or the end) comes; the bound re-checks
+            # deadlines and aborts, which close transports without a word.
+            ready = [waits[i][0].channel.fileno() for i in pending]
+            select.select(ready, [], [], min(max(wake, 0.0), _GATHER_TICK_S))
+    return [o for o in outcomes if o is not None]
 
 
 # Why a server answers one-shot although streams are on (ServerResult.oneshot_why).
@@ -84,7 +122,6 @@ class AgentStream:
 
     def __init__(self, channel: paramiko.Channel) -> None:
         self.channel = channel
-        self.answers = 0
         self.stderr = bytearray()
         self._buf = bytearray()  # read beyond the last line
 
@@ -102,35 +139,30 @@ class AgentStream:
     def request(self, attempt: Attempt, timeout_s: float, max_bytes: int) -> CommandOutput:
         """``report`` → the answer line; StreamBroken when the stream ended before answering."""
         started = time.monotonic()
+        self.send(attempt, timeout_s)
+        line, ended = self.read_line(attempt, max_bytes)
+        if ended:
+            raise StreamBroken("the stream ended before it answered")
+        return self.answer(line, started)
+
+    def send(self, attempt: Attempt, timeout_s: float) -> None:
+        """The request (stage exec, then read under the same ``timeout_s``); StreamBroken when
+        the stream is gone."""
         attempt.enter("exec", timeout_s)
         try:
             self.channel.sendall(_REQUEST_LINE)
         except (OSError, EOFError, paramiko.SSHException) as e:
             raise StreamBroken(str(e) or type(e).__name__) from None
         attempt.relabel("read")
-        line, ended = self.read_line(attempt, max_bytes)
-        if ended:
-            raise StreamBroken("the stream ended before it answered")
-        self.answers += 1
-        return self.answer(line, started)
 
     def read_line(self, attempt: Attempt, max_bytes: int) -> tuple[bytes, bool]:
         """The next line, newline included (``max_bytes + 1`` bytes when longer: too large);
         ``ended`` when the stream ended first (the line is then what came before the end)."""
-        buf = self._buf
         channel = self.channel
-        scanned = 0
         while True:
-            end = buf.find(b"\n", scanned)
-            if end >= 0:
-                line = bytes(buf[: end + 1])
-                del buf[: end + 1]
-                if len(line) > max_bytes:
-                    return line[: max_bytes + 1], False
+            line = self._line(max_bytes)
+            if line is not None:
                 return line, False
-            if len(buf) > max_bytes:
-                return bytes(buf[: max_bytes + 1]), False
-            scanned = len(buf)
             remaining = attempt.remaining()
             if remaining <= 0 or attempt.aborted:
                 raise PollFailure(codes.TIMEOUT, attempt.timeout_reason(), "read")
@@ -144,10 +176,38 @@ class AgentStream:
                 raise StreamBroken(str(e) or type(e).__name__) from None
             self._drain_stderr()
             if not chunk:
-                line = bytes(buf)
-                buf.clear()
-                return line, True
-            buf += chunk
+                return self._rest(), True
+            self._buf += chunk
+
+    def poll_line(self, max_bytes: int) -> tuple[bytes, bool] | None:
+        """``read_line`` without waiting: the line (or the end) if it is there, else None."""
+        channel = self.channel
+        while channel.recv_ready():
+            self._buf += channel.recv(65536)
+        self._drain_stderr()
+        line = self._line(max_bytes)
+        if line is not None:
+            return line, False
+        if channel.eof_received or channel.closed:
+            return self._rest(), True
+        return None
+
+    def _line(self, max_bytes: int) -> bytes | None:
+        """A whole line from what was read (or ``max_bytes + 1`` bytes of a longer one)."""
+        buf = self._buf
+        end = buf.find(b"\n")
+        if end >= 0:
+            line = bytes(buf[: end + 1])
+            del buf[: end + 1]
+            return line[: max_bytes + 1] if len(line) > max_bytes else line
+        if len(buf) > max_bytes:
+            return bytes(buf[: max_bytes + 1])
+        return None
+
+    def _rest(self) -> bytes:
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
 
     def leftover(self) -> bool:
         """Bytes beyond the last answer: more than one line for one request."""
