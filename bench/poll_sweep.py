@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import asyncssh  # noqa: E402
 import paramiko  # noqa: E402
 
+from gpumon.poll import transport as ssh_transport  # noqa: E402
 from gpumon.poll.inventory import resolve  # noqa: E402
 from gpumon.poll.poller import Poller  # noqa: E402
 from gpumon.poll.stream import VIA_STREAM  # noqa: E402
@@ -257,6 +258,60 @@ async def _asyncssh_sweeps(fleet: Fleet, known_hosts: Path, runs: int, key: Path
     return cold, steady
 
 
+# --- one cold connect at a time: where paramiko's time goes, beside asyncssh's --------------
+
+
+def cpu_s() -> float:
+    return time.process_time()  # all this process' threads, to the ns (os.times: 10 ms ticks)
+
+
+def connect_breakdown(config, name: str, runs: int) -> dict[str, tuple[float, float, str]]:
+    """{way: (p50 wall s, CPU s per connect, stage times of the median one)} for connecting
+    (TCP, banner, key exchange, host key check, auth) one server at a time: gpumon's opener
+    with its cipher order, and with paramiko's own."""
+    out = {}
+    with Poller(config) as poller:
+        dest = resolve(config, name, poller.ssh_config)
+        orders = (("AES-GCM first", ssh_transport.FAST_CIPHERS), ("paramiko's order", ()))
+        for way, ciphers in orders:
+            saved, ssh_transport.FAST_CIPHERS = ssh_transport.FAST_CIPHERS, ciphers
+            walls, stages = [], []
+            cpu0 = cpu_s()
+            try:
+                for _ in range(runs):
+                    attempt = Attempt(name)
+                    started = time.perf_counter()
+                    conn = poller.opener.open(dest, attempt)
+                    walls.append(time.perf_counter() - started)
+                    stages.append((walls[-1], attempt.stage_times(), conn.transport.local_cipher))
+                    conn.close()
+            finally:
+                ssh_transport.FAST_CIPHERS = saved
+            median = sorted(stages)[len(stages) // 2]
+            out[way] = (p50(walls), (cpu_s() - cpu0) / runs, f"{median[2]}: {median[1]}")
+    return out
+
+
+async def asyncssh_connects(fleet: Fleet, known_hosts: Path, runs: int) -> tuple[float, float]:
+    walls = []
+    cpu0 = cpu_s()
+    for _ in range(runs):
+        started = time.perf_counter()
+        conn = await asyncssh.connect(
+            fleet.servers[0].address,
+            port=fleet.port,
+            username=fleet.user.pw_name,
+            client_keys=[str(fleet.client_key)],
+            known_hosts=str(known_hosts),
+            agent_path=None,
+            config=None,
+        )
+        walls.append(time.perf_counter() - started)
+        conn.close()
+        await conn.wait_closed()
+    return p50(walls), (cpu_s() - cpu0) / runs
+
+
 # --- naive: serial paramiko, connect/exec/close per server ---------------------------------
 
 
@@ -349,6 +404,8 @@ def main() -> int:
             )
         )
         naive = naive_sweeps(fleet, known_hosts, args.naive_runs)
+        connects = connect_breakdown(config, names[0], args.runs * 3)
+        a_connect = asyncio.run(asyncssh_connects(fleet, known_hosts, args.runs * 3))
     finally:
         for transport in transports:
             transport.close()
@@ -371,6 +428,12 @@ def main() -> int:
         "naive_serial_s": p50(naive),
         "agent_cpu_per_steady_poll_ms": agent_cpu * 1000,
         "sshd_cpu_per_steady_poll_ms": sshd_cpu * 1000,
+        "connect_s": connects["AES-GCM first"][0],
+        "connect_cpu_s": connects["AES-GCM first"][1],
+        "connect_paramiko_ciphers_s": connects["paramiko's order"][0],
+        "connect_paramiko_ciphers_cpu_s": connects["paramiko's order"][1],
+        "asyncssh_connect_s": a_connect[0],
+        "asyncssh_connect_cpu_s": a_connect[1],
         "report_bytes": size,
         "load_average": load,
     }
@@ -418,6 +481,10 @@ def main() -> int:
         f"  streams vs one-shot, steady: {p50(o_steady) / p50(steady):.1f}x; "
         f"exec `true` / floor {p50(exec_true) / p50(floor):.1f}x"
     )
+    print("\none connect at a time (p50 wall, client CPU per connect):")
+    for way, (wall, cpu, stages) in connects.items():
+        print(f"  gpumon, {way:18} {wall * 1000:6.1f} ms, CPU {cpu * 1000:5.1f} ms  ({stages})")
+    print(f"  asyncssh{'':20} {a_connect[0] * 1000:6.1f} ms, CPU {a_connect[1] * 1000:5.1f} ms")
     print(
         f"spread: gpumon steady min/max {min(steady):.3f}/{max(steady):.3f} s, "
         f"cold {min(cold):.3f}/{max(cold):.3f} s ({len(steady)} and {len(cold)} sweeps)"
