@@ -342,15 +342,17 @@ def _build_decoder(tp: Any) -> Any:
             )
             for f in dataclasses.fields(tp)
         ]
-        built: List[Any] = []
+        built: List[Any] = [None]
 
         def decode_record(value: Any) -> Any:
             if type(value) is not dict:
                 raise _Invalid
-            if not built:  # the field decoders, once (a record type may contain itself)
-                built.extend((name, _decoder(hint), required) for name, hint, required in fields)
+            plan = built[0]
+            if plan is None:  # the field decoders, on first use (a type may contain itself)
+                # Made whole, then stored in one step: another thread sees all or none.
+                plan = built[0] = [(n, _decoder(hint), req) for n, hint, req in fields]
             kwargs = {}
-            for name, decode, required in built:
+            for name, decode, required in plan:
                 if name in value:
                     kwargs[name] = decode(value[name])
                 elif required:

@@ -45,6 +45,7 @@ DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 STDERR_KEEP = 64 * 1024  # bytes of the agent's stderr kept for the reason text
 BACKSTOP_S = 1.0  # paramiko's own timeouts trail ours by this much
 _TICK_S = 0.02  # how often a waiting worker re-checks its stage
+IDLE_WAKE_S = 2.0  # how often an open connection's paramiko thread wakes with nothing to read
 # Ciphers offered first. paramiko's own order starts with aes128-ctr + hmac-sha2-256, whose MAC
 # it checks byte by byte in Python (util.constant_time_bytes_eq) on every packet it reads; an
 # AEAD cipher has no separate MAC, so each packet costs one C call (bench/poll_sweep.py).
@@ -440,6 +441,12 @@ class Opener:
             _handshake(transport, dest, attempt, poll.handshake_timeout_s, self.known_hosts)
             _authenticate(transport, dest, attempt, poll.auth_timeout_s, self.keys)
             ok = True
+            if isinstance(sock, socket.socket):
+                # paramiko's thread wakes every 0.1 s (its socket timeout) to look for a close
+                # nobody asked of a kept connection: 640 wake-ups a second, each taking the
+                # GIL, for 64 idle servers. Every wait of ours is on an event that close()
+                # sets at once; only that thread's own exit waits for this timeout.
+                sock.settimeout(IDLE_WAKE_S)
             return Connection(dest, transport, peer_ip)
         finally:
             attempt.release(transport.close)

@@ -171,3 +171,31 @@ def test_an_error_still_names_its_field():
     assert "report.gpus[1].memory_used_bytes" in said
     data = replaced(SAMPLE, ("gpus", 1, "index"), "one")
     assert "report.gpus[1].index: expected an integer, got string" in actual(data)[1]
+
+
+def test_threads_decoding_at_once_on_first_use_all_get_their_report():
+    """The poller decodes answers in many threads: the decoders, built on first use, are
+    never seen half built (a Report 'missing host' once was)."""
+    import sys
+    import threading
+
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        for _ in range(20):
+            report._DECODERS.clear()
+            barrier = threading.Barrier(16)
+            outcomes: list[tuple[str, Any]] = []
+
+            def decode() -> None:
+                barrier.wait()
+                outcomes.append(actual(SAMPLE))
+
+            threads = [threading.Thread(target=decode) for _ in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert [kind for kind, _ in outcomes] == ["report"] * 16, outcomes
+    finally:
+        sys.setswitchinterval(saved)
