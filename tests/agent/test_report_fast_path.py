@@ -187,11 +187,11 @@ def test_threads_decoding_at_once_on_first_use_all_get_their_report():
             barrier = threading.Barrier(16)
             outcomes: list[tuple[str, Any]] = []
 
-            def decode() -> None:
+            def decode(barrier: threading.Barrier, outcomes: list) -> None:
                 barrier.wait()
                 outcomes.append(actual(SAMPLE))
 
-            threads = [threading.Thread(target=decode) for _ in range(16)]
+            threads = [threading.Thread(target=decode, args=(barrier, outcomes)) for _ in range(16)]
             for t in threads:
                 t.start()
             for t in threads:
