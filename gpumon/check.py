@@ -39,7 +39,7 @@ FIXES = {
     "otherwise find out who answers at {dest}",
     codes.AGENT_MISSING: "install gpumon-agent on {name} (README, set-up step 3)",
     codes.AGENT_FAILED: "run `gpumon-agent report` on {name} to see why it fails",
-    codes.BAD_OUTPUT: "the forced command on {name} must be `gpumon-agent report --json` "
+    codes.BAD_OUTPUT: "the forced command on {name} must be `gpumon-agent ssh` "
     "(deploy/ssh/authorized_keys.example)",
     codes.AGENT_STALE: "the agent daemon is not sampling: systemctl restart gpumon-agent on {name}",
     "agentless": "install gpumon-agent on {name} for users, claims and health",
@@ -105,6 +105,7 @@ def _check(config: Config, fleet: FleetSession, checks: Checklist) -> int:
             results = poller.sweep(names)
             for result in results:
                 _check_server(result, checks)
+            _check_streams(results, checks)
             if layout is not None and grid is not None:
                 _check_placement(config, layout, results, checks)
                 _check_reservations(config, grid, layout, results, checks)
@@ -174,13 +175,28 @@ def _check_server(result: ServerResult, checks: Checklist) -> None:
         report = result.report
         gpus = len(report.gpus) if report else 0
         version = f"agent {report.agent_version}, " if report and report.agent_version else ""
-        checks.ok(f"{result.name}: ON via {dest} ({version}{gpus} GPUs, "
+        via = f"{result.via}, " if result.via else ""
+        checks.ok(f"{result.name}: ON via {dest} ({version}{gpus} GPUs, {via}"
                   f"{result.elapsed_s * 1000:.0f} ms)")  # fmt: skip
+        if result.oneshot_why:
+            checks.info(f"{result.name}: one-shot: {result.oneshot_why}")
         return
     state = "ON but" if result.on else "OFF:"
     reason = result.reason or result.reason_code or "unknown"
     hint = " — " + fix.format(name=result.name, dest=dest) if fix else ""
     checks.fail(f"{result.name}: {state} {reason}{hint}")
+
+
+def _check_streams(results: list[ServerResult], checks: Checklist) -> None:
+    """One line naming the servers that still have the old forced command (they work, one
+    process per poll; the shipped line keeps a stream open instead)."""
+    old = [r.name for r in results if r.forced_command == "report"]
+    if old:
+        checks.info(
+            f"{len(old)} server(s) still on the old forced command `gpumon-agent report --json`: "
+            f'{", ".join(old)} — authorized_keys there should say command="gpumon-agent ssh" '
+            "(deploy/ssh/README.md)"
+        )
 
 
 def _check_placement(

@@ -125,6 +125,9 @@ class PollConfig:
     ssh_config: str = "~/.ssh/config"
     identity_files: list[str] = field(default_factory=list)
     agentless: bool = True  # read nvidia-smi + ps when the agent is not installed
+    # Keep a `gpumon-agent stream` channel per server open between sweeps (a steady poll: one
+    # round trip, no process on the server); false: one exec of `command` per poll.
+    stream: bool = True
     servers_from_sheet: bool = True  # poll every name in the sheet's Server column
     # Sheet editors choose what the central box dials: restrict the sheet's names to these glob
     # patterns (e.g. ["*bsp"]; empty: any host name), and refuse IP addresses and "localhost"

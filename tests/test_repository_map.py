@@ -8,7 +8,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ["agent/gpumon_agent", "gpumon", "gpumon/poll", "gpumon/sheet", "gpumon/history"]
 # Backquoted words in the rows that name commands or functions, not modules.
-COMMAND_WORDS = {"claim", "claims", "run", "run_claimed"}
+COMMAND_WORDS = {"claim", "claims", "run", "run_claimed", "ssh"}  # agent subcommands
 
 
 def rows() -> dict[str, str]:

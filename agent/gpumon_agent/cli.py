@@ -57,6 +57,16 @@ _EXITS = {
         "0 listed; 1 some claim file could not be read (listed as such)",
         "gpumon-agent claims --json",
     ),
+    "stream": (
+        "0 the channel closed, or no request came within --idle-timeout; 1 a bad setting; "
+        "2 a request other than 'report', longer than 256 bytes, or sent before the last was "
+        "answered",
+        "printf 'report\\n' | gpumon-agent stream",
+    ),
+    "ssh": (
+        "what the command run exits with; 2 anything else asked (nothing is run)",
+        'restrict,command="gpumon-agent ssh" ssh-ed25519 AAAA... gpumon-central',
+    ),
 }
 
 
@@ -113,9 +123,16 @@ def build_parser(prog: str = "gpumon-agent") -> argparse.ArgumentParser:
         "GPUMON_METRICS_DCGM_NAMES=1), for dashboards made for it",
     )
 
+    age = argparse.ArgumentParser(add_help=False)
+    age.add_argument(
+        "--max-age",
+        type=float,
+        help="a snapshot older than this many seconds is stale and re-sampled (default 10)",
+    )
+
     report = sub.add_parser(
         "report",
-        parents=[common],
+        parents=[common, age],
         help="print the latest Report",
         description="Print the latest Report: the daemon's snapshot when fresh, else one "
         "sample taken now (slower, and it says so). --json is what the central poller reads.",
@@ -123,11 +140,6 @@ def build_parser(prog: str = "gpumon-agent") -> argparse.ArgumentParser:
         formatter_class=raw,
     )
     report.add_argument("--json", action="store_true", help="the Report as JSON (for the poller)")
-    report.add_argument(
-        "--max-age",
-        type=float,
-        help="a snapshot older than this many seconds is stale and re-sampled (default 10)",
-    )
 
     claim = sub.add_parser(
         "claim",
@@ -155,6 +167,36 @@ def build_parser(prog: str = "gpumon-agent") -> argparse.ArgumentParser:
         formatter_class=raw,
     )
     claims.add_argument("--json", action="store_true")
+
+    stream = sub.add_parser(
+        "stream",
+        parents=[common, age],
+        help="answer each 'report' line on stdin with the latest Report (for the poller)",
+        description="A long-lived session for the central poller: the first line out is a "
+        "hello, then each 'report' line in is answered with the latest Report as one line of "
+        "JSON (the snapshot when fresh, else one sampled now). One request at a time; it ends "
+        "when stdin closes or no request comes within --idle-timeout.",
+        epilog=_epilog("stream"),
+        formatter_class=raw,
+    )
+    stream.add_argument(
+        "--idle-timeout",
+        type=float,
+        help="end the session after this many seconds without a request (default 600)",
+    )
+
+    ssh = sub.add_parser(
+        "ssh",
+        parents=[common, age],
+        help="the central key's forced command: runs `report --json` or `stream`, nothing else",
+        description="The forced command of the central key (authorized_keys command=): runs "
+        "what SSH_ORIGINAL_COMMAND asks when it is `report --json` or `stream` (with or without "
+        "`gpumon-agent` in front) and refuses anything else. Its own flags go to the command "
+        "run. See deploy/ssh/README.md.",
+        epilog=_epilog("ssh"),
+        formatter_class=raw,
+    )
+    ssh.add_argument("--idle-timeout", type=float, help="passed to `stream` (default 600)")
     return parser
 
 
@@ -206,7 +248,47 @@ def main(argv: Optional[List[str]] = None, prog: str = "gpumon-agent") -> int:
         return claim_command(cmd, args, settings)
     if command == "claims":
         return claims_command(settings, as_json=args.json)
+    if command in ("stream", "ssh"):
+        return stream_or_ssh(command, args, settings, prog)
     raise AssertionError(command)  # argparse rejects anything else
+
+
+# --- `stream`, `ssh` -------------------------------------------------------------------------
+
+
+def stream_or_ssh(
+    command: str, args: argparse.Namespace, settings: AgentSettings, prog: str
+) -> int:
+    """`stream`, and `ssh` (the forced command), when gpumon_agent.entry's fast start handed
+    them over (a flag or variable to judge) or through `gpumon agent …`: the values checked
+    here, then what the request asks for run."""
+    from gpumon_agent.stream import (
+        DEFAULT_IDLE_TIMEOUT_S,
+        IDLE_TIMEOUT_BOUNDS,
+        REQUEST_REPORT,
+        allowed_request,
+        refusal,
+        session,
+    )
+
+    idle = DEFAULT_IDLE_TIMEOUT_S if args.idle_timeout is None else args.idle_timeout
+    low, high = IDLE_TIMEOUT_BOUNDS
+    if not low <= idle <= high:  # NaN fails this too
+        print(f"{prog} {command}: --idle-timeout={idle!r}: give seconds from {low:g} to {high:g}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if command == "ssh":
+        requested = os.environ.get("SSH_ORIGINAL_COMMAND")
+        found = allowed_request(requested)
+        if found is None:
+            print(refusal(requested), file=sys.stderr)
+            return 2
+        if found == REQUEST_REPORT:
+            return report_command(settings, as_json=True)
+    code, said = session(settings, idle)
+    if said:
+        print(said, file=sys.stderr)
+    return code
 
 
 # --- `report` ---------------------------------------------------------------------------------

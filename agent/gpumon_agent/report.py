@@ -207,7 +207,12 @@ class Report:
                 f"report: schema version {version!r}, this reader understands "
                 f"{', '.join(map(str, READABLE_VERSIONS))} — upgrade gpumon{side}"
             )
-        return check(_decode(cls, data, "report"))
+        try:
+            decoded = _decoder(cls)(data)
+        except _Invalid:
+            # The fast decoder only says "no": the careful one says what and where (it raises).
+            decoded = _decode(cls, data, "report")
+        return check(decoded)
 
     @classmethod
     def from_json(cls, text: Union[str, bytes]) -> Report:
@@ -282,6 +287,118 @@ def _hints(cls: type) -> Dict[str, Any]:
         module = sys.modules[cls.__module__]
         _HINTS[cls] = typing.get_type_hints(cls, vars(module))
     return _HINTS[cls]
+
+
+class _Invalid(Exception):
+    """The fast decoder met something it will not decode; ``_decode`` says what."""
+
+
+_DECODERS: Dict[Any, Any] = {}
+
+
+def _decoder(tp: Any) -> Any:
+    """A function decoding JSON values of type ``tp`` exactly as ``_decode`` does, built once
+    per type, that raises ``_Invalid`` (no message, no path) wherever ``_decode`` would raise:
+    the poller decodes every Report of every sweep, and building each field's path for a
+    message that is almost never needed cost as much as the decoding itself."""
+    found = _DECODERS.get(tp)
+    if found is None:
+        found = _DECODERS[tp] = _build_decoder(tp)
+    return found
+
+
+def _build_decoder(tp: Any) -> Any:
+    origin = getattr(tp, "__origin__", None)
+    args = getattr(tp, "__args__", ())
+    if origin is Union:  # Optional[X]
+        inner = _decoder(next(a for a in args if a is not type(None)))
+        return lambda value: None if value is None else inner(value)
+    if tp is Any:
+        return lambda value: value
+    if origin in (list, List):
+        each = _decoder(args[0])
+
+        def decode_list(value: Any) -> Any:
+            if type(value) is not list:
+                raise _Invalid
+            return [each(v) for v in value]
+
+        return decode_list
+    if origin in (dict, Dict):
+
+        def decode_dict(value: Any) -> Any:
+            if type(value) is not dict:
+                raise _Invalid
+            return dict(value)
+
+        return decode_dict
+    if dataclasses.is_dataclass(tp):
+        hints = _hints(tp)
+        fields = [
+            (
+                f.name,
+                hints[f.name],
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+            )
+            for f in dataclasses.fields(tp)
+        ]
+        built: List[Any] = [None]
+
+        def decode_record(value: Any) -> Any:
+            if type(value) is not dict:
+                raise _Invalid
+            plan = built[0]
+            if plan is None:  # the field decoders, on first use (a type may contain itself)
+                # Made whole, then stored in one step: another thread sees all or none.
+                plan = built[0] = [(n, _decoder(hint), req) for n, hint, req in fields]
+            kwargs = {}
+            for name, decode, required in plan:
+                if name in value:
+                    kwargs[name] = decode(value[name])
+                elif required:
+                    raise _Invalid
+            return tp(**kwargs)
+
+        return decode_record
+    if tp is bool:
+
+        def decode_bool(value: Any) -> Any:
+            if value is True or value is False:
+                return value
+            raise _Invalid
+
+        return decode_bool
+    if tp is int:
+
+        def decode_int(value: Any) -> Any:
+            if type(value) is int:
+                return value
+            raise _Invalid
+
+        return decode_int
+    if tp is float:
+
+        def decode_float(value: Any) -> Any:
+            kind = type(value)
+            if kind is float:
+                return value
+            if kind is int:
+                try:
+                    return float(value)
+                except OverflowError:
+                    raise _Invalid from None
+            raise _Invalid
+
+        return decode_float
+    if tp is str:
+
+        def decode_str(value: Any) -> Any:
+            if type(value) is str:
+                return value
+            raise _Invalid
+
+        return decode_str
+    raise TypeError(f"report schema: unsupported type {tp!r}")  # pragma: no cover
 
 
 def _decode(tp: Any, value: Any, path: str) -> Any:

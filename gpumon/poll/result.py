@@ -43,6 +43,10 @@ class ServerResult:
     notes: list[str] = field(default_factory=list)
     address: str | None = None  # the IP actually dialled (None via ProxyJump to a name)
     reused: bool = False  # polled over a connection kept open from an earlier sweep
+    via: str = ""  # how the agent answered: gpumon.poll.stream's VIA_* ("" when not over SSH)
+    # The forced command seen: "ssh" (the dispatcher), "report" (the old one), None (unknown).
+    forced_command: str | None = None
+    oneshot_why: str | None = None  # streams are on, yet it answered one-shot: why, what to do
 
 
 def mark_stale(result: ServerResult, report: Report, stale_after_s: float) -> None:

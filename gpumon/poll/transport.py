@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import paramiko
 
@@ -28,6 +29,9 @@ from gpumon.poll import result as codes
 from gpumon.poll.hostkeys import CHANGED, REVOKED, TRUSTED, KnownHosts
 from gpumon.poll.inventory import Destination, parse_jump
 from gpumon.poll.proxy import ProxyCommandSocket
+
+if TYPE_CHECKING:
+    from gpumon.poll.stream import AgentStream
 
 log = logging.getLogger(__name__)
 # paramiko's own log lines (and tracebacks, e.g. when the sweep closes a hung transport on
@@ -41,6 +45,11 @@ DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 STDERR_KEEP = 64 * 1024  # bytes of the agent's stderr kept for the reason text
 BACKSTOP_S = 1.0  # paramiko's own timeouts trail ours by this much
 _TICK_S = 0.02  # how often a waiting worker re-checks its stage
+IDLE_WAKE_S = 2.0  # how often an open connection's paramiko thread wakes with nothing to read
+# Ciphers offered first. paramiko's own order starts with aes128-ctr + hmac-sha2-256, whose MAC
+# it checks byte by byte in Python (util.constant_time_bytes_eq) on every packet it reads; an
+# AEAD cipher has no separate MAC, so each packet costs one C call (bench/poll_sweep.py).
+FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
 class PollFailure(Exception):
@@ -242,6 +251,12 @@ class Connection:
         self.peer_ip = peer_ip
         self.opened_at = time.monotonic()
         self.uses = 0
+        # gpumon.poll.stream's: the kept `stream` channel, until when the agent is polled
+        # one-shot (it has no `stream`), and which forced command answered ("ssh": the
+        # dispatcher; "report": the old `gpumon-agent report --json`; None: unknown).
+        self.stream: AgentStream | None = None
+        self.oneshot_until = 0.0
+        self.forced_command: str | None = None
 
     @property
     def alive(self) -> bool:
@@ -255,6 +270,22 @@ class Connection:
     ) -> CommandOutput:
         """Run ``command``; read at most ``max_bytes`` of stdout, all within ``timeout_s``."""
         started = time.monotonic()
+        channel = self.exec(command, attempt, timeout_s, max_bytes)
+        try:
+            attempt.relabel("read")
+            out = read_output(channel, attempt, max_bytes)
+            out.elapsed_s = time.monotonic() - started
+            if out.exit_status == -1 and not out.stdout and not self.alive:
+                raise ConnectionLost("connection closed while the command ran")
+            return out
+        finally:
+            channel.close()
+
+    def exec(
+        self, command: str, attempt: Attempt, timeout_s: float, max_bytes: int
+    ) -> paramiko.Channel:
+        """A session channel running ``command`` (stage exec, under ``timeout_s``); the caller
+        reads and closes it. Raises ConnectionLost when the transport died under it."""
         attempt.enter("exec", timeout_s)
         self.uses += 1
         try:
@@ -270,28 +301,31 @@ class Connection:
             attempt.check()
             raise ConnectionLost(str(e) or type(e).__name__) from None
         try:
-            try:
-                channel.exec_command(command)
-            except (paramiko.SSHException, EOFError, OSError) as e:
-                attempt.check()
-                if not self.alive:
-                    raise ConnectionLost(str(e) or type(e).__name__) from None
-                raise PollFailure(
-                    codes.AGENT_FAILED, f"server refused to run the command ({e})", "exec"
-                ) from None
-            attempt.relabel("read")
-            out = _read(channel, attempt, max_bytes)
-            out.elapsed_s = time.monotonic() - started
-            if out.exit_status == -1 and not out.stdout and not self.alive:
-                raise ConnectionLost("connection closed while the command ran")
-            return out
-        finally:
+            channel.exec_command(command)
+        except (paramiko.SSHException, EOFError, OSError) as e:
             channel.close()
+            attempt.check()
+            if not self.alive:
+                raise ConnectionLost(str(e) or type(e).__name__) from None
+            raise PollFailure(
+                codes.AGENT_FAILED, f"server refused to run the command ({e})", "exec"
+            ) from None
+        return channel
 
 
-def _read(channel: paramiko.Channel, attempt: Attempt, max_bytes: int) -> CommandOutput:
-    stdout = bytearray()
-    stderr = bytearray()
+def read_output(
+    channel: paramiko.Channel,
+    attempt: Attempt,
+    max_bytes: int,
+    stdout_so_far: bytes = b"",
+    stderr_so_far: bytes = b"",
+) -> CommandOutput:
+    """A command's output on ``channel`` to its end and its exit status, within the attempt's
+    deadline; stdout cut after ``max_bytes`` (``too_large``). ``*_so_far``: already read."""
+    stdout = bytearray(stdout_so_far)
+    stderr = bytearray(stderr_so_far[:STDERR_KEEP])
+    if len(stdout) > max_bytes:
+        return CommandOutput(-1, bytes(stdout[: max_bytes + 1]), bytes(stderr), True)
 
     def drain_stderr() -> None:
         while channel.recv_stderr_ready():
@@ -407,6 +441,12 @@ class Opener:
             _handshake(transport, dest, attempt, poll.handshake_timeout_s, self.known_hosts)
             _authenticate(transport, dest, attempt, poll.auth_timeout_s, self.keys)
             ok = True
+            if isinstance(sock, socket.socket):
+                # paramiko's thread wakes every 0.1 s (its socket timeout) to look for a close
+                # nobody asked of a kept connection: 640 wake-ups a second, each taking the
+                # GIL, for 64 idle servers. Every wait of ours is on an event that close()
+                # sets at once; only that thread's own exit waits for this timeout.
+                sock.settimeout(IDLE_WAKE_S)
             return Connection(dest, transport, peer_ip)
         finally:
             attempt.release(transport.close)
@@ -494,6 +534,12 @@ def _ip_literal(host: str) -> str | None:
     return None
 
 
+def _preferred(available: tuple[str, ...], first: tuple[str, ...]) -> tuple[str, ...]:
+    """``available`` with those of ``first`` it has moved to the front, in that order."""
+    front = tuple(a for a in first if a in available)
+    return front + tuple(a for a in available if a not in front)
+
+
 def _negotiate(
     transport: paramiko.Transport,
     dest: Destination,
@@ -509,6 +555,7 @@ def _negotiate(
     options.key_types = known_hosts.preferred_algorithms(
         dest.known_hosts_name, tuple(options.key_types)
     )
+    options.ciphers = _preferred(tuple(options.ciphers), FAST_CIPHERS)
     done = threading.Event()
     transport.start_client(event=done)
     while not done.wait(_TICK_S):

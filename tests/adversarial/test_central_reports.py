@@ -251,7 +251,7 @@ def hostile_fleet(tmp_path_factory) -> Iterator[Fleet]:
 def serve_raw(fleet: Fleet, name: str, data: dict) -> None:
     server = fleet.server(name)
     path = fleet.root / "reports" / f"{server.address}.json"
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(data) + "\n")  # one line, as the agent prints it
     path.chmod(0o644)
 
 

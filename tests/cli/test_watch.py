@@ -86,6 +86,7 @@ def cell_at(line: str, column: int) -> str:
 
 def test_the_table_refreshes_in_place_with_connections_kept_open(fleet, tmp_path, no_nvml_env):
     before = {s.name: fleet.logins_to(s) for s in fleet.servers}
+    started = fleet.agent_starts()
     term = start(fleet, tmp_path, no_nvml_env, "--watch", "0.3")
     try:
         term.wait_for(lambda out: len(frames(out)) >= 5)  # "polling…" + four refreshes
@@ -101,6 +102,8 @@ def test_the_table_refreshes_in_place_with_connections_kept_open(fleet, tmp_path
     after = {s.name: fleet.logins_to(s) for s in fleet.servers}
     # Four sweeps or more, one SSH login per server: every refresh reused its connection.
     assert {name: after[name] - before[name] for name in after} == {"hcbbsp": 1, "ganbsp": 1}
+    # ... and its stream: one agent process per server, answering every refresh.
+    assert fleet.agent_starts() - started == 2
     titles = [plain(screen_lines(f)[0]) for f in frames(out)]
     assert titles[0].startswith("gpumon status: polling 2 servers")
     assert all("every 0.3 s" in t and "2 servers: 2 ON, 0 OFF" in t for t in titles[1:])

@@ -2,11 +2,17 @@
 
 Each server is one address, 127.0.0.2, 127.0.0.3, …, all on one port; one sshd serves up to 16
 of them (more ListenAddress lines kill sshd). The central key is installed with exactly the line
-of ``deploy/ssh/authorized_keys.example`` (the forced command ``gpumon-agent report --json``);
-``gpumon-agent`` on the test user's PATH is a small script that reads the dialled address from
-``SSH_CONNECTION`` and runs that server's behaviour — print its canned Report, print garbage,
-sleep… Per-server differences that must be real (agent not on PATH, key not authorized, no
-forced command) are sshd ``Match LocalAddress`` blocks.
+of ``deploy/ssh/authorized_keys.example`` (the forced command ``gpumon-agent ssh``, the
+dispatcher); ``OLD``-keyed servers get the line agents before it shipped with (the forced
+command ``gpumon-agent report --json``). ``gpumon-agent`` on the test user's PATH is a small
+script that reads the dialled address from ``SSH_CONNECTION`` and runs that server's behaviour
+with what was asked in ``GPUMON_FAKE_ASK`` (the dispatcher's SSH_ORIGINAL_COMMAND, or the
+command line itself): print its canned Report, print garbage, sleep… A server with
+``stream=True`` speaks the stream protocol (gpumon_agent.stream) when asked for ``stream``:
+the hello, then its behaviour once per request line — the one-shot faults, as a stream. The
+behaviour ``REAL_AGENT`` runs the real `gpumon-agent` (this venv's console script) on a snapshot
+written as the daemon writes it. Per-server differences that must be real (agent not on PATH,
+key not authorized, no forced command) are sshd ``Match LocalAddress`` blocks.
 
 Logins use a test user whose shell is /bin/sh (root's bash rc costs ~100 ms per command):
 ``gpumon-test``, created with useradd when running as root (and removed again if this process
@@ -24,6 +30,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -32,6 +39,7 @@ from pathlib import Path
 
 from gpumon.config import Config, PollConfig, ServerEntry
 from gpumon_agent.report import Gpu, GpuProcess, Host, Nvml, Report
+from harness.users import reach_interpreter
 
 REPO = Path(__file__).resolve().parents[2]
 AUTHORIZED_KEYS_EXAMPLE = REPO / "deploy" / "ssh" / "authorized_keys.example"
@@ -47,13 +55,29 @@ REPORT_AS_WRITTEN = "exec cat {dir}/reports/{addr}.json"  # generated_at as writ
 GARBAGE = "echo 'Segmentation fault (core dumped) -- not a report'"
 HUGE = "head -c 10485760 /dev/zero | tr '\\0' x"  # 10 MB on stdout
 SLEEP = "exec sleep 3600"  # never answers (the harness kills it at the end)
+# The real agent (this venv's console script), as the forced command ran it, on the snapshot
+# {dir}/state/{addr}/report.json (Fleet.write_snapshot; the harness keeps it fresh).
+REAL_AGENT = (
+    "GPUMON_STATE_DIR={dir}/state/{addr} GPUMON_MAX_AGE=86400 exec {agent} $GPUMON_FAKE_ARGS"
+)
+# Stream faults (for servers with stream=True: what each request gets).
+STALL_MID_ANSWER = 'printf \'%s\' \'{{"schema": "gpumon.report", "version": 2, \'; exec sleep 3600'
+STREAM_ERROR = (
+    'printf \'%s\\n\' \'{{"schema": "gpumon.stream", "version": 1, '
+    '"error": "could not sample: RuntimeError: NVML exploded"}}\''
+)
+STREAM_EXIT = "exit 0"  # the session ends at the first request (agent killed, restarted)
+HUGE_LINE = "head -c 10485760 /dev/zero | tr '\\0' x; echo"  # 10 MB, then a newline
+STREAM_HELLO = '{"schema": "gpumon.stream", "version": 1, "agent_version": "fake"}'
+AGENT = Path(sys.executable).with_name("gpumon-agent")  # the venv's real console script
 FAILING = (
     "echo 'Traceback (most recent call last):' >&2; "
     "echo 'gpumon-agent report: could not sample: RuntimeError: NVML exploded' >&2; exit 3"
 )
 
 # Per-server sshd differences (Match LocalAddress).
-FORCED = "forced"  # the deploy/ssh line: only the report
+FORCED = "forced"  # the deploy/ssh line: the dispatcher (report --json or stream)
+OLD = "old"  # the line of agents before the dispatcher: always `gpumon-agent report --json`
 PLAIN = "plain"  # the same key without a forced command (agentless needs this)
 JUMP = "jump"  # a ProxyJump gateway's line (deploy/ssh/README.md): forwarding to the fleet only
 NONE = "none"  # the key is not authorized at all
@@ -70,6 +94,10 @@ class SimServer:
     nvidia_smi: bool = False  # a fake nvidia-smi on PATH (for the agentless read)
     sshd_options: tuple[str, ...] = ()  # more sshd_config lines for this address only
     sshd_index: int = 0
+    # Answers `stream` with the protocol, the behaviour once per request, as the real agent
+    # behind the dispatcher would (False: the behaviour whatever is asked, like the old forced
+    # command; REAL_AGENT speaks it itself either way).
+    stream: bool = True
 
 
 def ensure_test_user() -> tuple[pwd.struct_passwd, bool]:
@@ -117,8 +145,13 @@ def keygen(path: Path, comment: str = "") -> str:
     return (path.parent / (path.name + ".pub")).read_text().strip()
 
 
+OLD_COMMAND = 'command="gpumon-agent report --json"'  # the forced command before the dispatcher
+NEW_COMMAND = 'command="gpumon-agent ssh"'
+
+
 def authorized_keys_lines(public_key: str) -> dict[str, str]:
-    """The deploy/ssh example lines with ``public_key`` put in: {"restrict": …, "legacy": …}."""
+    """The deploy/ssh example lines with ``public_key`` put in: {"restrict": …, "legacy": …,
+    "old": the restrict line with the forced command agents before the dispatcher had}."""
     lines = {}
     for raw in AUTHORIZED_KEYS_EXAMPLE.read_text().splitlines():
         text = raw.strip()
@@ -130,6 +163,8 @@ def authorized_keys_lines(public_key: str) -> dict[str, str]:
         options, _, _key = text.partition(" ssh-ed25519 ")
         lines["legacy" if legacy else "restrict"] = f"{options} {public_key}"
     assert set(lines) == {"restrict", "legacy"}, AUTHORIZED_KEYS_EXAMPLE
+    assert NEW_COMMAND in lines["restrict"], AUTHORIZED_KEYS_EXAMPLE
+    lines["old"] = lines["restrict"].replace(NEW_COMMAND, OLD_COMMAND)
     return lines
 
 
@@ -192,12 +227,15 @@ class Fleet:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gpumon-fleet-")))
     _procs: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
     _created_user: bool = False
+    # bench/poll_sweep.py's baselines: a second key, authorized everywhere beside the central
+    # one but with `restrict` alone (no forced command), so they can run `true` or a responder.
+    bench_key: bool = False
 
     def __post_init__(self) -> None:
         self.user, self._created_user = ensure_test_user()
         root = self.root
         os.chmod(root, 0o755)  # the test user reads the fake agent and reports here
-        for sub in ("bin", "smi-bin", "hosts", "reports", "keys", "smi"):
+        for sub in ("bin", "smi-bin", "hosts", "reports", "keys", "smi", "state"):
             (root / sub).mkdir()
             os.chmod(root / sub, 0o755)
         pids = root / "pids"
@@ -211,14 +249,26 @@ class Fleet:
         self.authorized_keys_lines = lines
         self._write(root / "authorized_keys", lines["restrict"] + "\n", 0o644)
         self._write(root / "authorized_keys.legacy", lines["legacy"] + "\n", 0o644)
+        self._write(root / "authorized_keys.old", lines["old"] + "\n", 0o644)
         self._write(root / "authorized_keys.plain", self.client_public + "\n", 0o644)
         self._write(root / "authorized_keys.none", "", 0o644)
+        if self.bench_key:
+            self.bench_client_key = root / "keys" / "bench"
+            extra = "restrict " + keygen(self.bench_client_key, "bench") + "\n"
+            for name in ("authorized_keys", "authorized_keys.legacy", "authorized_keys.old"):
+                with open(root / name, "a") as f:
+                    f.write(extra)
         self._write(
             root / "bin" / "gpumon-agent",
             "#!/bin/sh\n"
             "# Stand-in for gpumon-agent: answers as the server whose address was dialled.\n"
-            f'[ "$*" = "report --json" ] || {{ echo "fake gpumon-agent: unexpected $*" >&2; '
-            "exit 2; }\n"
+            "# The dispatcher (forced `gpumon-agent ssh`) is asked in SSH_ORIGINAL_COMMAND.\n"
+            'GPUMON_FAKE_ARGS="$*"\n'
+            'case "$*" in\n'
+            '  ssh) GPUMON_FAKE_ASK="$SSH_ORIGINAL_COMMAND" ;;\n'
+            '  *) GPUMON_FAKE_ASK="gpumon-agent $*" ;;\n'
+            "esac\n"
+            "export GPUMON_FAKE_ARGS GPUMON_FAKE_ASK\n"
             f"echo $$ >> {root}/pids/agents\n"
             "set -- $SSH_CONNECTION\n"
             f'exec /bin/sh {root}/hosts/"$3"\n',
@@ -244,7 +294,7 @@ class Fleet:
         address = f"127.0.0.{number}"
         server = SimServer(name=name or f"gpu{number:02d}", address=address, **kwargs)  # type: ignore[arg-type]
         server.sshd_index = len(self.servers) // MAX_ADDRESSES_PER_SSHD
-        if server.report is None and server.behaviour in (REPORT, REPORT_AS_WRITTEN):
+        if server.report is None and server.behaviour in (REPORT, REPORT_AS_WRITTEN, REAL_AGENT):
             server.report = canned_report(server.name, address)
         self.servers.append(server)
         return server
@@ -259,6 +309,23 @@ class Fleet:
     def set_report(self, server: SimServer, report: Report) -> None:
         server.report = report
         self._write_host(server)
+
+    def write_snapshot(self, server: SimServer) -> None:
+        """The server's Report as its daemon would leave it for REAL_AGENT: report.json in
+        its state dir, one line, generated now (unless the Report says otherwise)."""
+        assert server.report is not None
+        folder = self.root / "state" / server.address
+        folder.mkdir(exist_ok=True)
+        os.chmod(folder, 0o755)
+        text = server.report.to_json().replace(
+            NOW, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        )
+        self._write(folder / "report.json", text + "\n", 0o644)
+
+    def agent_starts(self) -> int:
+        """How many times a server started `gpumon-agent` (a process each) so far."""
+        pids_file = self.root / "pids" / "agents"
+        return len(pids_file.read_text().split()) if pids_file.exists() else 0
 
     def smi_output(self, gpus_csv: str, apps_csv: str) -> None:
         self._write(self.root / "smi" / "gpus.csv", gpus_csv, 0o644)
@@ -296,12 +363,23 @@ class Fleet:
 
     def _start_sshd(self, index: int) -> None:
         log = open(self.root / f"sshd{index}.log", "ab")  # noqa: SIM115 - kept for the process
+        reach = None
+        if os.geteuid() == 0:  # the test user's sessions run this venv's agent (REAL_AGENT)
+            stash = self.root / "stash"
+            stash.mkdir(exist_ok=True)
+            reach = reach_interpreter(str(stash))
+
+        def preexec() -> None:
+            _die_with_parent()
+            if reach is not None:
+                reach()
+
         proc = subprocess.Popen(
             [SSHD, "-D", "-e", "-f", str(self.root / f"sshd{index}.conf")],
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=preexec,
         )
         log.close()
         self._procs[index] = proc
@@ -434,9 +512,26 @@ class Fleet:
     def _write_host(self, server: SimServer) -> None:
         if server.report is not None:
             self._write(
-                self.root / "reports" / f"{server.address}.json", server.report.to_json(), 0o644
+                self.root / "reports" / f"{server.address}.json",
+                server.report.to_json() + "\n",  # one line, as the agent prints it
+                0o644,
             )
-        script = server.behaviour.format(dir=self.root, addr=server.address)
+        script = server.behaviour.format(dir=self.root, addr=server.address, agent=AGENT)
+        if server.behaviour == REAL_AGENT and server.report is not None:
+            self.write_snapshot(server)
+        if server.stream and server.behaviour != REAL_AGENT:
+            # The stream protocol around the behaviour: the hello, then the behaviour once
+            # per request line, read afresh each time (set_behaviour changes what an open
+            # stream answers next), in a subshell (behaviours exec).
+            answer = self.root / "hosts" / f"{server.address}.answer"
+            self._write(answer, script + "\n", 0o644)
+            script = (
+                'case "$GPUMON_FAKE_ASK" in *stream)\n'
+                f"  echo '{STREAM_HELLO}'\n"
+                f"  while read -r line; do ( . {answer} ) || exit $?; done\n"
+                "  exit 0 ;;\n"
+                f"esac\n{script}"
+            )
         self._write(self.root / "hosts" / server.address, script + "\n", 0o644)
 
     def _sshd_config(self, index: int) -> str:

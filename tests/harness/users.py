@@ -90,7 +90,17 @@ _CLONE_NEWNS = 0x00020000
 _MS_BIND, _MS_REC, _MS_PRIVATE = 4096, 16384, 1 << 18
 
 
-def _reach_interpreter(blocked: str, inner: str) -> None:
+def reach_interpreter(stash: str) -> Callable[[], None] | None:
+    """For a root process whose children become other users (sshd): a preexec step that lets
+    them reach this interpreter as ``_reach_interpreter`` does, by way of ``stash`` (an empty
+    directory the caller made); None when every user reaches it already."""
+    blocked = _blocked_ancestor()
+    if blocked is None:
+        return None
+    return lambda: _reach_interpreter(*blocked, stash=stash)
+
+
+def _reach_interpreter(blocked: str, inner: str, stash: str | None = None) -> None:
     """In the child, before it drops root: a private mount namespace where ``blocked`` is a
     0755 tmpfs holding ``inner`` (bind-mounted from the real one, by way of a stash mount)."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -100,13 +110,13 @@ def _reach_interpreter(blocked: str, inner: str) -> None:
             err = ctypes.get_errno()
             raise OSError(err, f"{what}: {os.strerror(err)}")
 
-    stash = STASH.encode()
+    stash_path = (stash or STASH).encode()
     check(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
-    check(libc.mount(inner.encode(), stash, None, _MS_BIND | _MS_REC, None), "bind to stash")
+    check(libc.mount(inner.encode(), stash_path, None, _MS_BIND | _MS_REC, None), "bind to stash")
     check(libc.mount(b"tmpfs", blocked.encode(), b"tmpfs", 0, b"mode=0755"), "tmpfs")
     os.mkdir(inner, 0o755)
-    check(libc.mount(stash, inner.encode(), None, _MS_BIND | _MS_REC, None), "bind back")
+    check(libc.mount(stash_path, inner.encode(), None, _MS_BIND | _MS_REC, None), "bind back")
 
 
 # An empty directory to bind-mount on inside each child's own namespace (never in ours).

@@ -1,5 +1,7 @@
 """One sweep over a fleet of 20 healthy simulated servers plus one server per fault: each fault
-gives OFF with its reason within its own deadline, and every other server is still reported."""
+gives OFF with its reason within its own deadline, and every other server is still reported —
+twice: every server behind the shipped forced command, answering over a `stream` channel, and
+every server behind the old forced command (`gpumon-agent report --json`), one-shot."""
 
 from __future__ import annotations
 
@@ -17,11 +19,14 @@ from gpumon.config import ServerEntry
 from gpumon.poll import result as codes
 from gpumon.poll.poller import Poller
 from gpumon.poll.result import ServerResult
+from gpumon.poll.stream import VIA_NEW_STREAM, VIA_OLD_COMMAND
 from harness.sshd import (
     FAILING,
+    FORCED,
     GARBAGE,
     HUGE,
     NONE,
+    OLD,
     SLEEP,
     Fleet,
     RefusedPort,
@@ -53,25 +58,30 @@ class Sweep:
     results: dict[str, ServerResult]
     elapsed_s: float
     warnings: list[logging.LogRecord]
+    via: str  # how the healthy servers answer
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory, isolated_home: Path) -> Iterator[Sweep]:
+@pytest.fixture(scope="module", params=[VIA_NEW_STREAM, VIA_OLD_COMMAND])
+def sweep(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, isolated_home: Path
+) -> Iterator[Sweep]:
     fleet = Fleet()
+    line = FORCED if request.param == VIA_NEW_STREAM else OLD
     for i in range(HEALTHY):
-        fleet.add(f"ok{i:02d}")
+        fleet.add(f"ok{i:02d}", keys=line)
     fleet.add("auth-rejected", keys=NONE)
-    fleet.add("key-changed")
-    fleet.add("key-unknown")
-    fleet.add("agent-missing", agent_on_path=False)
-    fleet.add("agent-garbage", behaviour=GARBAGE)
-    fleet.add("agent-10mb", behaviour=HUGE)
-    fleet.add("agent-sleeps", behaviour=SLEEP)
-    fleet.add("agent-fails", behaviour=FAILING)
-    fleet.add("agent-v1", behaviour=f"echo '{V1_REPORT}'")  # an agent not upgraded yet
+    fleet.add("key-changed", keys=line)
+    fleet.add("key-unknown", keys=line)
+    fleet.add("agent-missing", agent_on_path=False, keys=line)
+    fleet.add("agent-garbage", behaviour=GARBAGE, keys=line)
+    fleet.add("agent-10mb", behaviour=HUGE, keys=line)
+    fleet.add("agent-sleeps", behaviour=SLEEP, keys=line)
+    fleet.add("agent-fails", behaviour=FAILING, keys=line)
+    fleet.add("agent-v1", behaviour=f"echo '{V1_REPORT}'", keys=line)  # not upgraded yet
     fleet.add(
         "agent-v3",
         behaviour="""echo '{{"schema": "gpumon.report", "version": 3, "host": {{}}}}'""",
+        keys=line,
     )
     listeners = {
         "port-refused": RefusedPort("127.0.0.200"),
@@ -101,7 +111,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, isolated_home: Path) -> Iter
         started = time.monotonic()
         results = poller.sweep(list(config.servers))
         elapsed = time.monotonic() - started
-        yield Sweep(fleet, poller, {r.name: r for r in results}, elapsed, warnings)
+        yield Sweep(fleet, poller, {r.name: r for r in results}, elapsed, warnings, request.param)
     finally:
         logging.getLogger("gpumon").removeHandler(handler)
         poller.close()
@@ -128,6 +138,7 @@ def test_every_healthy_server_is_on_with_its_own_report(sweep: Sweep) -> None:
         assert result.report.host.hostname == server.name
         assert [g.uuid for g in result.report.gpus] == [g.uuid for g in server.report.gpus]
         assert result.address == server.address
+        assert result.via == sweep.via
         assert (
             result.destination == f"{sweep.fleet.user.pw_name}@{server.address}:{sweep.fleet.port}"
         )
