@@ -23,6 +23,7 @@ after a pause (the box down, cron stopped) the missing time is a gap, not one lo
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -202,10 +203,21 @@ def _json_name(kind: str, value: object) -> str:
     return kind + json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
+
+
 def ensure(conn: sqlite3.Connection) -> None:
+    """This module's tables, made if missing (one read of the catalogue when they are there)."""
     from gpumon.history.db import ensure_schema
 
-    ensure_schema(conn, SCHEMA)
+    present = {
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'history%'"
+        )
+    }
+    if not TABLES.issubset(present):
+        ensure_schema(conn, SCHEMA)
 
 
 def record(
