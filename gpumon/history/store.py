@@ -23,6 +23,7 @@ after a pause (the box down, cron stopped) the missing time is a gap, not one lo
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -142,12 +143,14 @@ class Names:
         self._ids = {}
         self._values = {}
         self._tuples = {}
+        self._loaded = False
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn: sqlite3.Connection
         self._ids: dict[str, int]
         self._values: dict[int, str]
         self._tuples: dict[tuple[str, tuple], int]
+        self._loaded: bool
 
     def id_of(self, kind: str, value: tuple) -> int:
         """The id of a tuple of strings (and tuples of them), stored as tagged JSON."""
@@ -157,10 +160,22 @@ class Names:
             found = self._tuples[key] = self.id(_json_name(kind, value))
         return found
 
+    def _load(self) -> None:
+        # All of them in one query (a few hundred to a few thousand short strings): a cron
+        # push on a fresh connection would otherwise look up a hundred, one by one.
+        self._loaded = True
+        for id_, value in self.conn.execute("SELECT id, value FROM history_names"):
+            self._ids[value], self._values[id_] = id_, value
+
     def id(self, value: str) -> int:
         found = self._ids.get(value)
         if found is not None:
             return found
+        if not self._loaded:
+            self._load()
+            found = self._ids.get(value)
+            if found is not None:
+                return found
         row = self.conn.execute("SELECT id FROM history_names WHERE value = ?", (value,)).fetchone()
         if row is None:
             # No RETURNING: SQLite before 3.35 (Debian 11's 3.34) lacks it.
@@ -202,10 +217,21 @@ def _json_name(kind: str, value: object) -> str:
     return kind + json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
+
+
 def ensure(conn: sqlite3.Connection) -> None:
+    """This module's tables, made if missing (one read of the catalogue when they are there)."""
     from gpumon.history.db import ensure_schema
 
-    ensure_schema(conn, SCHEMA)
+    present = {
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'history%'"
+        )
+    }
+    if not TABLES.issubset(present):
+        ensure_schema(conn, SCHEMA)
 
 
 def record(
