@@ -85,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace FILE atomically when the fleet changed (default: print to stdout)",
     )
 
+    alerts = command("alerts", parents=[common])
+    alerts.add_argument(
+        "action",
+        nargs="?",
+        choices=("list", "test"),
+        default="list",
+        help="list (the default): what is active now and each channel's state; test: send a "
+        "test message through every channel",
+    )
+    alerts.add_argument("--json", action="store_true", help="machine-readable output (list)")
+
     completion = command("completion")
     completion.add_argument("shell", choices=("bash", "zsh"), help="the shell")
 
@@ -238,6 +249,12 @@ def _main(argv: list[str]) -> int:
         from gpumon.targets import prometheus_targets
 
         return prometheus_targets(config, args.out)
+    if args.command == "alerts":
+        from gpumon.alerts_command import alerts, alerts_test
+
+        if args.action == "test":
+            return alerts_test(config)
+        return alerts(config, as_json=args.json)
     if args.command == "trust":
         from gpumon.trust import trust
 

@@ -34,12 +34,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from gpumon.alerts.engine import AlertOutcome, PushAlerts
 from gpumon.config import Config, ConfigError
 from gpumon.poll.result import ServerResult
-from gpumon.sheet.grid import Backend, SheetError, WriteStats
-from gpumon.sheet.layout import LayoutError, read_layout, server_key
-from gpumon.sheet.plan import Change, Plan, plan
+from gpumon.sheet.grid import Backend, Grid, SheetError, WriteStats
+from gpumon.sheet.layout import Layout, LayoutError, read_layout, server_key
+from gpumon.sheet.plan import Change, Plan, plan, sheet_timezone
 from gpumon_agent.filelock import FileLock, LockBusy, LockFileError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from gpumon.poll.poller import Poller
@@ -295,6 +298,7 @@ class PushOutcome:
     setup_lines: list[str] = field(default_factory=list)  # what the set-up did
     reads: int = 0
     duration_s: float = 0.0
+    alerts: AlertOutcome | None = None  # what the alerts did (none for a dry run)
 
     @property
     def changes(self) -> list[Change]:
@@ -351,13 +355,47 @@ def push_once(
     not_polled: list[str] = []
     names = poll_names(config, layout.servers(), not_polled)
     results = poller.sweep(names) if names else []
+    # A dry run only reads the alert state (if there is one), for the Health cells it shows.
+    alerts = PushAlerts(config, read_only=dry_run)
+    try:
+        alerts.mark_off_since(results)
+        outcome = _plan_and_write(config, backend, grid, layout, results, names, not_polled,
+                                  dry_run=dry_run, add_rows=add_rows)  # fmt: skip
+        if not dry_run:
+            tz = sheet_timezone(grid, sheet.time_zone)[0]
+            outcome.alerts = alerts.after_push(results, getattr(outcome, "gpu_states", None), tz)
+    except Exception:
+        # The sheet failed, not the fleet: servers that went down are still told.
+        if not dry_run:
+            said = alerts.after_push(results, None, sheet_timezone(grid, sheet.time_zone)[0])
+            for line in [*said.warnings, *said.failed]:
+                log.warning("%s", line)
+        raise
+    finally:
+        alerts.close()
+    outcome.duration_s = time.monotonic() - started
+    return outcome
+
+
+def _plan_and_write(
+    config: Config,
+    backend: Backend,
+    grid: Grid,
+    layout: Layout,
+    results: list[ServerResult],
+    names: list[str],
+    not_polled: list[str],
+    *,
+    dry_run: bool,
+    add_rows: bool,
+) -> PushOutcome:
+    sheet = config.sheet
     kwargs = {"columns": sheet.columns, "time_zone": sheet.time_zone, "add_rows": add_rows}
     the_plan = plan(grid, layout, results, **kwargs)
     the_plan.warnings.extend(not_polled)
     outcome = PushOutcome(results=results, plan=the_plan, names=names, dry_run=dry_run, reads=1)
     if dry_run:
         outcome.setup_lines = the_plan.describe_setup()
-        outcome.duration_s = time.monotonic() - started
         return outcome
     if the_plan.setup is not None:
         outcome.setup_lines = the_plan.describe_setup()
@@ -379,7 +417,6 @@ def push_once(
             the_plan = as_is
         outcome.plan = the_plan
     outcome.stats = backend.write(the_plan.writes)  # an empty list costs no request
-    outcome.duration_s = time.monotonic() - started
     return outcome
 
 
@@ -431,6 +468,10 @@ def outcome_messages(outcome: PushOutcome, label: str) -> list[Message]:
     if outcome.setup_stats is not None:
         out += [Message(warn, reason) for reason in outcome.setup_stats.skipped]
     out += [Message(warn, f"not written: {reason}") for reason in outcome.stats.skipped]
+    if outcome.alerts is not None:
+        out += [Message(warn, line) for line in outcome.alerts.warnings]
+        out += [Message(warn, f"alerts: {line}") for line in outcome.alerts.failed]
+        out += [Message(info, f"alerts: sent through {line}") for line in outcome.alerts.sent]
     if outcome.dry_run:
         out.append(Message(info, "dry run: nothing written."))
     out += [Message(info, f"set-up: {line}") for line in outcome.setup_lines]
