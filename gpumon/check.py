@@ -120,7 +120,9 @@ def _check_state_dir(config: Config, checks: Checklist) -> None:
 
     origin = f"state_dir in {config.origin}" if config.state_dir_set else state_dir_origin()
     if os.access(probe, os.W_OK | os.X_OK):
-        checks.ok(f"state directory: {folder} (push lock, last-seen times; from {origin})")
+        checks.ok(
+            f"state directory: {folder} (push lock, last-seen times, alert state; from {origin})"
+        )
     else:
         checks.fail(f"state directory: {folder} is not writable — set state_dir in {config.origin}")
 

@@ -251,7 +251,8 @@ def valid_email(address: str) -> bool:
 @dataclass
 class Config:
     path: str | None = None  # None: the embedded default
-    # push lock, last-seen times; default: $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/gpumon
+    # push lock, last-seen times, alert state; default: $STATE_DIRECTORY (systemd), else
+    # $XDG_STATE_HOME/gpumon
     state_dir: str = field(default_factory=default_state_dir)
     state_dir_set: bool = False  # the config file names state_dir
     found_by: str = ""  # how the config file was chosen (configpath.ConfigSource.how)
