@@ -179,7 +179,7 @@ def test_a_certificate_not_trusted_says_to_set_ca_file(ca):
     server = SmtpServer("starttls", ca=ca)
     try:
         settings = AlertsConfig(smtp=server.address, email_from="g@lab.example")
-        with pytest.raises(ch.ChannelError, match="not trusted.*ca_file"):
+        with pytest.raises(ch.ChannelError, match=r"not trusted.*ca_file"):
             ch.send(ch.EMAIL_TO + "a@lab.example", settings, "s", "b", deadline())
     finally:
         server.close()
