@@ -12,7 +12,7 @@ from conftest import secret_file
 
 from gpumon.alerts import channels as ch
 from gpumon.config import AlertsConfig
-from harness.receivers import SmtpServer
+from harness.receivers import SMTPS_LOGIN_WARNING, SmtpServer
 from harness.sshd import RefusedPort, SilentListener
 from harness.timing import SLACK_S
 
@@ -132,6 +132,7 @@ def test_mail_to_one_person(smtp):
     assert smtp.wait(1)[0].recipients == ["lww@lab.example"]
 
 
+@pytest.mark.filterwarnings(SMTPS_LOGIN_WARNING)
 @pytest.mark.parametrize("mode", ["starttls", "ssl"])
 def test_mail_over_tls_with_a_login_whose_password_is_in_a_file(ca, tmp_path, mode):
     server = SmtpServer(mode, ca=ca, user="gpumon", password="pa55-w0rd-xyz")

@@ -15,7 +15,6 @@ import socket
 import ssl
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,9 +23,9 @@ from pathlib import Path
 from harness.sshd import free_port
 
 LOOPBACK = "127.0.0.1"
-# SMTPS with a login: the whole connection is TLS, yet aiosmtpd warns (per connection, in its
-# thread) that AUTH does not require STARTTLS.
-warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+# SMTPS with a login: the whole connection is TLS, yet aiosmtpd warns (per connection) that
+# AUTH does not require STARTTLS. Tests that use it carry this filter.
+SMTPS_LOGIN_WARNING = "ignore:Requiring AUTH while not requiring TLS"
 
 
 # --- TLS --------------------------------------------------------------------------------------
