@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from harness.isolation import _no_personal_ssh, isolated_home  # noqa: F401
-from harness.receivers import SmtpServer, TestCA, WebhookReceiver
+from harness.receivers import SmtpServer, LoopbackCA, WebhookReceiver
 
 
 @pytest.fixture(scope="session")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return TestCA(tmp_path_factory.mktemp("tls"))
+def ca(tmp_path_factory: pytest.TempPathFactory) -> LoopbackCA:
+    return LoopbackCA(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

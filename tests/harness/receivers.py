@@ -1,7 +1,7 @@
 """The alert channels' other ends, real and on loopback: an SMTP server (aiosmtpd: plain,
 STARTTLS or SMTPS, with or without a login) and an HTTP receiver for webhooks (stdlib
 http.server), each recording what it got and able to misbehave on demand (answer 500, answer
-late, refuse). TLS uses a test CA made here (``TestCA``), trusted through ``[alerts] ca_file``.
+late, refuse). TLS uses a test CA made here (``LoopbackCA``), trusted through ``[alerts] ca_file``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ SMTPS_LOGIN_WARNING = "ignore:Requiring AUTH while not requiring TLS"
 
 
 @dataclass
-class TestCA:
+class LoopbackCA:
     """A CA and a server certificate for 127.0.0.1 signed by it, as PEM files in ``folder``."""
 
     folder: Path
@@ -118,7 +118,6 @@ class _Recorder:
                     recipients=list(envelope.rcpt_tos),
                     message=parsed,  # type: ignore[arg-type]
                     tls=session.ssl is not None or self.server.mode == "ssl",
-                    login=getattr(session, "login_data", None),
                 )
             )
         return "250 OK"
@@ -130,7 +129,6 @@ class Received:
     recipients: list[str]
     message: EmailMessage
     tls: bool
-    login: object
 
     @property
     def subject(self) -> str:
@@ -139,7 +137,8 @@ class Received:
     @property
     def body(self) -> str:
         part = self.message.get_body(("plain",))
-        return part.get_content() if part is not None else ""
+        text = part.get_content() if part is not None else ""
+        return text.replace("\r\n", "\n")
 
 
 class SmtpServer:
@@ -149,7 +148,7 @@ class SmtpServer:
     def __init__(
         self,
         mode: str = "none",
-        ca: TestCA | None = None,
+        ca: LoopbackCA | None = None,
         user: str | None = None,
         password: str | None = None,
     ) -> None:
