@@ -38,6 +38,8 @@ ALLOWED = {
     ("gpumon_agent/atomic.py", "os.replace"),
     # A damaged last-seen file is moved aside (kept for the admin), not written.
     ("gpumon/poll/lastseen.py", "os.replace"),
+    # A damaged alert database is moved aside (with its -wal and -shm), not written.
+    ("gpumon/alerts/state.py", "os.replace"),
 }
 
 
@@ -45,6 +47,7 @@ def library_modules() -> list[Path]:
     central = [
         *sorted((REPO / "gpumon" / "poll").rglob("*.py")),
         *sorted((REPO / "gpumon" / "sheet").rglob("*.py")),
+        *sorted((REPO / "gpumon" / "alerts").rglob("*.py")),
         REPO / "gpumon" / "fleet.py",
         REPO / "gpumon" / "config.py",
         REPO / "gpumon" / "keyfile.py",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.isolation import _no_personal_ssh, isolated_home  # noqa: F401
-from harness.receivers import SmtpServer, LoopbackCA, WebhookReceiver
+from harness.receivers import LoopbackCA, SmtpServer, WebhookReceiver
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from gpumon_agent.health import evaluate
 from gpumon_agent.report import Report
 from harness.agents import AgentFleet, SimAgent
 from harness.fakenvml import FakeState, make_gpu
-from harness.receivers import SmtpServer, LoopbackCA, WebhookReceiver
+from harness.receivers import LoopbackCA, SmtpServer, WebhookReceiver
 from harness.sshd import REPORT, SLEEP, Fleet, canned_report
 from harness.timing import COMMAND_START_S, SLACK_S
 
