@@ -35,6 +35,8 @@ def alerts(config: Config, as_json: bool = False, out: TextIO | None = None) -> 
     except StateError as e:
         print(f"gpumon: {e}", file=sys.stderr)
         return EXIT_PROBLEM
+    for warning in state.warnings:
+        print(printable(f"gpumon: warning: {warning}"), file=sys.stderr)
     now = time.time()
     if as_json:
         json.dump(to_json(state, config, now), out, indent=2, ensure_ascii=False)

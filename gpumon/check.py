@@ -171,6 +171,8 @@ def _check_alerts(config: Config, checks: Checklist) -> None:
     except StateError as e:
         checks.fail(f"alerts: {e}")
         return
+    for warning in state.warnings:
+        checks.fail(f"alerts: {warning}")
     tz = named_zone(config.sheet.time_zone)[0]
     for channel in state.channels:
         if channel.failing:

@@ -41,7 +41,7 @@ NUMBER_BOUNDS: dict[str, tuple[float, float]] = {
     "serve.interval_s": (0.1, 86400),  # with the google backend at least GOOGLE_MIN_INTERVAL_S
     "source.timeout_s": (0.5, 300),
     "metrics.port": (1, 65535),
-    "alerts.down_after_s": (0, 86400),
+    "alerts.down_after_s": (1, 86400),
     "alerts.repeat_s": (60, 30 * 86400),
     "alerts.reserved_unused_h": (0.1, 24 * 365),
     "alerts.claimed_idle_h": (0.1, 24 * 365),

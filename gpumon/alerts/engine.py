@@ -273,6 +273,7 @@ class AlertState:
     channels: list[ChannelState]
     path: Path
     exists: bool
+    warnings: list[str] = field(default_factory=list)  # e.g. a damaged file moved aside
 
 
 def read_state(config: Config) -> AlertState:
@@ -283,7 +284,8 @@ def read_state(config: Config) -> AlertState:
     if not path.exists():
         channels = [ChannelState(c, ch.describe(c, config.alerts), True, None) for c in lab]
         return AlertState([], channels, path, exists=False)
-    with AlertStore(path) as store:
+    warnings: list[str] = []
+    with AlertStore(path, warnings) as store:
         conditions = sorted(store.conditions().values(), key=lambda c: (c.since, c.key))
         statuses = {s.channel: s for s in store.channels()}
     channels = [
@@ -292,7 +294,7 @@ def read_state(config: Config) -> AlertState:
     for name, status in sorted(statuses.items()):
         channels.append(ChannelState(name, ch.describe(name, config.alerts), _personal(name)
                                      and config.alerts.email, status))  # fmt: skip
-    return AlertState(conditions, channels, path, exists=True)
+    return AlertState(conditions, channels, path, exists=True, warnings=warnings)
 
 
 def _personal(channel: str) -> bool:

@@ -77,7 +77,7 @@ SECRET = "https://hooks.slack.com/services/T000/B000/s3cr3tt0k3n"
             "in clear",
         ),
         ('smtp_tls = "tls"', "must be one of auto, starttls, ssl, none"),
-        ("down_after_s = -1", "give a number from 0 to 86400"),
+        ("down_after_s = 0", "give a number from 1 to 86400"),
         ("repeat_s = 5", "give a number from 60"),
         ("claimed_idle_h = nan", "is not allowed"),
         ("timeout_s = 1000", "give a number from 1 to 120"),

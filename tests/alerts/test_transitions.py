@@ -63,9 +63,12 @@ def test_down_after_down_after_s_once_over_many_pushes_then_back_once(cfg, hook)
 
 
 def test_down_after_s_from_the_config(tmp_path, hook):
-    cfg = config(tmp_path / "state", webhook=hook.url(), down_after_s=0)
+    cfg = config(tmp_path / "state", webhook=hook.url(), down_after_s=600)
     push(cfg, [on("mlbsp", T0)], T0)
-    push(cfg, [off("mlbsp", T0 + 60)], T0 + 60)
+    for minute in range(1, 11):
+        push(cfg, [off("mlbsp", T0 + 60 * minute)], T0 + 60 * minute)
+    assert hook.wait(1, timeout_s=0.3) == []  # 9 min of the 10
+    push(cfg, [off("mlbsp", T0 + 660)], T0 + 660)
     assert "DOWN    mlbsp" in hook.wait(1)[0].text
 
 
