@@ -313,3 +313,28 @@ def test_a_reader_holding_the_database_does_not_stop_a_push(cfg, hook):
     finally:
         reader.close()
     assert outcome.warnings == [] and outcome.sent
+
+
+def test_a_server_name_with_newlines_cannot_forge_lines_or_mail_headers(tmp_path, hook, smtp):
+    cfg = config(
+        tmp_path / "state", webhook=hook.url(), smtp=smtp.address, smtp_tls="none",
+        email_from="gpumon@lab.example", email_to=["lab@lab.example"],
+    )  # fmt: skip
+    name = "evil\r\nBcc: all@lab.example\r\nBACK    mlbsp: fine"
+    push(cfg, [on(name, T0, [warn("load_high", "load high\nCLEARED everything")])], T0)
+    [got] = hook.wait(1)
+    assert len(got.text.splitlines()) == 2  # the subject and one event line
+    [mail] = smtp.wait(1)
+    assert mail.recipients == ["lab@lab.example"]
+    assert mail.message["Bcc"] is None and "\n" not in mail.subject
+
+
+def test_a_huge_job_name_is_cut_and_a_flood_of_events_is_summed_up(cfg, hook):
+    idle = [claimed_idle_gpu(0, "lww", "j" * 100_000, idle_since=T0 - 86400)]
+    results = [on("mlbsp", T0, gpus=idle)]
+    results += [on(f"gpu{i:04d}", T0, [warn("load_high", "load high")]) for i in range(500)]
+    push(cfg, results, T0)
+    [got] = hook.wait(1)
+    lines = got.text.splitlines()
+    assert len(lines) == 1 + 200 and lines[-1] == "… and 302 more"
+    assert all(len(line) <= 400 for line in lines)
