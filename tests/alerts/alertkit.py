@@ -107,3 +107,11 @@ def push(cfg: Config, results: list[ServerResult], at: float, gpu_states=None) -
 
 def person(name: str, email: str, *users: str) -> Person:
     return Person(name=name, users=list(users), email=email)
+
+
+def secret_file(folder: Path, name: str, text: str, mode: int = 0o600) -> Path:
+    """A file holding a secret on its first line (the webhook URL, the SMTP password)."""
+    path = folder / name
+    path.write_text(text + "\n")
+    path.chmod(mode)
+    return path

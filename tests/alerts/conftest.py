@@ -5,7 +5,6 @@ user's own ~/.ssh and ssh-agent."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -30,10 +29,3 @@ def smtp() -> Iterator[SmtpServer]:
     server = SmtpServer("none")
     yield server
     server.close()
-
-
-def secret_file(folder: Path, name: str, text: str, mode: int = 0o600) -> Path:
-    path = folder / name
-    path.write_text(text + "\n")
-    path.chmod(mode)
-    return path

@@ -8,7 +8,7 @@ import os
 import time
 
 import pytest
-from conftest import secret_file
+from alertkit import secret_file
 
 from gpumon.alerts import channels as ch
 from gpumon.config import AlertsConfig

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from conftest import secret_file
+from alertkit import secret_file
 
 from gpumon_agent.health import evaluate
 from gpumon_agent.report import Report
