@@ -81,6 +81,7 @@ def _check(config: Config, fleet: FleetSession, checks: Checklist) -> int:
         how = f" ({config.found_by})"
     checks.ok(f"config: {config.origin}{how}")
     _check_state_dir(config, checks)
+    _check_alerts(config, checks)
     layout: Layout | None = None
     grid: Grid | None = None
     try:
@@ -125,9 +126,75 @@ def _check_state_dir(config: Config, checks: Checklist) -> None:
 
     origin = f"state_dir in {config.origin}" if config.state_dir_set else state_dir_origin()
     if os.access(probe, os.W_OK | os.X_OK):
-        checks.ok(f"state directory: {folder} (push lock, last-seen times; from {origin})")
+        checks.ok(
+            f"state directory: {folder} (push lock, last-seen times, alert state; from {origin})"
+        )
     else:
         checks.fail(f"state directory: {folder} is not writable — set state_dir in {config.origin}")
+
+
+def _check_alerts(config: Config, checks: Checklist) -> None:
+    """Each alert channel: set up right (the webhook file, the SMTP server reachable, TLS and
+    the login taken — nothing is sent), and whether its last delivery worked."""
+    import time
+    from urllib.parse import urlsplit
+
+    from gpumon.alerts import channels as ch
+    from gpumon.alerts.engine import read_state
+    from gpumon.alerts.state import StateError
+    from gpumon.alerts_command import channel_line
+    from gpumon.sheet.plan import named_zone
+
+    settings = config.alerts
+    lab = ch.configured(settings)
+    if not lab:
+        checks.info(
+            "alerts: no channel set up ([alerts] webhook or email_to): what goes down is only "
+            "listed by `gpumon alerts`"
+        )
+    if ch.WEBHOOK in lab:
+        try:
+            url = ch.webhook_url(settings)
+        except ch.ChannelError as e:
+            checks.fail(f"alerts: webhook: {e}")
+        else:
+            label = ch.describe(ch.WEBHOOK, settings)
+            host = urlsplit(url).hostname or ""
+            if urlsplit(url).scheme == "http" and not names_loopback(host):
+                checks.info(f"alerts: {label} is plain http: its secret URL crosses the network "
+                            "unencrypted")  # fmt: skip
+            else:
+                checks.ok(f"alerts: {label} (not tried: `gpumon alerts test` sends a test)")
+    if settings.email:
+        try:
+            done = ch.probe_smtp(settings, time.monotonic() + settings.timeout_s)
+        except ch.ChannelError as e:
+            checks.fail(f"alerts: e-mail: {e}")
+        else:
+            checks.ok(f"alerts: e-mail through {done} (nothing sent)")
+    try:
+        state = read_state(config)
+    except StateError as e:
+        checks.fail(f"alerts: {e}")
+        return
+    for warning in state.warnings:
+        checks.fail(f"alerts: {warning}")
+    tz = named_zone(config.sheet.time_zone)[0]
+    for channel in state.channels:
+        if channel.failing:
+            checks.fail(f"alerts: {channel_line(channel, tz)[5:]} — `gpumon alerts test` tries "
+                        "it now")  # fmt: skip
+
+
+def names_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.casefold() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_sheet(config: Config, backend, checks: Checklist) -> tuple[Grid | None, Layout | None]:
@@ -239,7 +306,7 @@ def _check_reservations(
             '[sheet.columns] usage = ["..."] if yours is called otherwise)'
         )
         return
-    reservations = read_reservations(grid, layout, config.people, known_users(results))
+    reservations = read_reservations(grid, layout, config.people_users, known_users(results))
     cells: dict[str, list[str]] = {}
     spelled: dict[str, str] = {}
     reserved = 0

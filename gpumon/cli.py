@@ -116,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also draw a chart into FILE (needs matplotlib: pip install 'gpumon[charts]')",
     )
+    alerts = command("alerts", parents=[common])
+    alerts.add_argument(
+        "action",
+        nargs="?",
+        choices=("list", "test"),
+        default="list",
+        help="list (the default): what is active now and each channel's state; test: send a "
+        "test message through every channel",
+    )
+    alerts.add_argument("--json", action="store_true", help="machine-readable output (list)")
 
     completion = command("completion")
     completion.add_argument("shell", choices=("bash", "zsh"), help="the shell")
@@ -292,6 +302,12 @@ def _main(argv: list[str]) -> int:
         return run(
             config, since=args.since, week=args.week, by=args.by, as_json=args.json, png=args.png
         )
+    if args.command == "alerts":
+        from gpumon.alerts_command import alerts, alerts_test
+
+        if args.action == "test":
+            return alerts_test(config)
+        return alerts(config, as_json=args.json)
     if args.command == "trust":
         from gpumon.trust import trust
 

@@ -45,6 +45,11 @@ NUMBER_BOUNDS: dict[str, tuple[float, float]] = {
     "history.raw_days": (1, 3660),
     "history.five_minute_days": (1, 3660),
     "history.sheet_every_s": (60, 7 * 86400),
+    "alerts.down_after_s": (1, 86400),
+    "alerts.repeat_s": (60, 30 * 86400),
+    "alerts.reserved_unused_h": (0.1, 24 * 365),
+    "alerts.claimed_idle_h": (0.1, 24 * 365),
+    "alerts.timeout_s": (1, 120),
 }
 SOURCE_KINDS = ("ssh", "prometheus")
 MAX_SELECTOR_CHARS = 1000
@@ -176,6 +181,90 @@ class MetricsConfig:
     port: int = 9835  # gpumon-agent run --metrics ADDR:PORT on every server
 
 
+SMTP_TLS_MODES = ("auto", "starttls", "ssl", "none")
+# An address as gpumon puts it in a To: or From: header: no display name, no spaces, no
+# newline (a header injection), one "@" with something on each side.
+_EMAIL = re.compile(r"[^@\s<>,;\"'()\[\]\\]{1,64}@[A-Za-z0-9.-]{1,253}")
+
+
+@dataclass
+class AlertsConfig:
+    """When gpumon tells the lab (gpumon.alerts) and through what: a webhook, e-mail."""
+
+    down_after_s: float = 120.0  # failed polls for this long before "down" (one lost poll is not)
+    repeat_s: float = 6 * 3600.0  # a condition that lasts is told again after this long
+    reserved_unused_h: float = 24.0  # a reservation with no use this long
+    claimed_idle_h: float = 2.0  # a claimed GPU with no process this long
+    timeout_s: float = 10.0  # each channel's delivery at one push, all of it
+    # A Slack/Mattermost incoming webhook (its URL is a secret: webhook_file keeps it out of
+    # the config); POSTs {"text": ...}.
+    webhook: Optional[str] = None
+    webhook_file: Optional[str] = None
+    email_to: list[str] = field(default_factory=list)  # the lab's list: every event
+    email_from: Optional[str] = None
+    smtp: Optional[str] = None  # "host:587" (STARTTLS) or "host:465" (SMTPS)
+    smtp_tls: str = "auto"  # auto (465: ssl, else starttls) | starttls | ssl | none
+    smtp_user: Optional[str] = None
+    smtp_password_file: Optional[str] = None
+    ca_file: Optional[str] = None  # a private CA for the SMTP server's or webhook's TLS
+
+    @property
+    def smtp_host_port(self) -> tuple[str, int] | None:
+        """(host, port) of ``smtp``; the port defaults to 465 with smtp_tls = "ssl", else 587."""
+        if not self.smtp:
+            return None
+        host, port = split_host_port(self.smtp)
+        if port is None:
+            port = 465 if self.smtp_tls == "ssl" else 587
+        return host, port
+
+    @property
+    def smtp_mode(self) -> str:
+        """starttls, ssl or none: what "auto" means for the port."""
+        if self.smtp_tls != "auto":
+            return self.smtp_tls
+        where = self.smtp_host_port
+        return "ssl" if where is not None and where[1] == 465 else "starttls"
+
+    @property
+    def email(self) -> bool:
+        """Whether e-mail can be sent at all (a server and a sender)."""
+        return bool(self.smtp and self.email_from)
+
+
+@dataclass
+class Person:
+    """One person of [people]: the Unix users they run as, and where to tell them things."""
+
+    name: str
+    users: list[str] = field(default_factory=list)
+    email: Optional[str] = None
+
+
+def split_host_port(text: str) -> tuple[str, int | None]:
+    """ "host:587" → ("host", 587); "host" → ("host", None); "[::1]:25" → ("::1", 25).
+    Raises ValueError for a port that is not a number in 1-65535."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError("expected [ADDRESS]:PORT")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not port_text:
+        return host, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"port {port_text[:8]!r} is not a TCP port")
+    return host, int(port_text)
+
+
+def valid_email(address: str) -> bool:
+    return bool(_EMAIL.fullmatch(address)) and ".." not in address.split("@")[1]
+
+
 @dataclass
 class HistoryConfig:
     """The history store (gpumon.history): every push's GPU-hours, in state_dir/history.sqlite3."""
@@ -194,7 +283,8 @@ class HistoryConfig:
 @dataclass
 class Config:
     path: str | None = None  # None: the embedded default
-    # push lock, last-seen times; default: $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/gpumon
+    # push lock, last-seen times, alert state; default: $STATE_DIRECTORY (systemd), else
+    # $XDG_STATE_HOME/gpumon
     state_dir: str = field(default_factory=default_state_dir)
     state_dir_set: bool = False  # the config file names state_dir
     found_by: str = ""  # how the config file was chosen (configpath.ConfigSource.how)
@@ -204,9 +294,16 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     servers: dict[str, ServerEntry] = field(default_factory=dict)
-    # [people]: "Niv" → ["niv", "nkim"] (gpumon.sheet.reservations matches Usage names by it)
-    people: dict[str, list[str]] = field(default_factory=dict)
+    # [people]: "Niv" → their Unix users (gpumon.sheet.reservations matches Usage names by
+    # them) and where alerts reach them
+    people: dict[str, Person] = field(default_factory=dict)
+
+    @property
+    def people_users(self) -> dict[str, list[str]]:
+        """[people] as the Usage column's reader takes it: a person's name → their Unix users."""
+        return {name: person.users for name, person in self.people.items()}
 
     @property
     def origin(self) -> str:
@@ -298,6 +395,7 @@ def parse(text: str, origin: str) -> Config:
         )
     config.metrics = _dataclass_section(where, "metrics", metrics, MetricsConfig)
     config.history = _dataclass_section(where, "history", top.table("history"), HistoryConfig)
+    config.alerts = _dataclass_section(where, "alerts", top.table("alerts"), AlertsConfig)
     servers = top.table("servers")
     for name, entry in servers.items():
         if not isinstance(entry, dict):
@@ -309,7 +407,18 @@ def parse(text: str, origin: str) -> Config:
         config.servers[name] = server
     config.people = _people(where, top.table("people"))
     top.finish(
-        ("state_dir", "poll", "sheet", "serve", "source", "metrics", "history", "servers", "people")
+        (
+            "state_dir",
+            "poll",
+            "sheet",
+            "serve",
+            "source",
+            "metrics",
+            "history",
+            "alerts",
+            "servers",
+            "people",
+        )
     )
     _check_values(where, config)
     return config
@@ -451,51 +560,6 @@ def _columns(where: _Where, data: Any) -> dict[str, list[str]]:
     return columns
 
 
-def _people(where: _Where, data: dict[str, Any]) -> dict[str, list[str]]:
-    """[people]: ``Niv = ["niv", "nkim"]`` (or ``Niv = "niv"``); names unique without case, each
-    Unix user listed for one person only."""
-    if len(data) > MAX_PEOPLE:
-        raise ConfigError(f"{where.at('people')}: more than {MAX_PEOPLE} people")
-    people: dict[str, list[str]] = {}
-    folded: dict[str, str] = {}
-    owner: dict[str, str] = {}
-    example = '[people]\nNiv = ["niv", "nkim"]'
-    for name, value in data.items():
-        dotted = f"people.{name}"
-        shown = name if len(name) <= MAX_PERSON_CHARS else name[:MAX_PERSON_CHARS] + "…"
-        if not name.strip() or len(name) > MAX_PERSON_CHARS or not name.isprintable():
-            raise ConfigError(
-                f"{where.at(dotted)}: {shown!r} — a person's name as the Usage column says it "
-                f"(1-{MAX_PERSON_CHARS} printable characters), e.g.\n{example}"
-            )
-        users = [value] if isinstance(value, str) else value
-        users = _typed(where, dotted, users, list)
-        if not users:
-            raise ConfigError(f"{where.at(dotted)}: give at least one Unix user, e.g.\n{example}")
-        for user in users:
-            if not UNIX_USER.match(user):
-                raise ConfigError(
-                    f"{where.at(dotted)}: {user[:40]!r} is not a Unix user name (letters, digits, "
-                    "'.', '_', '-'; at most 64 characters)"
-                )
-            earlier = owner.get(user)
-            if earlier is not None and earlier != name:
-                raise ConfigError(
-                    f"{where.at(dotted)}: user {user!r} is listed for {earlier!r} too; a Unix "
-                    "user belongs to one person"
-                )
-            owner[user] = name
-        key = " ".join(name.split()).casefold()
-        if key in folded:
-            raise ConfigError(
-                f"{where.at(dotted)}: {name!r} and {folded[key]!r} are one name to gpumon "
-                "(case and spaces do not count); keep one"
-            )
-        folded[key] = name
-        people[name] = list(dict.fromkeys(users))
-    return people
-
-
 def _check_values(where: _Where, config: Config) -> None:
     sheet, poll = config.sheet, config.poll
     if sheet.backend not in ("google", "xlsx"):
@@ -512,6 +576,7 @@ def _check_values(where: _Where, config: Config) -> None:
         "source": config.source,
         "metrics": config.metrics,
         "history": config.history,
+        "alerts": config.alerts,
     }
     for dotted, (lo, hi) in NUMBER_BOUNDS.items():
         section, _, key = dotted.partition(".")
@@ -552,6 +617,7 @@ def _check_values(where: _Where, config: Config) -> None:
                 f'{where.at("poll.sheet_names")}: an empty pattern; write e.g. ["*bsp", "gpu-*"]'
             )
     _check_source(where, config.source)
+    _check_alerts(where, config.alerts)
     if not config.servers and not poll.servers_from_sheet:
         raise ConfigError(
             f"{config.origin}: no servers to poll — add [servers.NAME] tables or set "
@@ -615,6 +681,153 @@ def _check_source(where: _Where, source: SourceConfig) -> None:
             f"{where.at('source.selector')}: label matchers only, without braces, at most "
             f"{MAX_SELECTOR_CHARS} characters, e.g. selector = 'job=~\"gpumon|dcgm\"'"
         )
+
+
+def _people(where: _Where, data: dict[str, Any]) -> dict[str, Person]:
+    """[people]: ``Niv = ["niv", "nkim"]`` (or ``Niv = "niv"``: the Unix users a person runs
+    as), or a table ``Niv = { users = ["niv"], email = "niv@lab.example" }``. Names unique
+    without case, each Unix user listed for one person only."""
+    if len(data) > MAX_PEOPLE:
+        raise ConfigError(f"{where.at('people')}: more than {MAX_PEOPLE} people")
+    people: dict[str, Person] = {}
+    folded: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    example = '[people]\nNiv = ["niv", "nkim"]'
+    table_example = '[people.Niv]\nusers = ["niv"]\nemail = "niv@lab.example"'
+    for name, value in data.items():
+        dotted = f"people.{name}"
+        shown = name if len(name) <= MAX_PERSON_CHARS else name[:MAX_PERSON_CHARS] + "…"
+        if not name.strip() or len(name) > MAX_PERSON_CHARS or not name.isprintable():
+            raise ConfigError(
+                f"{where.at(dotted)}: {shown!r} — a person's name as the Usage column says it "
+                f"(1-{MAX_PERSON_CHARS} printable characters), e.g.\n{example}"
+            )
+        if isinstance(value, dict):
+            person = _dataclass_section(where, dotted, dict(value), Person, name=name)
+            if person.email is not None and not valid_email(person.email):
+                raise ConfigError(
+                    f"{where.at(dotted + '.email')}: {person.email[:80]!r} is not an e-mail "
+                    'address (write it bare, e.g. "niv@lab.example")'
+                )
+        elif isinstance(value, (str, list)):
+            users = [value] if isinstance(value, str) else value
+            person = Person(name=name, users=_typed(where, dotted, users, list))
+        else:
+            raise ConfigError(
+                f"{where.at(dotted)}: give the person's Unix users as a list, e.g.\n{example}\n"
+                f"or a table:\n{table_example}"
+            )
+        if not person.users:
+            raise ConfigError(f"{where.at(dotted)}: give at least one Unix user, e.g.\n{example}")
+        for user in person.users:
+            if not UNIX_USER.match(user):
+                raise ConfigError(
+                    f"{where.at(dotted)}: {user[:40]!r} is not a Unix user name (letters, digits, "
+                    "'.', '_', '-'; at most 64 characters)"
+                )
+            earlier = owner.get(user)
+            if earlier is not None and earlier != name:
+                raise ConfigError(
+                    f"{where.at(dotted)}: user {user!r} is listed for {earlier!r} too; a Unix "
+                    "user belongs to one person"
+                )
+            owner[user] = name
+        key = " ".join(name.split()).casefold()
+        if key in folded:
+            raise ConfigError(
+                f"{where.at(dotted)}: {name!r} and {folded[key]!r} are one name to gpumon "
+                "(case and spaces do not count); keep one"
+            )
+        folded[key] = name
+        person.users = list(dict.fromkeys(person.users))
+        people[name] = person
+    return people
+
+
+def _check_alerts(where: _Where, alerts: AlertsConfig) -> None:
+    # The webhook URL is a secret: no message here quotes it.
+    if alerts.webhook is not None and alerts.webhook_file is not None:
+        raise ConfigError(
+            f"{where.at('alerts.webhook_file')}: give webhook or webhook_file, not both "
+            "(webhook_file keeps the secret URL out of the config)"
+        )
+    if alerts.webhook is not None:
+        problem = webhook_url_problem(alerts.webhook)
+        if problem:
+            raise ConfigError(f"{where.at('alerts.webhook')}: {problem}")
+    for key in ("webhook_file", "smtp_password_file", "ca_file"):
+        value = getattr(alerts, key)
+        if value is not None and not value.strip():
+            raise ConfigError(f"{where.at('alerts.' + key)}: empty — give a file, or remove it")
+    if alerts.smtp_tls not in SMTP_TLS_MODES:
+        raise ConfigError(
+            f"{where.at('alerts.smtp_tls')}: must be one of {', '.join(SMTP_TLS_MODES)} "
+            '("auto": SMTPS on port 465, STARTTLS on any other)'
+        )
+    for address in alerts.email_to:
+        if not valid_email(address):
+            raise ConfigError(
+                f"{where.at('alerts.email_to')}: {address[:80]!r} is not an e-mail address "
+                '(write each bare, e.g. email_to = ["gpu-admins@lab.example"])'
+            )
+    if alerts.email_from is not None and not valid_email(alerts.email_from):
+        raise ConfigError(
+            f"{where.at('alerts.email_from')}: {alerts.email_from[:80]!r} is not an e-mail "
+            'address, e.g. email_from = "gpumon@lab.example"'
+        )
+    if alerts.smtp is not None:
+        try:
+            host, _ = split_host_port(alerts.smtp)
+        except ValueError as e:
+            raise ConfigError(
+                f'{where.at("alerts.smtp")}: {e}; e.g. smtp = "mail.lab:587"'
+            ) from None
+        if not host or any(c.isspace() or c in "/@" for c in host):
+            raise ConfigError(
+                f"{where.at('alerts.smtp')}: {alerts.smtp[:80]!r} is not HOST:PORT, "
+                'e.g. smtp = "mail.lab:587"'
+            )
+    if (alerts.email_to or alerts.smtp) and not (alerts.smtp and alerts.email_from):
+        missing = "smtp" if not alerts.smtp else "email_from"
+        raise ConfigError(
+            f"{where.at('alerts.' + ('email_to' if alerts.email_to else 'smtp'))}: e-mail needs "
+            f'[alerts] {missing} too (smtp = "mail.lab:587", email_from = "gpumon@lab.example")'
+        )
+    if alerts.smtp_password_file is not None and not alerts.smtp_user:
+        raise ConfigError(
+            f"{where.at('alerts.smtp_password_file')}: a password needs its user: "
+            'smtp_user = "gpumon"'
+        )
+    if alerts.smtp_user is not None and not alerts.smtp_password_file:
+        raise ConfigError(
+            f"{where.at('alerts.smtp_user')}: the login needs smtp_password_file (a file "
+            "holding the password, mode 0640 root:gpumon; never the password in the config)"
+        )
+    if alerts.smtp_user is not None and alerts.smtp_mode == "none":
+        raise ConfigError(
+            f'{where.at("alerts.smtp_tls")}: "none" would send the SMTP password in clear; '
+            'use "starttls" or "ssl", or drop the login for a relay that needs none'
+        )
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """What is wrong with a webhook URL, in words that never quote it (it is a secret)."""
+    from urllib.parse import urlsplit
+
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError:
+        return "not a URL (the value is not shown: it is a secret)"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return (
+            "not an http(s) URL with a host, as the chat's incoming-webhook settings give it "
+            "(the value is not shown: it is a secret)"
+        )
+    if len(text) > 2048 or any(ord(c) < 33 or c == "\x7f" for c in text):
+        return "holds spaces or control characters, or is over 2048 characters"
+    return None
 
 
 def _check_time_zone(where: _Where, name: str) -> None:

@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from gpumon.alerts.engine import AlertOutcome, PushAlerts
 from gpumon.config import Config, ConfigError
 from gpumon.gpustate import GpuState, StateInput, advance_times, gpu_states, health_lines
 from gpumon.poll.result import ServerResult
@@ -48,6 +49,8 @@ from gpumon.sheet.reservations import People, Reservation, read_reservations
 from gpumon.usetimes import FILE_NAME as TIMES_FILE
 from gpumon.usetimes import GpuTimes, load_times, save_times
 from gpumon_agent.filelock import FileLock, LockBusy, LockFileError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from gpumon.poll.poller import Poller
@@ -307,6 +310,7 @@ class PushOutcome:
     # (server_key, GPU index) → the Usage cell's reservation (gpumon.sheet.reservations)
     reservations: dict[tuple[str, int], Reservation] = field(default_factory=dict)
     gpu_states: list[GpuState] = field(default_factory=list)  # every GPU's State
+    alerts: AlertOutcome | None = None  # what the alerts did (none for a dry run)
 
     @property
     def changes(self) -> list[Change]:
@@ -376,6 +380,43 @@ def push_once(
                 f"the State column counts them from now — set state_dir in {config.origin} "
                 "to a writable folder"
             )
+    # A dry run only reads the alert state (if there is one), for the Health cells it shows.
+    alerts = PushAlerts(config, read_only=dry_run)
+    try:
+        alerts.mark_off_since(results)
+        outcome = _plan_and_write(config, backend, grid, layout, results, names, not_polled,
+                                  times, now, dry_run=dry_run, add_rows=add_rows)  # fmt: skip
+        if not dry_run:
+            tz = sheet_timezone(grid, sheet.time_zone)[0]
+            outcome.alerts = alerts.after_push(results, getattr(outcome, "gpu_states", None), tz)
+    except Exception:
+        # The sheet failed, not the fleet: servers that went down are still told.
+        if not dry_run:
+            said = alerts.after_push(results, None, sheet_timezone(grid, sheet.time_zone)[0])
+            for line in [*said.warnings, *said.failed]:
+                log.warning("%s", line)
+        raise
+    finally:
+        alerts.close()
+    outcome.duration_s = time.monotonic() - started
+    return outcome
+
+
+def _plan_and_write(
+    config: Config,
+    backend: Backend,
+    grid: Grid,
+    layout: Layout,
+    results: list[ServerResult],
+    names: list[str],
+    not_polled: list[str],
+    times: dict[str, GpuTimes],
+    now: float,
+    *,
+    dry_run: bool,
+    add_rows: bool,
+) -> PushOutcome:
+    sheet = config.sheet
     judged = judge_gpus(config, grid, layout, results, times, now)
     kwargs = {"columns": sheet.columns, "time_zone": sheet.time_zone, "add_rows": add_rows}
     the_plan = plan(grid, layout, results, states=judged.cells, **kwargs)
@@ -391,7 +432,6 @@ def push_once(
     )
     if dry_run:
         outcome.setup_lines = the_plan.describe_setup()
-        outcome.duration_s = time.monotonic() - started
         return outcome
     if the_plan.setup is not None:
         outcome.setup_lines = the_plan.describe_setup()
@@ -415,7 +455,6 @@ def push_once(
             the_plan = as_is
         outcome.plan = the_plan
     outcome.stats = backend.write(the_plan.writes)  # an empty list costs no request
-    outcome.duration_s = time.monotonic() - started
     return outcome
 
 
@@ -459,8 +498,8 @@ def judge_gpus(
 ) -> Judged:
     """Every GPU's State from the sheet's Usage column, ``[people]`` and one sweep. Pure."""
     users = known_users(results)
-    reservations = read_reservations(grid, layout, config.people, users)
-    people = People.of(config.people, users)
+    reservations = read_reservations(grid, layout, config.people_users, users)
+    people = People.of(config.people_users, users)
     tz = sheet_timezone(grid, config.sheet.time_zone)[0]
     states = gpu_states(StateInput(results, layout, reservations, people, times, now, tz))
     conflicts = health_lines(states)
@@ -533,6 +572,10 @@ def outcome_messages(outcome: PushOutcome, label: str) -> list[Message]:
     if outcome.setup_stats is not None:
         out += [Message(warn, reason) for reason in outcome.setup_stats.skipped]
     out += [Message(warn, f"not written: {reason}") for reason in outcome.stats.skipped]
+    if outcome.alerts is not None:
+        out += [Message(warn, line) for line in outcome.alerts.warnings]
+        out += [Message(warn, f"alerts: {line}") for line in outcome.alerts.failed]
+        out += [Message(info, f"alerts: sent through {line}") for line in outcome.alerts.sent]
     if outcome.dry_run:
         out.append(Message(info, "dry run: nothing written."))
     out += [Message(info, f"set-up: {line}") for line in outcome.setup_lines]

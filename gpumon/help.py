@@ -205,6 +205,24 @@ COMMANDS: dict[str, CommandHelp] = {
             "gpumon history --png week.png",
         ),
     ),
+    "alerts": CommandHelp(
+        summary="what is down or warned of now, and each alert channel's state; `test`",
+        description="List what the last push found and keeps telling: servers down (and those "
+        "not told yet, inside [alerts] down_after_s), the agents' health warnings and GPU "
+        "events, each with since when — then each channel (webhook, e-mail) and whether its "
+        "last delivery worked. `gpumon alerts test` sends a test message through every "
+        "channel now. The pushes themselves send the alerts (docs/alerts.md).",
+        exit_codes=(
+            (0, "listed (test: every channel took the test message)"),
+            (1, "a channel is failing (test: one did not take it)"),
+            (2, "config error, or (test) no channel configured"),
+        ),
+        examples=(
+            "gpumon alerts            # what is active, and the channels",
+            "gpumon alerts test       # a test message through the webhook and e-mail",
+            "gpumon alerts --json | jq '.conditions[] | select(.kind == \"down\") | .server'",
+        ),
+    ),
     "completion": CommandHelp(
         summary="print the shell completion script (bash or zsh)",
         description="Print a completion script for bash or zsh on stdout.",

@@ -41,6 +41,8 @@ ALLOWED = {
     ("gpumon/usetimes.py", "os.replace"),  # the same for the GPUs' idle/unused times
     # A corrupt history database is moved aside (kept for the admin), not written.
     ("gpumon/history/db.py", "os.replace"),
+    # A damaged alert database is moved aside (with its -wal and -shm), not written.
+    ("gpumon/alerts/state.py", "os.replace"),
 }
 
 
@@ -49,6 +51,7 @@ def library_modules() -> list[Path]:
         *sorted((REPO / "gpumon" / "poll").rglob("*.py")),
         *sorted((REPO / "gpumon" / "sheet").rglob("*.py")),
         *sorted((REPO / "gpumon" / "history").rglob("*.py")),
+        *sorted((REPO / "gpumon" / "alerts").rglob("*.py")),
         REPO / "gpumon" / "fleet.py",
         REPO / "gpumon" / "gpustate.py",
         REPO / "gpumon" / "usetimes.py",

@@ -38,6 +38,7 @@ class ServerResult:
     reason: str | None = None  # short human text, e.g. "timed out at auth (5 s)"
     stage: str | None = None  # connect | banner | kex | auth | exec | read | local | sweep
     last_seen_on: str | None = None  # UTC ISO-8601 of the last ON poll, if ever
+    off_since: str | None = None  # OFF: UTC ISO-8601 of the first failed poll (gpumon.alerts)
     degraded: bool = False  # agentless (nvidia-smi + ps), or dcgm-exporter's metrics alone
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)

@@ -16,7 +16,15 @@ from typing import Any
 from gpumon.poll.result import AGENT_STALE, DCGM_ONLY, ServerResult
 from gpumon_agent.command import short_command
 from gpumon_agent.health import in_gpu_error, processes_unknown
-from gpumon_agent.report import GPU_LOST, GPU_OK, ClaimInfo, Gpu, GpuProcess, parse_utc_iso
+from gpumon_agent.report import (
+    GPU_LOST,
+    GPU_OK,
+    ClaimInfo,
+    Gpu,
+    GpuProcess,
+    HealthWarning,
+    parse_utc_iso,
+)
 from gpumon_agent.text import cut
 
 ON, OFF = "ON", "OFF"
@@ -70,7 +78,7 @@ def render(
                 "ip": None,  # the last known address stays
                 "status": OFF,
                 "time": seen,  # the last-seen time, never "now"; None keeps what is there
-                "health": cut(result.reason or result.reason_code or "unreachable", CELL_LIMIT),
+                "health": off_health(result, tz),
             },
             gpus={index: dict(blank) for index in sheet_gpus},
             absent=dict(blank),
@@ -97,6 +105,19 @@ def render(
         absent=absent,
         state=dict(state.gpus),
     )
+
+
+def off_health(result: ServerResult, tz: dt.tzinfo) -> str:
+    """An OFF server's Health: why, and since when ("timed out at connect (3 s); OFF since
+    2019-03-14 15:27:02") — the reason is cut, never the time."""
+    reason = result.reason or result.reason_code or "unreachable"
+    since = ""
+    if result.off_since:
+        try:
+            since = f"; OFF since {format_time(result.off_since, tz)}"
+        except ValueError:
+            since = ""
+    return cut(reason, CELL_LIMIT - len(since)) + since
 
 
 def format_time(iso: str, tz: dt.tzinfo) -> str:
@@ -217,11 +238,7 @@ def health(result: ServerResult, sheet_gpus: set[int], conflicts: list[str] | No
     for warning in report.warnings:
         if warning.code == "nvml_unavailable":
             continue
-        gpu_text = f"GPU {warning.gpu_index}"
-        if warning.gpu_index is not None and gpu_text not in warning.message:
-            items.append(f"{gpu_text}: {warning.message}")
-        else:
-            items.append(warning.message)
+        items.append(warning_text(warning))
     items.extend(conflicts or ())
     for gpu in report.gpus:
         if gpu.unclaimed_use:
@@ -240,6 +257,15 @@ def health(result: ServerResult, sheet_gpus: set[int], conflicts: list[str] | No
     for problem in report.claim_errors:
         items.append(f"bad claim file {os.path.basename(problem.path)}: {problem.error}")
     return cut("; ".join(items), HEALTH_LIMIT) if items else HEALTH_OK
+
+
+def warning_text(warning: HealthWarning) -> str:
+    """An agent's health warning as the sheet and the alerts say it: its message, with the GPU
+    it concerns named when the message does not name it."""
+    gpu_text = f"GPU {warning.gpu_index}"
+    if warning.gpu_index is not None and gpu_text not in warning.message:
+        return f"{gpu_text}: {warning.message}"
+    return warning.message
 
 
 def _processes_warned(gpu: Gpu, warned: set[tuple[str, int | None]]) -> bool:

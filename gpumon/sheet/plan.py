@@ -86,7 +86,11 @@ class Plan:
 
 def sheet_timezone(grid: Grid, override: str | None) -> tuple[dt.tzinfo, str | None]:
     """The time zone timestamps are shown in, and a warning if the named one is unknown."""
-    name = override or grid.time_zone
+    return named_zone(override or grid.time_zone)
+
+
+def named_zone(name: str | None) -> tuple[dt.tzinfo, str | None]:
+    """The zone of that IANA name (this machine's without one), and a warning if unknown."""
     if not name:
         return _local_zone(), None
     try:

@@ -418,6 +418,11 @@ class Fleet:
             proc.wait(5)
         self._procs[index] = None
 
+    def start_sshd(self, index: int) -> None:
+        """Start a stopped sshd again (a server back up); nothing if it runs."""
+        if self._procs[index] is None:
+            self._start_sshd(index)
+
     def restart_sshd(self, index: int) -> None:
         self.stop_sshd(index)
         self._start_sshd(index)

@@ -158,7 +158,8 @@ def test_servers_down_show_off_with_the_reason_and_keep_their_last_seen_time(
     health = google.values()[HEADER].index("Health")
     assert relbsp[STATUS] == "OFF"
     assert relbsp[TIME] == "2019-03-14 15:00:00"  # last seen (06:00 UTC), not the poll time
-    assert relbsp[health] == "connection refused"
+    # Since its first failed poll (07:05 UTC, in the sheet's zone)
+    assert relbsp[health] == "connection refused; OFF since 2019-03-14 16:05:00"
     assert rows_of(google)["relbsp"][IP] == "192.0.2.106"  # the last known address stays
 
 

@@ -10,7 +10,7 @@ BASE = "[servers.box]\nlocal = true\n"
 
 
 def people(body: str) -> dict[str, list[str]]:
-    return parse(BASE + "[people]\n" + body, "gpumon.toml").people
+    return parse(BASE + "[people]\n" + body, "gpumon.toml").people_users
 
 
 def test_people_map_names_to_unix_users():
@@ -38,16 +38,28 @@ def test_no_people_section_is_no_people():
         ('"" = ["niv"]', "a person's name as the Usage column says it"),
         ('"' + "N" * 65 + '" = ["niv"]', "a person's name"),
         ('"Niv\\u0007" = ["niv"]', "a person's name"),
-        ('[people.Niv]\nusers = ["niv"]', "expected a list of strings"),
+        ('Niv = { users = [1] }', "expected a list of strings"),
+        ('Niv = { users = [] }', "give at least one Unix user"),
+        ('Niv = { users = ["niv"], email = "not an address" }', "is not an e-mail address"),
+        ("Niv = 3", "give the person's Unix users as a list"),
     ],
 )
 def test_a_bad_people_entry_names_the_line_and_the_fix(body, said):
     with pytest.raises(ConfigError) as e:
         people(body)
     assert said in str(e.value)
-    assert "gpumon.toml" in str(e.value) and "[people]" in str(e.value)
+    assert "gpumon.toml" in str(e.value) and "[people" in str(e.value)
 
 
 def test_people_must_be_a_table():
     with pytest.raises(ConfigError, match="must be a table"):
         parse('people = "Niv"\n' + BASE, "gpumon.toml")
+
+
+def test_a_person_may_be_a_table_with_users_and_an_address():
+    config = parse(
+        BASE + '[people]\nNiv = { users = ["niv", "nkim"], email = "niv@lab.example" }\n',
+        "gpumon.toml",
+    )
+    assert config.people_users == {"Niv": ["niv", "nkim"]}
+    assert config.people["Niv"].email == "niv@lab.example"

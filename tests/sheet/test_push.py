@@ -122,7 +122,8 @@ def test_server_going_down_shows_off_the_reason_and_keeps_the_last_seen_time(tmp
     push_once(config, XlsxBackend(path), ScriptedPoller(results))
     sheet = openpyxl.load_workbook(path).active
     assert (sheet["G17"].value, sheet["H17"].value) == ("OFF", "2019-03-14 16:00:00")
-    assert sheet["M17"].value == "timed out at connect (3 s)"
+    # Health: why, and since its first failed poll (in the sheet's zone, Asia/Seoul)
+    assert sheet["M17"].value == "timed out at connect (3 s); OFF since 2019-03-14 16:05:00"
     assert sheet["F17"].value == "192.0.2.10"  # the last known IP stays
     assert (sheet["I17"].value, sheet["I19"].value) in {(None, None), ("", "")}
 
