@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpumon_agent.atomic import write_atomic
 from kws.data import load_dataset
 from kws.models import ModelSpec, drop_rate
 from kws.synth import synthesize
@@ -55,7 +56,14 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--keep-prob", type=float, default=0.5, help="DO(p), keep meaning")
     parser.add_argument("--models", default="ch32,base")
+    parser.add_argument(
+        "--threads", type=int, help="torch's intra-op threads (default: torch's, one per core)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     data_root = args.work / "data"
     if not (data_root / "synth.json").is_file():
@@ -65,9 +73,7 @@ def main() -> int:
     dataset = load_dataset(data_root)
     print(dataset.summary(), flush=True)
     target = args.work / "target.json"
-    # Models run in separate invocations (--models ch32, later --models base) share one file.
-    summary = json.loads(target.read_text()) if target.is_file() else {}
-    summary.update(data=str(data_root), splits={k: len(v) for k, v in dataset.splits.items()})
+    splits = {k: len(v) for k, v in dataset.splits.items()}
     rate = drop_rate(args.keep_prob, "keep")
     from kws.train import train
 
@@ -88,7 +94,7 @@ def main() -> int:
             ),
             dataset,
         )
-        summary[spec.label()] = {
+        result = {
             "seed_name": f"DO({args.keep_prob:g}) as keep_prob",
             "test_acc": metrics["test_acc"],
             "best_epoch": metrics["best"]["epoch"],
@@ -99,8 +105,12 @@ def main() -> int:
             ],
             "test_by_voice_kind": by_voice_kind(data_root, dataset, out),
         }
-        print(json.dumps({spec.label(): summary[spec.label()]}, indent=1), flush=True)
-        target.write_text(json.dumps(summary, indent=1) + "\n")
+        print(json.dumps({spec.label(): result}, indent=1), flush=True)
+        # Models run in separate invocations (--models ch32 and --models base, maybe at once)
+        # share one file: read it again just before adding this model's entry.
+        summary = json.loads(target.read_text()) if target.is_file() else {}
+        summary.update({"data": str(data_root), "splits": splits, spec.label(): result})
+        write_atomic(target, (json.dumps(summary, indent=1) + "\n").encode("utf-8"))
     return 0
 
 
