@@ -60,10 +60,6 @@ def main() -> int:
         "--threads", type=int, help="torch's intra-op threads (default: torch's, one per core)"
     )
     args = parser.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
 
     data_root = args.work / "data"
     if not (data_root / "synth.json").is_file():
@@ -91,6 +87,7 @@ def main() -> int:
                 gpus="none",
                 progress=False,
                 resume=out if (out / "last.pt").is_file() else None,
+                threads=args.threads,
             ),
             dataset,
         )
