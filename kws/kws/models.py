@@ -206,6 +206,17 @@ class KwsNet(nn.Module):
         return [m for m in self.features if isinstance(m, nn.Conv1d)]
 
 
+def relu_before_pool(net: KwsNet) -> KwsNet:
+    """``net`` with each block's ReLU moved back before its max-pool (the textbook order, as
+    kws built it before): the reference that tests and bench/kws_bench.py compare against."""
+    layers = list(net.features)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], nn.MaxPool1d) and isinstance(layers[i + 1], nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    net.features = nn.Sequential(*layers)
+    return net
+
+
 def keras_init(module: nn.Module) -> None:
     """Keras' (and tf.layers') defaults: ``glorot_uniform`` kernels, ``zeros`` biases.
 

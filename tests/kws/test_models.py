@@ -11,6 +11,7 @@ from kws.models import (
     family_widths,
     get_arch,
     param_count,
+    relu_before_pool,
 )
 
 SEED_TABLE = {
@@ -85,16 +86,6 @@ def test_spec_label_and_round_trip():
     assert ModelSpec.from_dict(spec.to_dict()) == spec
 
 
-def relu_then_pool(net: KwsNet) -> KwsNet:
-    """The same network with each block's ReLU before its max-pool (the textbook order)."""
-    layers = list(net.features)
-    for i in range(len(layers) - 1):
-        if isinstance(layers[i], torch.nn.MaxPool1d) and isinstance(layers[i + 1], torch.nn.ReLU):
-            layers[i], layers[i + 1] = layers[i + 1], layers[i]
-    net.features = torch.nn.Sequential(*layers)
-    return net
-
-
 @pytest.mark.parametrize(
     "spec",
     [ModelSpec("ch8", depth=4), ModelSpec("ch8", depth=3, bn=True), ModelSpec("base")],
@@ -113,7 +104,7 @@ def test_pooling_before_relu_gives_the_same_outputs_and_gradients(spec):
     with torch.no_grad():  # biases away from zero, so silence gives positive equal maxima
         for conv in ours.conv_layers():
             conv.bias.uniform_(-0.05, 0.2)
-    textbook = relu_then_pool(spec.build())
+    textbook = relu_before_pool(spec.build())
     textbook.load_state_dict(ours.state_dict())
     assert [type(m) for m in ours.features] != [type(m) for m in textbook.features]
     results = []
