@@ -2,13 +2,16 @@
 batch norm learn (test accuracy on unseen voices within 10 epochs), and is the seed's order
 base < ch32 reproduced?
 
-    .venv/bin/python kws/tools/target.py --work /tmp/kws-target [--per-word 600] [--epochs 10]
+    nice -n 10 .venv/bin/python kws/tools/target.py --work /tmp/kws-target [--per-word 600] \
+        [--epochs 10] [--models ch32,base] [--threads 1]
 
 Makes WORK/data with ``kws synth`` (unless it is there), trains each model with ``kws train``'s
 code on the CPU (no claim), and prints and writes WORK/target.json: per model the test accuracy
 of the best-validation checkpoint, per epoch loss / validation accuracy / clips per second, and
 the test accuracy per kind of unseen voice (espeak-ng variant or recorded person).
-Takes tens of minutes on two cores.
+Resumable: run it again and each model goes on from its WORK/<model>/last.pt; two invocations
+(``--models ch32`` and ``--models base``) may run at once. About 17 CPU-ms per training clip
+for either model, so 10 epochs of 7,680 clips are ~22 CPU-minutes per model.
 """
 
 from __future__ import annotations
@@ -56,9 +59,9 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--keep-prob", type=float, default=0.5, help="DO(p), keep meaning")
     parser.add_argument("--models", default="ch32,base")
-    parser.add_argument(
-        "--threads", type=int, help="torch's intra-op threads (default: torch's, one per core)"
-    )
+    # One thread: on this shared 2-core VM, torch's two spin-waiting OpenMP threads train
+    # 1.7-3.6x slower than one (bench/kws_bench.py, section 0). 0: torch's default.
+    parser.add_argument("--threads", type=int, default=1, help="torch's CPU threads (default 1)")
     args = parser.parse_args()
 
     data_root = args.work / "data"
@@ -87,7 +90,7 @@ def main() -> int:
                 gpus="none",
                 progress=False,
                 resume=out if (out / "last.pt").is_file() else None,
-                threads=args.threads,
+                threads=args.threads or None,
             ),
             dataset,
         )
