@@ -10,8 +10,9 @@ code on the CPU (no claim), and prints and writes WORK/target.json: per model th
 of the best-validation checkpoint, per epoch loss / validation accuracy / clips per second, and
 the test accuracy per kind of unseen voice (espeak-ng variant or recorded person).
 Resumable: run it again and each model goes on from its WORK/<model>/last.pt; two invocations
-(``--models ch32`` and ``--models base``) may run at once. About 17 CPU-ms per training clip
-for either model, so 10 epochs of 7,680 clips are ~22 CPU-minutes per model.
+(``--models ch32`` and ``--models base``) may run at once. 15-26 CPU-ms per training clip on
+this 2-core VM (more beside other jobs), so 10 epochs of 7,680 clips are ~20-35 CPU-minutes
+per model.
 """
 
 from __future__ import annotations
