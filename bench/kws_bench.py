@@ -1,5 +1,12 @@
 """kws: how fast the pieces are, each beside a baseline measured in the same run.
 
+0. CPU training speed before / after issue 15's speed work, in the same run: clips/s of a
+   training step (forward, backward, Adam; batch 16, as kws/tools/target.py trains) with the
+   blocks as kws built them before (ReLU, then max-pool) on torch's default threads (one per
+   core), against max-pool then ReLU and `--threads 1`, and each change alone. The variants
+   take turns round after round and the median is printed, so a load that comes and goes
+   (other jobs on a shared machine) weighs on all of them alike; CPU seconds per clip are
+   printed too (wall time is what a run takes; CPU time is what it costs the machine).
 1. Training throughput (clips/s, forward + backward + Adam step, batch 64) of each of the seed's
    five models, as a ratio to the baseline model `base`; on the GPU when torch sees one, else CPU.
 2. `kws synth`: clips/s with all cores against one worker (the parallel speed-up).
@@ -7,6 +14,7 @@
    the same files' bytes only.
 
     .venv/bin/python bench/kws_bench.py [--steps N] [--per-word 16] [--models base,ch32,…]
+                                        [--speed-models ch32,base] [--rounds 5] [--only-speed]
 
 --steps defaults to 50 on a GPU and 5 on the CPU (a CPU step of ch128 takes seconds).
 """
@@ -16,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -24,7 +33,7 @@ from pathlib import Path
 import torch
 
 from kws.data import load_dataset
-from kws.models import MODEL_NAMES, SEED_COUNTS, ModelSpec, param_count
+from kws.models import MODEL_NAMES, SEED_COUNTS, ModelSpec, param_count, relu_before_pool
 from kws.synth import synthesize
 
 
@@ -50,6 +59,59 @@ def train_throughput(name: str, device: torch.device, steps: int, batch: int) ->
     if device.type == "cuda":
         torch.cuda.synchronize()
     return steps * batch / (time.perf_counter() - started)
+
+
+# (name, textbook block order, torch threads: None = torch's default, one per core)
+SPEED_VARIANTS = (
+    ("before: ReLU→pool, default threads", True, None),
+    ("ReLU→pool, 1 thread", True, 1),
+    ("pool→ReLU, default threads", False, None),
+    ("after: pool→ReLU, 1 thread", False, 1),
+)
+
+
+def bench_cpu_speed(names: list[str], rounds: int, steps: int, batch: int = 16) -> None:
+    default_threads = torch.get_num_threads()
+    load = os.getloadavg()[0]
+    print(
+        f"\n0. CPU training step, batch {batch}, {steps} steps x {rounds} rounds per variant "
+        f"(default threads: {default_threads}; load average {load:.1f} at the start)"
+    )
+    waves = torch.randn(batch, 16000) * 0.1
+    labels = torch.randint(0, 16, (batch,))
+    for name in names:
+        nets = {}
+        for label, textbook, _ in SPEED_VARIANTS:
+            torch.manual_seed(0)
+            net = ModelSpec(name, dropout=0.5).build()
+            net = relu_before_pool(net) if textbook else net
+            nets[label] = (net, torch.optim.Adam(net.parameters(), lr=1e-3))
+        wall: dict[str, list[float]] = {label: [] for label, _, _ in SPEED_VARIANTS}
+        cpu: dict[str, list[float]] = {label: [] for label, _, _ in SPEED_VARIANTS}
+        for round_ in range(rounds + 1):  # round 0 warms every variant up, and is not counted
+            for label, _, threads in SPEED_VARIANTS:
+                net, optimizer = nets[label]
+                torch.set_num_threads(threads or default_threads)
+                started, cpu_started = time.perf_counter(), time.process_time()
+                for _ in range(steps if round_ else 1):
+                    optimizer.zero_grad(set_to_none=True)
+                    torch.nn.functional.cross_entropy(net(waves), labels).backward()
+                    optimizer.step()
+                if round_:
+                    wall[label].append(time.perf_counter() - started)
+                    cpu[label].append(time.process_time() - cpu_started)
+        torch.set_num_threads(default_threads)
+        before = statistics.median(wall[SPEED_VARIANTS[0][0]])
+        print(f"   {name}:")
+        print(f"     {'variant':36} {'clips/s':>8} {'vs before':>9} {'CPU ms/clip':>12}")
+        for label, _, _ in SPEED_VARIANTS:
+            seconds = statistics.median(wall[label])
+            cpu_ms = 1000 * statistics.median(cpu[label]) / (steps * batch)
+            print(
+                f"     {label:36} {steps * batch / seconds:8.1f} {before / seconds:8.2f}x "
+                f"{cpu_ms:12.1f}"
+            )
+    print(f"   load average {os.getloadavg()[0]:.1f} at the end")
 
 
 def bench_models(names: list[str], steps: int, batch: int) -> None:
@@ -105,8 +167,14 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--per-word", type=int, default=16)
     parser.add_argument("--models", default=",".join(MODEL_NAMES))
+    parser.add_argument("--speed-models", default="ch32,base", help="models of section 0")
+    parser.add_argument("--rounds", type=int, default=5, help="section 0's rounds per variant")
+    parser.add_argument("--only-speed", action="store_true", help="section 0 only")
     args = parser.parse_args()
     steps = args.steps or (50 if torch.cuda.is_available() else 5)
+    bench_cpu_speed(args.speed_models.split(","), args.rounds, steps=4)
+    if args.only_speed:
+        return 0
     bench_models(args.models.split(","), steps, args.batch)
     workdir = Path(tempfile.mkdtemp(prefix="kws-bench-"))
     try:

@@ -54,6 +54,7 @@ class SweepConfig:
     augment: Augment | None = None
     progress: bool | None = False
     log: bool = False  # the runs' per-epoch lines
+    threads: int | None = None  # torch's CPU threads (kws.train.TrainConfig.threads)
 
     def settings(self) -> dict[str, Any]:
         """What every run of one sweep folder must share."""
@@ -175,6 +176,7 @@ def run_sweep(
                 progress=config.progress,
                 log=config.log,
                 augment=config.augment,
+                threads=config.threads,
                 job=f"kws sweep {k}/{len(runs)} {run.spec.label()} seed {run.seed}",
                 tags={"sweep": {"cell": asdict(run.cell), "dropout_as": config.dropout_as}},
             ),

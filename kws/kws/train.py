@@ -53,6 +53,7 @@ class TrainConfig:
     progress: bool | None = None  # bars; None: when stderr is a terminal
     log: bool = True  # one line per epoch on stdout
     augment: Augment | None = None  # on-the-fly training augmentation (kws.augment)
+    threads: int | None = None  # torch's CPU threads while training (None: torch's, per core)
     job: str | None = None  # the claim's job name (default "kws <model label>")
     tags: dict[str, Any] = field(default_factory=dict)  # copied into metrics.json
 
@@ -209,9 +210,29 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> dict[str, Any]
         raise TrainError(f"{config.data}: the training split is empty")
     config.out.mkdir(parents=True, exist_ok=True)
 
-    with held_claim(config) as held:
+    with held_claim(config) as held, cpu_threads(config.threads):
         device = pick_device(held.cuda_visible_devices)
         return _train_claimed(config, dataset, resumed, held, device)
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None):
+    """torch's intra-op threads set to ``threads`` for the block (None: left as they are).
+
+    On a CPU shared with other work, one thread trains faster than one per core: the
+    per-core OpenMP team waits, spinning, for whichever of its threads the scheduler has
+    put aside (docs/kws.md, "Speed on the CPU")."""
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise TrainError(f"--threads must be at least 1, not {threads}")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _train_claimed(config, dataset, resumed, held, device: torch.device) -> dict[str, Any]:
@@ -348,6 +369,7 @@ def _run_info(config, dataset, net, device, held) -> dict[str, Any]:
             "lr": config.lr,
             "seed": config.seed,
             "augment": config.augment.describe() if config.augment else None,
+            "threads": torch.get_num_threads() if device.type == "cpu" else None,
         },
         **config.tags,
     }

@@ -2,13 +2,17 @@
 batch norm learn (test accuracy on unseen voices within 10 epochs), and is the seed's order
 base < ch32 reproduced?
 
-    .venv/bin/python kws/tools/target.py --work /tmp/kws-target [--per-word 600] [--epochs 10]
+    nice -n 10 .venv/bin/python kws/tools/target.py --work /tmp/kws-target [--per-word 600] \
+        [--epochs 10] [--models ch32,base] [--threads 1]
 
 Makes WORK/data with ``kws synth`` (unless it is there), trains each model with ``kws train``'s
 code on the CPU (no claim), and prints and writes WORK/target.json: per model the test accuracy
 of the best-validation checkpoint, per epoch loss / validation accuracy / clips per second, and
 the test accuracy per kind of unseen voice (espeak-ng variant or recorded person).
-Takes tens of minutes on two cores.
+Resumable: run it again and each model goes on from its WORK/<model>/last.pt; two invocations
+(``--models ch32`` and ``--models base``) may run at once. 15-26 CPU-ms per training clip on
+this 2-core VM (more beside other jobs), so 10 epochs of 7,680 clips are ~20-35 CPU-minutes
+per model.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpumon_agent.atomic import write_atomic
 from kws.data import load_dataset
 from kws.models import ModelSpec, drop_rate
 from kws.synth import synthesize
@@ -55,6 +60,9 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--keep-prob", type=float, default=0.5, help="DO(p), keep meaning")
     parser.add_argument("--models", default="ch32,base")
+    # One thread: on this shared 2-core VM, torch's two spin-waiting OpenMP threads train
+    # 1.7-3.6x slower than one (bench/kws_bench.py, section 0). 0: torch's default.
+    parser.add_argument("--threads", type=int, default=1, help="torch's CPU threads (default 1)")
     args = parser.parse_args()
 
     data_root = args.work / "data"
@@ -65,9 +73,7 @@ def main() -> int:
     dataset = load_dataset(data_root)
     print(dataset.summary(), flush=True)
     target = args.work / "target.json"
-    # Models run in separate invocations (--models ch32, later --models base) share one file.
-    summary = json.loads(target.read_text()) if target.is_file() else {}
-    summary.update(data=str(data_root), splits={k: len(v) for k, v in dataset.splits.items()})
+    splits = {k: len(v) for k, v in dataset.splits.items()}
     rate = drop_rate(args.keep_prob, "keep")
     from kws.train import train
 
@@ -85,10 +91,11 @@ def main() -> int:
                 gpus="none",
                 progress=False,
                 resume=out if (out / "last.pt").is_file() else None,
+                threads=args.threads or None,
             ),
             dataset,
         )
-        summary[spec.label()] = {
+        result = {
             "seed_name": f"DO({args.keep_prob:g}) as keep_prob",
             "test_acc": metrics["test_acc"],
             "best_epoch": metrics["best"]["epoch"],
@@ -99,8 +106,12 @@ def main() -> int:
             ],
             "test_by_voice_kind": by_voice_kind(data_root, dataset, out),
         }
-        print(json.dumps({spec.label(): summary[spec.label()]}, indent=1), flush=True)
-        target.write_text(json.dumps(summary, indent=1) + "\n")
+        print(json.dumps({spec.label(): result}, indent=1), flush=True)
+        # Models run in separate invocations (--models ch32 and --models base, maybe at once)
+        # share one file: read it again just before adding this model's entry.
+        summary = json.loads(target.read_text()) if target.is_file() else {}
+        summary.update({"data": str(data_root), "splits": splits, spec.label(): result})
+        write_atomic(target, (json.dumps(summary, indent=1) + "\n").encode("utf-8"))
     return 0
 
 

@@ -96,6 +96,8 @@ def test_keep_prob_is_the_tensorflow_meaning_and_excludes_dropout(capsys):
         (["train", "--model", "ch32", "--keep-prob", "0", "--data", "x"], "keep probability"),
         (["train", "--model", "ch32", "--augment", "pitch", "--data", "x"], "unknown pitch"),
         (["sweep", "depth", "--depths", "3-x", "--data", "x"], "--depths"),
+        (["train", "--model", "ch32", "--threads", "0", "--data", "x"], "--threads"),
+        (["sweep", "main", "--threads", "0", "--data", "x"], "--threads"),
         (["synth", "/tmp/kws-never", "--engines", "say"], "--engines"),
         (["synth", "/tmp/kws-never", "--variants", "f3,zz9"], "no variant zz9"),
     ],

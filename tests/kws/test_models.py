@@ -11,6 +11,7 @@ from kws.models import (
     family_widths,
     get_arch,
     param_count,
+    relu_before_pool,
 )
 
 SEED_TABLE = {
@@ -83,3 +84,37 @@ def test_spec_label_and_round_trip():
     assert ModelSpec("ch32", depth=8) == ModelSpec("ch32")  # its own depth, said or not
     assert ModelSpec("ch128", depth=9).label() == "ch128"
     assert ModelSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [ModelSpec("ch8", depth=4), ModelSpec("ch8", depth=3, bn=True), ModelSpec("base")],
+    ids=lambda s: s.label(),
+)
+def test_pooling_before_relu_gives_the_same_outputs_and_gradients(spec):
+    # Silence (a conv's bias repeated: ties in every pooling window), clipped loud stretches
+    # (ties of the same positive value) and noise, through both orders from the same weights.
+    waves = torch.randn(3, 16000) * 0.1
+    waves[0, 8000:] = 0.0
+    waves[1, :4000] = 1.0
+    waves[2, 1000:9000] = -1.0
+    labels = torch.tensor([0, 5, 15])
+    torch.manual_seed(1)
+    ours = spec.build()
+    with torch.no_grad():  # biases away from zero, so silence gives positive equal maxima
+        for conv in ours.conv_layers():
+            conv.bias.uniform_(-0.05, 0.2)
+    textbook = relu_before_pool(spec.build())
+    textbook.load_state_dict(ours.state_dict())
+    assert [type(m) for m in ours.features] != [type(m) for m in textbook.features]
+    results = []
+    for net in (ours, textbook):
+        net.train()
+        torch.manual_seed(2)  # the same dropout masks
+        logits = net(waves)
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        results.append((logits.detach(), [p.grad.clone() for p in net.parameters()]))
+    (ours_logits, ours_grads), (book_logits, book_grads) = results
+    assert torch.equal(ours_logits, book_logits)
+    assert all(torch.equal(a, b) for a, b in zip(ours_grads, book_grads))
+    assert any(g.abs().sum() > 0 for g in ours_grads)

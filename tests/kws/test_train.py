@@ -89,3 +89,12 @@ def test_skipped_files_are_named_in_one_warning_and_training_goes_on(tmp_path, c
     err = capsys.readouterr().err
     assert "skipped 1 unusable file(s):" in err and "cat/cccc0003_nohash_0.wav" in err
     assert metrics["finished"] and metrics["data"]["skipped"] == 1
+
+
+def test_threads_apply_while_training_and_are_restored_after(tmp_path, dataset, synth_set):
+    before = torch.get_num_threads()
+    asked = 3 if before != 3 else 2
+    metrics = train(config(tmp_path, synth_set, 1, threads=asked), dataset)
+    assert metrics["config"]["threads"] == asked
+    assert torch.get_num_threads() == before
+    assert train(config(tmp_path / "b", synth_set, 1), dataset)["config"]["threads"] == before

@@ -71,7 +71,7 @@ def gpu_env(tmp_path_factory) -> dict[str, str]:
 
 def start(env, data: Path, out: Path, epochs: int, *extra: str) -> Run:
     command = [str(BIN / "kws"), "train", *MODEL, "--data", str(data), "--out", str(out)]
-    command += ["--epochs", str(epochs), "--gpus", "auto", *extra]
+    command += ["--epochs", str(epochs), "--gpus", "auto", "--threads", "1", *extra]
     proc = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -124,6 +124,7 @@ def test_trains_on_the_cpu_while_holding_a_fake_gpu(normal_run):
     metrics = json.loads((run.out / "metrics.json").read_text())
     assert metrics["claimed_gpus"] == [0] and metrics["device"] == "cpu"
     assert metrics["finished"] and len(metrics["epochs"]) == 6
+    assert metrics["config"]["threads"] == 1  # --threads 1
     assert (run.out / "last.pt").is_file() and (run.out / "best.pt").is_file()
 
 
