@@ -397,7 +397,7 @@ def claim_command(
         )
     except GpusUnavailable as e:
         print(
-            f"{prog}: {e.reason} (to use the CPU, run the command without {prog})", file=sys.stderr
+            f"{prog}: {e.reason} (for a CPU-only job, use `{prog} --cpu -- …`)", file=sys.stderr
         )
         return 1
     except ClaimError as e:

@@ -203,7 +203,7 @@ class Claim:
         except GpusUnavailable:
             if self.required:
                 raise
-            self.cuda_visible_devices = ""  # the trainer sees no GPU and runs on the CPU
+            self._fall_back_to_cpu(job, command)
             return
         self._registry.ensure()
         self.record = claim_gpus(
@@ -218,15 +218,28 @@ class Claim:
         else:
             self.cuda_visible_devices = ",".join(str(i) for i in self.gpu_indices)
 
-    def _claim_cpu(self, job: str, command: str) -> None:
+    def _claim_cpu(self, job: str, command: str, create: bool = True) -> None:
         """A CPU claim: no GPU to choose, so no allocation lock; CUDA sees no GPU."""
         assert self._registry is not None
-        self._registry.ensure()
+        self._registry.ensure(create)
         record = new_record(job, command, [], cpu=True)
         self._registry.create(record)
         self.record = record
         self.job = record.job
         self.cuda_visible_devices = ""
+
+    def _fall_back_to_cpu(self, job: str, command: str) -> None:
+        """required=False on a machine without usable GPUs: the trainer runs on the CPU, seen as
+        a CPU claim where a registry exists (a server with the agent); where none exists (a
+        laptop, CI) nothing is made and nothing recorded."""
+        self.cuda_visible_devices = ""  # the trainer sees no GPU and runs on the CPU
+        assert self._registry is not None
+        if not os.path.lexists(self._registry.path):
+            return
+        try:
+            self._claim_cpu(job, command, create=False)
+        except ClaimError as e:  # an unsafe or full registry: run anyway, but say so
+            warnings.warn(f"gpumon: CPU job not recorded: {e}", RuntimeWarning, stacklevel=4)
 
     def _adopt(self) -> bool:
         """Inside `gpumon claim`: use its claim (same GPUs, progress goes to its file) rather
@@ -348,8 +361,9 @@ def claim(
     gpus: "auto" (``count`` free GPUs: no process, no live claim, least busy first), or
       indices / UUIDs: [0, 2], "0,2", ["GPU-…"].
     job: the name the sheet shows (default: this process's command line).
-    required: False lets a machine without a usable NVIDIA driver run the block on the CPU: an
-      empty claim, CUDA_VISIBLE_DEVICES="" and nothing recorded. (Busy GPUs still raise.)
+    required: False lets a machine without a usable NVIDIA driver run the block on the CPU:
+      CUDA_VISIBLE_DEVICES="" and, where the claims registry exists (the agent runs here), a
+      CPU claim as with cpu=True; elsewhere nothing is recorded. (Busy GPUs still raise.)
     settings: where the registry is (default: AgentSettings.from_env(), GPUMON_CLAIMS_DIR).
     lock_timeout_s: the longest wait for the registry lock.
     cpu: True for a CPU-only job: no GPU is claimed (and NVML is not read), CUDA_VISIBLE_DEVICES
