@@ -396,9 +396,7 @@ def claim_command(
             cpu=args.cpu,
         )
     except GpusUnavailable as e:
-        print(
-            f"{prog}: {e.reason} (for a CPU-only job, use `{prog} --cpu -- …`)", file=sys.stderr
-        )
+        print(f"{prog}: {e.reason} (for a CPU-only job, use `{prog} --cpu -- …`)", file=sys.stderr)
         return 1
     except ClaimError as e:
         print(f"{prog}: {e}", file=sys.stderr)

@@ -695,9 +695,7 @@ def _cpu_claims(out: _Families, report: Report, server: Labels) -> None:
         entry[0] += 1
         if started is not None and (entry[1] is None or started < entry[1]):
             entry[1] = started
-    out.gauge(
-        "gpumon_cpu_claims", "Live CPU-only claims.", server, float(len(report.cpu_claims))
-    )
+    out.gauge("gpumon_cpu_claims", "Live CPU-only claims.", server, float(len(report.cpu_claims)))
     for (user, job), (count, started) in sorted(merged.items()):
         who = (*server, ("user", user), ("job_name", job))
         out.gauge(

@@ -3,9 +3,10 @@
 The claim (gpumon_agent.hook.claim) is entered before anything touches torch.cuda, so its
 CUDA_VISIBLE_DEVICES takes effect; on a machine without an NVIDIA driver it is empty and the
 run uses the CPU, under a CPU claim where the gpumon agent runs (shown in the server's Job cell
-as "USER: JOB (CPU)"; metrics.json says ``claimed_cpu``). Every epoch updates the claim's progress (epoch, loss, val_acc), rewrites
-``OUT/last.pt`` and ``OUT/metrics.json``, and ``OUT/best.pt`` when validation accuracy improves.
-Leaving for any reason (the end, an exception, SIGINT/SIGTERM) releases the claim.
+as "USER: JOB (CPU)"; metrics.json says ``claimed_cpu``). Every epoch updates the claim's
+progress (epoch, loss, val_acc), rewrites ``OUT/last.pt`` and ``OUT/metrics.json``, and
+``OUT/best.pt`` when validation accuracy improves. Leaving for any reason (the end, an
+exception, SIGINT/SIGTERM) releases the claim.
 """
 
 from __future__ import annotations

@@ -274,7 +274,8 @@ def test_without_nvml_the_cpu_fallback_is_a_cpu_claim_where_the_registry_exists(
     code = """
 with claim(required=False, job="kws ch32") as c:
     c.update(epoch=1)
-    say(cvd=os.environ["CUDA_VISIBLE_DEVICES"], active=c.active, file=json.load(open(c.record.path)))
+    say(cvd=os.environ["CUDA_VISIBLE_DEVICES"], active=c.active,
+        file=json.load(open(c.record.path)))
 say(left=[n for n in os.listdir(os.environ["GPUMON_CLAIMS_DIR"]) if not n.startswith(".")])
 """
     rc, (inside, after), err = run(code, env)
