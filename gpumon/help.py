@@ -239,10 +239,14 @@ COMMANDS: dict[str, CommandHelp] = {
         examples=("gpumon agent report",),
     ),
     "claim": CommandHelp(
-        summary="run a command with GPUs claimed (see `gpumon claim --help`)",
-        description="Run a command with GPUs claimed for it.",
+        summary="run a command with GPUs (or --cpu: none) claimed (see `gpumon claim --help`)",
+        description="Run a command with GPUs claimed for it; with --cpu, a CPU-only job that "
+        "the server's Job cell shows as 'USER: JOB (CPU)'.",
         exit_codes=(),
-        examples=("gpumon claim --gpus auto --job kws -- python train.py",),
+        examples=(
+            "gpumon claim --gpus auto --job kws -- python train.py",
+            "gpumon claim --cpu --job 'kws ch32' -- python prep.py",
+        ),
     ),
 }
 

@@ -95,6 +95,7 @@ FIELDS: Dict[Tuple[str, str], Any] = {
     ("Report", "gpus"): Items(MAX_GPU_INDEX + 1),
     ("Report", "warnings"): Items(256),
     ("Report", "claim_errors"): Items(256),
+    ("Report", "cpu_claims"): Items(128),
     ("Host", "hostname"): Text(253),
     ("Host", "primary_ip"): Address(),
     ("Host", "addresses"): Items(256),

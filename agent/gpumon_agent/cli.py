@@ -50,8 +50,9 @@ _EXITS = {
     "claim": (
         "the command's own; 128+N when signal N ended it; 127 command not found; 126 cannot "
         "run it; 75 the GPUs are taken or the registry is busy (try again later); 1 another "
-        "claim error",
-        "gpumon claim --gpus auto --count 2 --job kws -- python train.py",
+        "claim error; 2 a bad flag (--cpu with --gpus or --count)",
+        "gpumon claim --gpus auto --count 2 --job kws -- python train.py\n"
+        "  gpumon claim --cpu --job 'kws ch32' -- python -m kws train …",
     ),
     "claims": (
         "0 listed; 1 some claim file could not be read (listed as such)",
@@ -144,15 +145,23 @@ def build_parser(prog: str = "gpumon-agent") -> argparse.ArgumentParser:
     claim = sub.add_parser(
         "claim",
         parents=[common],
-        help="run a command with GPUs claimed for it",
+        help="run a command with GPUs (or, with --cpu, none) claimed for it",
         description="Run a command with GPUs claimed for it: CUDA_VISIBLE_DEVICES is set to "
-        "them, the sheet shows the job, and the claim ends with the command.",
+        "them, the sheet shows the job, and the claim ends with the command. With --cpu, a "
+        "CPU-only job: no GPU is claimed, and the server's Job cell shows it.",
         epilog=_epilog("claim"),
         formatter_class=raw,
-        usage="%(prog)s [--gpus auto|0,1|GPU-UUID,...] [--count N] [--job NAME] -- CMD [ARGS...]",
+        usage="%(prog)s [--gpus auto|0,1|GPU-UUID,...] [--count N] [--job NAME] -- CMD [ARGS...]\n"
+        "       %(prog)s --cpu [--job NAME] -- CMD [ARGS...]",
     )
     claim.add_argument(
-        "--gpus", default="auto", help="'auto' (free GPUs), or indices / UUIDs, comma-separated"
+        "--gpus", help="'auto' (free GPUs, the default), or indices / UUIDs, comma-separated"
+    )
+    claim.add_argument(
+        "--cpu",
+        action="store_true",
+        help="a CPU-only job: claims no GPU (CUDA_VISIBLE_DEVICES=''), shown in the server's "
+        "Job cell as 'USER: JOB (CPU)'",
     )
     claim.add_argument("--count", type=int, default=1, help="how many GPUs 'auto' picks")
     claim.add_argument("--job", help="job name shown in the sheet (default: the command)")
@@ -245,6 +254,10 @@ def main(argv: Optional[List[str]] = None, prog: str = "gpumon-agent") -> int:
             print(f"{prog} claim: give the command after --, e.g. -- python train.py",
                   file=sys.stderr)  # fmt: skip
             return 1
+        if args.cpu and (args.gpus is not None or args.count != 1):
+            print(f"{prog} claim: --cpu claims no GPU; leave out --gpus and --count",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         return claim_command(cmd, args, settings)
     if command == "claims":
         return claims_command(settings, as_json=args.json)
@@ -424,7 +437,7 @@ def claims_command(settings: AgentSettings, as_json: bool = False) -> int:
             for c in sorted(claims, key=lambda c: c.started_at):
                 rows.append(
                     (
-                        ",".join(str(g.index) for g in c.gpus),
+                        "CPU" if c.cpu else ",".join(str(g.index) for g in c.gpus),
                         _printable(c.user),
                         str(c.pid),
                         _printable(c.started_at),
@@ -456,11 +469,16 @@ def claim_command(
     from gpumon_agent.hook import CannotRun, GpusUnavailable, run_claimed
 
     try:
-        return run_claimed(cmd, gpus=args.gpus, count=args.count, job=args.job, settings=settings)
-    except GpusUnavailable as e:
-        print(
-            f"{prog}: {e.reason} (to use the CPU, run the command without {prog})", file=sys.stderr
+        return run_claimed(
+            cmd,
+            gpus=args.gpus or "auto",
+            count=args.count,
+            job=args.job,
+            settings=settings,
+            cpu=args.cpu,
         )
+    except GpusUnavailable as e:
+        print(f"{prog}: {e.reason} (for a CPU-only job, use `{prog} --cpu -- …`)", file=sys.stderr)
         return 1
     except ClaimError as e:
         print(f"{prog}: {e}", file=sys.stderr)

@@ -40,6 +40,7 @@ from gpumon_agent.claims import (
     check_owner_process,
     claim_gpus,
     clean_progress,
+    new_record,
     parse_gpu_request,
 )
 from gpumon_agent.report import Gpu, utc_iso
@@ -99,9 +100,10 @@ def sample_gpus(settings: AgentSettings) -> List[Gpu]:
 class Claim:
     """A GPU claim held for a ``with`` block. See ``claim()`` for the arguments.
 
-    Inside the block: ``gpu_indices`` and ``gpu_uuids`` (empty for a CPU-only claim),
+    Inside the block: ``gpu_indices`` and ``gpu_uuids`` (empty for a CPU job),
     ``cuda_visible_devices`` (as set in the environment), ``record`` (the claim file's content;
-    None for a CPU-only claim) and ``update(**progress)``."""
+    None when ``required=False`` fell back to the CPU unrecorded) and ``update(**progress)``.
+    ``cpu=True`` records a CPU claim: no GPU, shown in the server's Job cell."""
 
     def __init__(
         self,
@@ -112,8 +114,12 @@ class Claim:
         settings: Optional[AgentSettings] = None,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
         command: Optional[str] = None,
+        cpu: bool = False,
     ) -> None:
-        self.request: GpuRequest = parse_gpu_request(gpus)
+        self.cpu = cpu
+        if cpu and gpus not in ("auto", None):
+            raise ClaimError(f"claim(cpu=True) claims no GPU; leave out gpus={gpus!r}")
+        self.request: GpuRequest = None if cpu else parse_gpu_request(gpus)
         self.count = count if self.request is None else len(self.request)
         self.job = job
         self.required = required
@@ -187,16 +193,19 @@ class Claim:
         self._registry = ClaimRegistry.for_settings(settings)
         if self._adopt():
             return
+        command = self.command if self.command is not None else _own_command()
+        job = self.job or cut(command, 80)
+        if self.cpu:
+            self._claim_cpu(job, command)
+            return
         try:
             gpus = sample_gpus(settings)
         except GpusUnavailable:
             if self.required:
                 raise
-            self.cuda_visible_devices = ""  # the trainer sees no GPU and runs on the CPU
+            self._fall_back_to_cpu(job, command)
             return
         self._registry.ensure()
-        command = self.command if self.command is not None else _own_command()
-        job = self.job or cut(command, 80)
         self.record = claim_gpus(
             self._registry, gpus, self.request, self.count, job, command, self.lock_timeout_s
         )
@@ -208,6 +217,29 @@ class Claim:
             self.cuda_visible_devices = ",".join(self.gpu_uuids)
         else:
             self.cuda_visible_devices = ",".join(str(i) for i in self.gpu_indices)
+
+    def _claim_cpu(self, job: str, command: str, create: bool = True) -> None:
+        """A CPU claim: no GPU to choose, so no allocation lock; CUDA sees no GPU."""
+        assert self._registry is not None
+        self._registry.ensure(create)
+        record = new_record(job, command, [], cpu=True)
+        self._registry.create(record)
+        self.record = record
+        self.job = record.job
+        self.cuda_visible_devices = ""
+
+    def _fall_back_to_cpu(self, job: str, command: str) -> None:
+        """required=False on a machine without usable GPUs: the trainer runs on the CPU, seen as
+        a CPU claim where a registry exists (a server with the agent); where none exists (a
+        laptop, CI) nothing is made and nothing recorded."""
+        self.cuda_visible_devices = ""  # the trainer sees no GPU and runs on the CPU
+        assert self._registry is not None
+        if not os.path.lexists(self._registry.path):
+            return
+        try:
+            self._claim_cpu(job, command, create=False)
+        except ClaimError as e:  # an unsafe or full registry: run anyway, but say so
+            warnings.warn(f"gpumon: CPU job not recorded: {e}", RuntimeWarning, stacklevel=4)
 
     def _adopt(self) -> bool:
         """Inside `gpumon claim`: use its claim (same GPUs, progress goes to its file) rather
@@ -226,6 +258,11 @@ class Claim:
         if record.pid not in _ancestors():
             return False
         held = [(g.index, g.uuid) for g in record.gpus]
+        if record.cpu and self.request is not None:
+            raise ClaimError(
+                "this process runs under `gpumon claim --cpu`, a CPU-only job: it holds no GPU; "
+                "run it under `gpumon claim --gpus …` to use GPUs"
+            )
         if self.request is not None:
             wanted = set(self.request)
             if not all(i in wanted or u in wanted for i, u in held) or len(held) != len(wanted):
@@ -239,7 +276,9 @@ class Claim:
         self.gpu_indices = [i for i, _ in held]
         self.gpu_uuids = [u for _, u in held if u]
         self.cuda_visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if self.cuda_visible_devices is None:
+        if record.cpu:
+            self.cuda_visible_devices = ""  # the enclosing job is CPU-only whatever was set
+        elif self.cuda_visible_devices is None:
             self.cuda_visible_devices = ",".join(str(i) for i in self.gpu_indices)
         return True
 
@@ -315,16 +354,21 @@ def claim(
     settings: Optional[AgentSettings] = None,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     command: Optional[str] = None,
+    cpu: bool = False,
 ) -> Claim:
     """Claim GPUs for the ``with`` block: ``with claim(gpus="auto", count=1, job="…") as c:``.
 
     gpus: "auto" (``count`` free GPUs: no process, no live claim, least busy first), or
       indices / UUIDs: [0, 2], "0,2", ["GPU-…"].
     job: the name the sheet shows (default: this process's command line).
-    required: False lets a machine without a usable NVIDIA driver run the block on the CPU: an
-      empty claim, CUDA_VISIBLE_DEVICES="" and nothing recorded. (Busy GPUs still raise.)
+    required: False lets a machine without a usable NVIDIA driver run the block on the CPU:
+      CUDA_VISIBLE_DEVICES="" and, where the claims registry exists (the agent runs here), a
+      CPU claim as with cpu=True; elsewhere nothing is recorded. (Busy GPUs still raise.)
     settings: where the registry is (default: AgentSettings.from_env(), GPUMON_CLAIMS_DIR).
     lock_timeout_s: the longest wait for the registry lock.
+    cpu: True for a CPU-only job: no GPU is claimed (and NVML is not read), CUDA_VISIBLE_DEVICES
+      is "", and the claim shows in the server's Job cell as "USER: JOB (CPU)". Leave gpus
+      at its default.
 
     Raises ClaimError (NoFreeGpu, LockTimeout, RegistryError, GpusUnavailable) with a message
     saying what to do. Enter it before the first use of CUDA (torch.cuda…): CUDA reads
@@ -337,6 +381,7 @@ def claim(
         settings=settings,
         lock_timeout_s=lock_timeout_s,
         command=command,
+        cpu=cpu,
     )
 
 
@@ -352,8 +397,10 @@ def run_claimed(
     count: int = 1,
     job: Optional[str] = None,
     settings: Optional[AgentSettings] = None,
+    cpu: bool = False,
 ) -> int:
-    """Run ``cmd`` with GPUs claimed for it; the claim is released when it ends.
+    """Run ``cmd`` with GPUs (``cpu``: no GPU, a CPU claim) claimed for it; the claim is
+    released when it ends.
 
     Returns the command's exit status, 128 + N when a signal N killed it, or 128 + N when signal
     N came before the command started. Raises ClaimError (GpusUnavailable, NoFreeGpu,
@@ -371,6 +418,7 @@ def run_claimed(
             job=job or cut(command, 80),
             settings=settings,
             command=command,
+            cpu=cpu,
         ):
             early = signal.sigpending() & set(_RELAYED)
             if early:  # told to stop while claiming: do not start the command at all

@@ -301,6 +301,7 @@ LABEL_CHARS = 128  # a label value (user, job, command, GPU name, ...) is cut to
 ERROR_CHARS = 200  # error texts in labels
 MAX_PROCESS_GROUPS = 8  # (user, command) series per GPU; beyond, the smallest are folded
 MAX_CLAIMS_PER_GPU = 4  # claim series per GPU (gpumon_gpu_claims still counts them all)
+MAX_CPU_CLAIMS = 16  # CPU-only claim series per server (gpumon_cpu_claims counts them all)
 MAX_PROGRESS_KEYS = 6  # numeric progress values per claim
 MAX_CLAIM_ERRORS = 4  # unreadable claim files named one by one (gpumon_claim_errors counts all)
 FOLDED = "…"  # user and command of the series that holds the groups beyond the bound
@@ -475,6 +476,7 @@ def families(
     _host(out, report, server, state)
     _warnings(out, report, server)
     _claim_errors(out, report, server, folded)
+    _cpu_claims(out, report, server)
     _gpus(out, report, server, folded)
     for what, count in sorted(folded.items()):
         out.gauge(
@@ -678,6 +680,33 @@ def process_groups(
     memories = [m for _, (_, m) in rest if m is not None]
     fold = (sum(n for _, (n, _) in rest), sum(memories) if memories else None)
     return [*sorted(kept), ((FOLDED, FOLDED), fold)], len(rest)
+
+
+def _cpu_claims(out: _Families, report: Report, server: Labels) -> None:
+    """CPU-only claims: their own series, without GPU labels, so that the GPU claim series keep
+    meaning "one per claimed GPU" (``count by (user) (gpumon_claim_info)``)."""
+    merged: Dict[Tuple[str, str], List[Any]] = {}  # (user, job) -> [count, earliest start]
+    for c in report.cpu_claims:
+        key = (_label(c.user), _label(c.job))
+        if key not in merged and len(merged) >= MAX_CPU_CLAIMS:
+            continue  # gpumon_cpu_claims still counts them all
+        started = _timestamp(c.started_at)
+        entry = merged.setdefault(key, [0, started])
+        entry[0] += 1
+        if started is not None and (entry[1] is None or started < entry[1]):
+            entry[1] = started
+    out.gauge("gpumon_cpu_claims", "Live CPU-only claims.", server, float(len(report.cpu_claims)))
+    for (user, job), (count, started) in sorted(merged.items()):
+        who = (*server, ("user", user), ("job_name", job))
+        out.gauge(
+            "gpumon_cpu_claim_info", "Live CPU-only claims by user and job.", who, float(count)
+        )
+        out.gauge(
+            "gpumon_cpu_claim_started_timestamp_seconds",
+            "When the CPU-only claim began (Unix time).",
+            who,
+            started,
+        )
 
 
 def _claims(out: _Families, claims: Sequence[Any], base: Labels, folded: Dict[str, int]) -> None:

@@ -182,6 +182,9 @@ class Report:
     gpus: List[Gpu] = field(default_factory=list)
     warnings: List[HealthWarning] = field(default_factory=list)
     claim_errors: List[ClaimFileProblem] = field(default_factory=list)
+    # Live CPU-only claims (`gpumon claim --cpu`): jobs that hold no GPU. Optional: readers
+    # of reports without it (older agents) see none.
+    cpu_claims: List[ClaimInfo] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

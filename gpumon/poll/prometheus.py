@@ -114,6 +114,8 @@ AGENT_METRICS = (
     "gpumon_claim_info",
     "gpumon_claim_started_timestamp_seconds",
     "gpumon_claim_progress",
+    "gpumon_cpu_claim_info",
+    "gpumon_cpu_claim_started_timestamp_seconds",
 )
 _RE2_SPECIAL = set("\\.+*?()|[]{}^$")
 log = logging.getLogger(__name__)
@@ -456,8 +458,27 @@ def agent_report(target: Target) -> Report:
         ClaimFileProblem(path=s.labels.get("file", "?"), error=s.labels.get("error", "?"))
         for s in sorted(target.named("gpumon_claim_error_info"), key=lambda s: s.labels.get("file"))
     ]
+    report.cpu_claims = _cpu_claims(target)
     report.warnings = _warnings(target, report)
     return report
+
+
+def _cpu_claims(target: Target) -> list[ClaimInfo]:
+    """CPU-only claims back from ``gpumon_cpu_claim_info`` (``n`` per series), by start."""
+    started = {
+        (s.labels.get("user", "?"), s.labels.get("job_name", "?")): s.value
+        for s in target.named("gpumon_cpu_claim_started_timestamp_seconds")
+    }
+    claims: list[tuple[float, str, ClaimInfo]] = []
+    for s in target.named("gpumon_cpu_claim_info"):
+        user, job = s.labels.get("user", "?"), s.labels.get("job_name", "?")
+        when = started.get((user, job))
+        for _ in range(_count(s.value)):
+            claim = ClaimInfo(
+                job=job, user=user, pid=0, started_at=_time(when) if when is not None else ""
+            )
+            claims.append((_finite_value(when), job, claim))
+    return [c for _, _, c in sorted(claims, key=lambda x: x[:2])]
 
 
 def _gpus(target: Target) -> list[Gpu]:

@@ -1,7 +1,8 @@
 """What each of gpumon's cells should say for one server's poll result. Pure: no I/O.
 
 Short and readable in a cell: "ON", "2019-03-14 15:26:45", "37%", "3.2/24 GiB",
-"lww: python train.py", "kws (lww) epoch 3/30", "GPU 1 used without a claim (lww)".
+"lww: python train.py", "kws (lww) epoch 3/30", "lww: kws ch32 (CPU)",
+"GPU 1 used without a claim (lww)".
 Text that comes from the servers (user names, commands, job names) is passed through as is:
 backends write it raw, so "=IMPORTXML(...)" stays text.
 """
@@ -42,13 +43,18 @@ class ServerCells:
     gpus: dict[int, dict[str, str]] = field(default_factory=dict)  # index → util, memory, ...
     absent: dict[str, str] = field(default_factory=dict)  # a GPU row the server does not report
     state: dict[int, str] = field(default_factory=dict)  # GPU index (or PLAIN_ROW) → State
+    cpu_jobs: str = ""  # the CPU-only claims: "lww: kws ch32 (CPU)", in the name row's Job cell
 
-    def gpu_value(self, index: int, column: str) -> str:
+    def gpu_value(self, index: int, column: str, name_row: bool = False) -> str:
         """What the cell of ``column`` says in GPU ``index``'s row (PLAIN_ROW: the row of a
-        block without GPU rows)."""
+        block without GPU rows). ``name_row``: the row is the block's first, whose Job cell
+        also names the server's CPU-only jobs."""
         if column == "state":
             return self.state.get(index, "")
-        return self.gpus.get(index, self.absent)[column]
+        value = self.gpus.get(index, self.absent)[column]
+        if column == "job" and name_row and self.cpu_jobs:
+            return cut("; ".join(part for part in (value, self.cpu_jobs) if part), CELL_LIMIT)
+        return value
 
 
 @dataclass
@@ -104,6 +110,7 @@ def render(
         gpus=gpus,
         absent=absent,
         state=dict(state.gpus),
+        cpu_jobs=cut(format_cpu_jobs(report.cpu_claims), CELL_LIMIT),
     )
 
 
@@ -176,6 +183,16 @@ def format_job(claims: list[ClaimInfo]) -> str:
         progress = format_progress(claim.progress)
         parts.append(f"{claim.job} ({claim.user})" + (f" {progress}" if progress else ""))
     return "; ".join(parts)
+
+
+def format_cpu_jobs(claims: list[ClaimInfo]) -> str:
+    """ "lww: kws ch32 (CPU); niv: preprocess (CPU)" — the seed's "Niv using CPU", one entry
+    per CPU-only claim, sorted (the cell does not change with the registry's order)."""
+    counts: dict[str, int] = {}
+    for claim in claims:
+        entry = f"{claim.user}: {claim.job} (CPU)"
+        counts[entry] = counts.get(entry, 0) + 1
+    return "; ".join(e if n == 1 else f"{e} ×{n}" for e, n in sorted(counts.items()))
 
 
 def format_progress(progress: dict[str, Any]) -> str:

@@ -173,12 +173,16 @@ def plan(
             if value is not None:
                 targets.server_cell(block, column, value)
         if block.gpu_rows:
+            # The server's CPU-only jobs go in the Job cell of its first GPU row (the name row).
+            first = min(block.gpu_rows.values())
             for index, row in sorted(block.gpu_rows.items()):
                 for column in GPU_COLUMNS:
-                    targets.gpu_cell(block, row, column, cells.gpu_value(index, column))
+                    value = cells.gpu_value(index, column, name_row=row == first)
+                    targets.gpu_cell(block, row, column, value)
         elif block.plain_row:
-            for column in GPU_COLUMNS:  # a server without GPU rows: these cells say nothing
-                targets.gpu_cell(block, block.name_row, column, cells.gpu_value(PLAIN_ROW, column))
+            for column in GPU_COLUMNS:  # a server without GPU rows: only its Job cell may speak
+                value = cells.gpu_value(PLAIN_ROW, column, name_row=True)
+                targets.gpu_cell(block, block.name_row, column, value)
         missing = _rowable(
             result.name, sorted(set(cells.gpus) - set(block.gpu_rows) - block.ambiguous_gpus), out
         )
@@ -230,7 +234,8 @@ def _list_new_row_cells(
                     )
         for offset, index in enumerate(new.gpus):
             for column in GPU_COLUMNS:
-                value = cells.gpu_value(PLAIN_ROW if index is None else index, column)
+                first = new.name_first and offset == 0
+                value = cells.gpu_value(PLAIN_ROW if index is None else index, column, first)
                 if value:
                     col = out.columns[column]
                     out.changes.append(_new_cell(top + offset, col, new.server, column, value))

@@ -2,9 +2,11 @@
 
 The claim (gpumon_agent.hook.claim) is entered before anything touches torch.cuda, so its
 CUDA_VISIBLE_DEVICES takes effect; on a machine without an NVIDIA driver it is empty and the
-run uses the CPU. Every epoch updates the claim's progress (epoch, loss, val_acc), rewrites
-``OUT/last.pt`` and ``OUT/metrics.json``, and ``OUT/best.pt`` when validation accuracy improves.
-Leaving for any reason (the end, an exception, SIGINT/SIGTERM) releases the claim.
+run uses the CPU, under a CPU claim where the gpumon agent runs (shown in the server's Job cell
+as "USER: JOB (CPU)"; metrics.json says ``claimed_cpu``). Every epoch updates the claim's
+progress (epoch, loss, val_acc), rewrites ``OUT/last.pt`` and ``OUT/metrics.json``, and
+``OUT/best.pt`` when validation accuracy improves. Leaving for any reason (the end, an
+exception, SIGINT/SIGTERM) releases the claim.
 """
 
 from __future__ import annotations
@@ -168,6 +170,7 @@ class _NoClaim:
     gpu_indices: list[int] = []  # noqa: RUF012 — never mutated
     cuda_visible_devices = ""
     job = None
+    record = None
 
     def update(self, **progress: Any) -> None:
         pass
@@ -259,7 +262,8 @@ def _train_claimed(config, dataset, resumed, held, device: torch.device) -> dict
     loss_fn = nn.CrossEntropyLoss()
     show_bars = sys.stderr.isatty() if config.progress is None else config.progress
     info = _run_info(config, dataset, net, device, held)
-    claimed = ",".join(map(str, info["claimed_gpus"])) or "none"
+    claimed = ",".join(map(str, info["claimed_gpus"]))
+    claimed = claimed or ("none, a CPU claim" if info["claimed_cpu"] else "none")
     print(
         f"kws train: {info['job']!r} on {info['device']} (GPUs claimed: {claimed}), "
         f"{info['params']:,} parameters, {_clip_counts(dataset)}",
@@ -357,6 +361,9 @@ def _run_info(config, dataset, net, device, held) -> dict[str, Any]:
         "params": param_count(net),
         "device": f"{device} ({name})" if device.type == "cuda" else "cpu",
         "claimed_gpus": list(held.gpu_indices),
+        # On a machine without GPUs the hook records a CPU claim (where the agent runs), so the
+        # sheet's Job cell shows "USER: JOB (CPU)".
+        "claimed_cpu": bool(held.record is not None and held.record.cpu),
         "data": {
             "root": str(dataset.root),
             "split_by": dataset.split_source,

@@ -262,8 +262,29 @@ with claim(required=False) as c:
     assert rc == 0, err
     assert "cannot read the GPUs through NVML" in refused["error"]
     assert "required=False" in refused["error"]
-    assert cpu == {"indices": [], "cvd": "", "active": False}
-    assert claim_files(claims_dir) == []
+    assert cpu == {"indices": [], "cvd": "", "active": False}  # no registry here: no record
+    assert not claims_dir.exists()  # ...and none made
+
+
+def test_without_nvml_the_cpu_fallback_is_a_cpu_claim_where_the_registry_exists(
+    no_nvml_env, claims_dir
+):
+    ClaimRegistry(str(claims_dir)).ensure()  # as the agent makes it on a server
+    env = dict(no_nvml_env, GPUMON_CLAIMS_DIR=str(claims_dir))
+    code = """
+with claim(required=False, job="kws ch32") as c:
+    c.update(epoch=1)
+    say(cvd=os.environ["CUDA_VISIBLE_DEVICES"], active=c.active,
+        file=json.load(open(c.record.path)))
+say(left=[n for n in os.listdir(os.environ["GPUMON_CLAIMS_DIR"]) if not n.startswith(".")])
+"""
+    rc, (inside, after), err = run(code, env)
+    assert rc == 0, err
+    assert inside["cvd"] == "" and inside["active"] is True
+    record = inside["file"]
+    assert (record["cpu"], record["gpus"], record["job"]) == (True, [], "kws ch32")
+    assert record["progress"] == {"epoch": 1}
+    assert after == {"left": []}
 
 
 def test_busy_gpus_are_not_a_reason_to_fall_back_to_the_cpu(fake_nvml, env_for):

@@ -272,5 +272,5 @@ def test_without_nvml_gpumon_claim_exits_1_and_runs_nothing(no_nvml_env, claims_
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert "gpumon claim: cannot read the GPUs through NVML" in err
-    assert "run the command without gpumon claim" in err and "required=False" not in err
+    assert "for a CPU-only job, use `gpumon claim --cpu" in err and "required=False" not in err
     assert not started.exists()

@@ -128,6 +128,8 @@ OPTIONAL_IN_A_PLAIN_SAMPLE = {
     "gpumon_claim_started_timestamp_seconds",
     "gpumon_claim_progress",
     "gpumon_claim_error_info",
+    "gpumon_cpu_claim_info",
+    "gpumon_cpu_claim_started_timestamp_seconds",
     "gpumon_nvml_error_info",
     "gpumon_metrics_folded",
 }
@@ -202,6 +204,7 @@ def full_report() -> Report:
             HealthWarning(code="load_high", message="load"),
         ],
         claim_errors=[ClaimFileProblem(path="/run/gpumon/claims/x.json", error="bad")],
+        cpu_claims=[ClaimInfo(job="prep", user="niv", pid=4243, started_at="2023-11-14T22:10:00Z")],
     )
 
 
@@ -558,6 +561,10 @@ def worst_report(gpus: int = 8) -> Report:
     host_codes = ("load_high", "memory_high", "swap_high", "disk_root_full", "gpu_count_dropped")
     report.warnings += [HealthWarning(code=c, message="m") for c in host_codes]
     report.claim_errors = [ClaimFileProblem(path=f"/x/{i}{long}", error=long) for i in range(256)]
+    report.cpu_claims = [
+        ClaimInfo(job=f"{c}{long}", user=f"{c}{long}", pid=c, started_at=utc_iso(c))
+        for c in range(1, 129)
+    ]
     return report
 
 
@@ -566,8 +573,44 @@ def test_the_documented_bound_holds_for_the_worst_a_server_can_send():
     series = [line for line in text.splitlines() if line and not line.startswith("#")]
     per_gpu = sum(1 for line in series if 'gpu="3"' in line)
     assert per_gpu <= 78, per_gpu  # docs/metrics.md: "at most 78 series"
-    assert len(series) <= 670, len(series)  # an 8-GPU server
-    assert len(text) <= 180_000, len(text)
+    assert len(series) <= 705, len(series)  # an 8-GPU server
+    assert len(text) <= 190_000, len(text)
+
+
+def test_a_cpu_claim_has_series_of_its_own_without_gpu_labels():
+    report = full_report()
+    report.cpu_claims = []
+    gpu_claims_before = samples(exposition(report))
+    report.cpu_claims = [
+        ClaimInfo(job="kws ch32", user="lww", pid=7, started_at=utc_iso(1_700_000_000)),
+        ClaimInfo(job="kws ch32", user="lww", pid=8, started_at=utc_iso(1_700_000_005)),
+        ClaimInfo(job="prep", user="niv", pid=9, started_at="not a time"),
+    ]
+    got = samples(exposition(report))
+    assert value(got, "gpumon_cpu_claims") == 3.0
+    assert value(got, "gpumon_cpu_claim_info", user="lww", job_name="kws ch32") == 2.0
+    assert value(got, "gpumon_cpu_claim_info", user="niv", job_name="prep") == 1.0
+    lww = value(got, "gpumon_cpu_claim_started_timestamp_seconds", user="lww")
+    assert lww == 1_700_000_000.0  # the earliest of the two
+    assert not has(got, "gpumon_cpu_claim_started_timestamp_seconds", user="niv")
+    for (name, labels), _v in got.items():
+        if name.startswith("gpumon_cpu_claim"):
+            assert "gpu" not in dict(labels) and "uuid" not in dict(labels), (name, labels)
+    claim_series = {k: v for k, v in got.items() if k[0].startswith("gpumon_claim_info")}
+    assert claim_series == {
+        k: v for k, v in gpu_claims_before.items() if k[0].startswith("gpumon_claim_info")
+    }  # `count by (user) (gpumon_claim_info)` still counts claimed GPUs only
+
+
+def test_cpu_claim_series_are_bounded_however_many_jobs_a_user_starts():
+    report = full_report()
+    report.cpu_claims = [
+        ClaimInfo(job=f"job {i}", user="lww", pid=i, started_at=utc_iso(i)) for i in range(1, 129)
+    ]
+    got = samples(exposition(report))
+    assert value(got, "gpumon_cpu_claims") == 128.0
+    infos = [k for k in got if k[0] == "gpumon_cpu_claim_info"]
+    assert len(infos) == metrics.MAX_CPU_CLAIMS
 
 
 def test_unreadable_times_are_left_out_not_a_failed_answer():

@@ -175,7 +175,34 @@ def test_without_nvml_it_trains_on_the_cpu_with_no_claim(synth_set, tmp_path):
     assert rc == 0, err
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["claimed_gpus"] == [] and metrics["device"] == "cpu"
-    assert not os.path.exists(tmp_path / "cl") or claim_files(env) == []
+    assert metrics["claimed_cpu"] is False  # no registry here (no agent): nothing recorded
+    assert not os.path.exists(tmp_path / "cl")
+
+
+def test_without_nvml_where_the_agent_runs_it_trains_under_a_cpu_claim(synth_set, tmp_path):
+    from gpumon_agent.claims import ClaimRegistry
+
+    env = env_without_nvml(tmp_path)
+    env.update(GPUMON_STATE_DIR=str(tmp_path / "state"), GPUMON_CLAIMS_DIR=str(tmp_path / "cl"))
+    ClaimRegistry(env["GPUMON_CLAIMS_DIR"]).ensure()  # as the agent makes it at start
+    run = start(env, synth_set, tmp_path / "out", 3, "--quiet")
+    watch(run, until_epoch=1)
+    listing = subprocess.run(
+        [str(BIN / "gpumon-agent"), "claims"], env=env, capture_output=True, text=True, timeout=60
+    )
+    rc, err = run.finish()
+    assert rc == 0, err
+    assert run.seen, "the CPU claim never showed in `gpumon-agent claims --json`"
+    assert {(c["job"], c["cpu"]) for c in run.seen} == {(JOB, True)}
+    assert all(c["gpus"] == [] for c in run.seen)
+    assert any(c["progress"].get("epoch", 0) >= 1 for c in run.seen)
+    row = [line for line in listing.stdout.splitlines() if JOB in line]
+    assert row and row[0].split()[0] == "CPU", listing.stdout
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["claimed_cpu"] is True and metrics["claimed_gpus"] == []
+    assert metrics["device"] == "cpu"
+    assert "GPUs claimed: none, a CPU claim" in err
+    assert claim_files(env) == []  # released at the end
 
 
 def test_no_free_gpu_exits_75_with_the_hooks_message(tmp_path, synth_set):

@@ -211,3 +211,39 @@ def test_some_processes_listed_while_a_query_failed_show_them_and_a_question_mar
 def test_a_hostile_report_claiming_unclaimed_use_with_unknown_processes_does_not_crash():
     odd = gpu(0, processes=None, processes_error="x", unclaimed_use=True)
     assert "GPU 0 used without a claim (?)" in health(on("a", [odd]), {0})
+
+
+def cpu_claim(user: str, job: str) -> ClaimInfo:
+    return ClaimInfo(job=job, user=user, pid=7, started_at="2019-03-14T06:00:00Z")
+
+
+def test_cpu_only_jobs_show_in_the_name_rows_job_cell_like_the_seeds_niv_using_cpu():
+    result = on("sigbsp", [gpu(0), gpu(1)])
+    result.report.gpus[0].claims = [cpu_claim("niv", "bert")]
+    result.report.cpu_claims = [
+        cpu_claim("lww", "kws ch32"),
+        cpu_claim("niv", "prep"),
+        cpu_claim("lww", "kws ch32"),
+    ]
+    cells = render(result, SEOUL, {0, 1})
+    assert cells.cpu_jobs == "lww: kws ch32 (CPU) ×2; niv: prep (CPU)"
+    assert cells.gpu_value(0, "job", name_row=True) == (
+        "bert (niv); lww: kws ch32 (CPU) ×2; niv: prep (CPU)"
+    )
+    assert cells.gpu_value(0, "job") == "bert (niv)"  # other rows: their GPU's claims only
+    assert cells.gpu_value(1, "job", name_row=True) == "lww: kws ch32 (CPU) ×2; niv: prep (CPU)"
+    assert cells.gpu_value(1, "job") == ""
+
+
+def test_many_or_long_cpu_jobs_are_cut_like_other_cells():
+    result = on("hcpbsp", [gpu(0)])
+    result.report.cpu_claims = [cpu_claim(f"user{i}", "x" * 300) for i in range(128)]
+    result.report.gpus[0].claims = [cpu_claim("niv", "y" * 200)]
+    cells = render(result, SEOUL, {0})
+    value = cells.gpu_value(0, "job", name_row=True)
+    assert len(value) == 120 and value.endswith("…")
+
+
+def test_an_off_server_shows_no_cpu_jobs():
+    result = off("mlbsp", last_seen_on="2019-03-14T06:00:00Z")
+    assert render(result, SEOUL, {0}).gpu_value(0, "job", name_row=True) == ""

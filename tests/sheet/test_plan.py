@@ -192,6 +192,25 @@ def test_time_zone_override_and_unknown_zone(seed):
     assert "time zone 'Mars/Olympus' is unknown here" in p.warnings[0]
 
 
+def test_cpu_only_jobs_go_to_the_job_cell_of_the_servers_first_row_only(seed):
+    from gpumon_agent.report import ClaimInfo
+
+    result = on("sigbsp", [gpu(i) for i in range(4)])
+    result.report.cpu_claims = [
+        ClaimInfo(job="kws ch32", user="lww", pid=5, started_at="2019-03-14T06:00:00Z")
+    ]
+    first = plan_for(with_status_columns(seed), [result])
+    got = cells(first)
+    assert got["L23"] == "lww: kws ch32 (CPU)"  # sigbsp's name row (GPU 0)
+    assert not any(cell in got for cell in ("L24", "L25", "L26"))  # blank as before
+    apply(seed, first.writes)
+    assert seed.values[22][11] == "lww: kws ch32 (CPU)"
+    ended = plan_for(seed, [on("sigbsp", [gpu(i) for i in range(4)])])
+    assert cells(ended)["L23"] == ""  # the job ended: the cell is cleared
+    assert seed.values[22][11] == "lww: kws ch32 (CPU)" and apply(seed, ended.writes)
+    assert seed.values[22][11] == ""
+
+
 def test_a_server_polled_twice_is_planned_once(seed):
     p = plan_for(seed, [on("hcpbsp", [gpu(0)]), off("hcpbsp")])
     assert "OFF" not in cells(p).values()

@@ -74,7 +74,8 @@ def annotate(
     idle_after_s: float,
     now: Optional[float] = None,
 ) -> None:
-    """Set each GPU's ``claims``, ``unclaimed_use``, ``claimed_idle`` and ``idle_since``.
+    """Set each GPU's ``claims``, ``unclaimed_use``, ``claimed_idle`` and ``idle_since``, and
+    the Report's ``cpu_claims`` (the live CPU-only claims, which cover no GPU).
 
     - claims: every live claim covering the GPU (matched by GPU, not by pid, so a claimer's
       children — dataloader workers, the command under `gpumon claim` — are covered).
@@ -91,6 +92,7 @@ def annotate(
     started — seed the tracker with IdleTracker.from_report(previous snapshot) to do better.
     """
     now = time.time() if now is None else now
+    report.cpu_claims = [c.info() for c in claims if c.cpu]
     for gpu in report.gpus:
         holders = [c for c in claims if c.covers(gpu)]
         gpu.claims = [c.info() for c in holders]

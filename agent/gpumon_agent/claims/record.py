@@ -96,6 +96,9 @@ class ClaimRecord:
     # Start of pid in clock ticks since boot (/proc/PID/stat field 22): tells a reused pid
     # apart whatever the wall clock does. None in claims of gpumon-agent 0.1.
     pid_start_ticks: Optional[int] = None
+    # A CPU-only job (`gpumon claim --cpu`, claim(cpu=True)): no GPUs, shown in the server's
+    # Job cell. Exactly one of ``cpu`` and ``gpus`` is set.
+    cpu: bool = False
 
     @property
     def file_name(self) -> str:
@@ -137,6 +140,7 @@ class ClaimRecord:
             "updated_at": self.updated_at,
             "gpus": [{"index": g.index, "uuid": g.uuid} for g in self.gpus],
             "progress": self.progress,
+            "cpu": self.cpu,
         }
 
     def to_json(self) -> bytes:
@@ -155,8 +159,14 @@ class ClaimRecord:
                 " (mixed gpumon-agent versions on this server?)"
             )
         gpus_raw = _field(data, "gpus", list)
-        if not gpus_raw:
-            raise InvalidClaimFile("field 'gpus': claims no GPU")
+        # Optional (claims of gpumon-agent before CPU claims have none): false when absent.
+        cpu = data.get("cpu", False)
+        if not isinstance(cpu, bool):
+            raise InvalidClaimFile(f"field 'cpu': expected bool, got {type(cpu).__name__}")
+        if cpu and gpus_raw:
+            raise InvalidClaimFile("field 'gpus': a CPU claim ('cpu': true) claims no GPU")
+        if not gpus_raw and not cpu:
+            raise InvalidClaimFile("field 'gpus': claims no GPU (and is not a CPU claim)")
         if len(gpus_raw) > MAX_CLAIM_GPUS:
             raise InvalidClaimFile(f"field 'gpus': more than {MAX_CLAIM_GPUS} GPUs")
         gpus = []
@@ -193,6 +203,7 @@ class ClaimRecord:
             progress=progress,
             path=path,
             pid_start_ticks=ticks,
+            cpu=cpu,
         )
         if record.updated_at is not None and len(record.updated_at) > 40:
             raise InvalidClaimFile("field 'updated_at': longer than 40 characters")
@@ -356,13 +367,16 @@ def check_owner_process(record: ClaimRecord) -> Optional[str]:
 
 
 def new_record(
-    job: str, command: str, gpus: Sequence[Gpu], pid: Optional[int] = None
+    job: str, command: str, gpus: Sequence[Gpu], pid: Optional[int] = None, cpu: bool = False
 ) -> ClaimRecord:
-    """A claim by this process (or ``pid``, one of this user's) on ``gpus``, started now."""
+    """A claim by this process (or ``pid``, one of this user's) on ``gpus``, started now; with
+    ``cpu`` (and no ``gpus``), a CPU-only claim."""
+    if cpu == bool(gpus):
+        raise ValueError("a claim holds GPUs or is a CPU claim, not both nor neither")
     pid = os.getpid() if pid is None else pid
     ticks = pidstat.start_ticks(pid)
     if ticks is None:
-        raise ClaimError(f"process {pid} is not running; cannot claim GPUs for it")
+        raise ClaimError(f"process {pid} is not running; cannot claim for it")
     uid = os.geteuid()
     return ClaimRecord(
         job=(job or "?")[:MAX_JOB_CHARS],
@@ -375,4 +389,5 @@ def new_record(
         command=command[:MAX_COMMAND_CHARS],
         started_at=utc_iso(),
         gpus=[ClaimedGpu(index=g.index, uuid=g.uuid) for g in gpus],
+        cpu=cpu,
     )
