@@ -15,7 +15,7 @@ import sys
 from typing import TextIO
 
 from gpumon.config import Config
-from gpumon.history.db import HistoryUnavailable, db_path, history_db
+from gpumon.statedb import HistoryUnavailable, db_path, history_db
 from gpumon.history.periods import PeriodError, since_period, week_period, zone_of
 from gpumon.history.recorder import retention
 from gpumon.history.report import History, history

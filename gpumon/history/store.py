@@ -129,7 +129,7 @@ class Names:
     connection's one cache: a serve run looks each name up once)."""
 
     def __new__(cls, conn: sqlite3.Connection) -> Names:
-        cached = getattr(conn, "names", None)  # gpumon.history.db.HistoryConnection's
+        cached = getattr(conn, "names", None)  # gpumon.statedb.HistoryConnection's
         if not isinstance(cached, Names):
             cached = super().__new__(cls)
             cached.conn = conn
@@ -222,7 +222,7 @@ TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
 
 def ensure(conn: sqlite3.Connection) -> None:
     """This module's tables, made if missing (one read of the catalogue when they are there)."""
-    from gpumon.history.db import ensure_schema
+    from gpumon.statedb import ensure_schema
 
     present = {
         name

@@ -18,7 +18,7 @@ import sqlite3
 from typing import Any
 
 from gpumon.config import Config
-from gpumon.history.db import HistoryUnavailable, history_db
+from gpumon.statedb import HistoryUnavailable, history_db
 from gpumon.history.periods import week_name, week_of, zone_of
 from gpumon.history.report import History, history
 from gpumon.history.store import Retention, ensure

@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 from gpumon.config import Config, HistoryConfig, SheetConfig
-from gpumon.history.db import history_db
+from gpumon.statedb import history_db
 from gpumon.history.recorder import record_samples, retention
 from gpumon.history.report import History, history
 from gpumon.history.samples import GpuSample, ServerSample

@@ -8,7 +8,7 @@ import random
 import pytest
 from histkit import HOUR, T0, config, gpu, read, server
 
-from gpumon.history.db import history_db
+from gpumon.statedb import history_db
 from gpumon.history.facts import GPU_FIELDS, PERSON_FIELDS
 from gpumon.history.query import level_totals
 from gpumon.history.recorder import retention
