@@ -151,6 +151,14 @@ def update_times(
     return times, problem
 
 
+def saved_count(conn: sqlite3.Connection) -> int:
+    """How many GPUs' times the database holds (0 before the first push; creates nothing)."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)
+    ).fetchone()
+    return 0 if exists is None else conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
+
+
 def _read_rows(conn: sqlite3.Connection, path: Path) -> dict[str, GpuTimes]:
     """The table's times; a row that is not a GPU's times (written by hand, a future gpumon)
     costs that row, with a warning."""

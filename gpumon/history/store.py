@@ -515,6 +515,30 @@ def state_times(conn: sqlite3.Connection) -> dict[tuple[str, int], GpuTimes]:
     return out
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What the store holds, in brief (for `gpumon check`)."""
+
+    servers: int  # servers ever recorded
+    oldest: int | None  # the first push recorded (POSIX seconds), None before any
+    newest: int | None  # the latest push recorded
+
+
+def recorded(conn: sqlite3.Connection) -> Recorded:
+    """The servers recorded and the first and latest push (one query on history_state, read
+    only: nothing is created when the tables are missing)."""
+    present = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'history_state'"
+    ).fetchone()
+    if present is None:
+        return Recorded(0, None, None)
+    count, oldest, newest = conn.execute(
+        "SELECT count(*), min(first_at), max(last_at) FROM history_state WHERE gpu = ?",
+        (SERVER_ROW,),
+    ).fetchone()
+    return Recorded(count, oldest, newest)
+
+
 # --- reading the raw rows back as samples -----------------------------------------------------
 
 

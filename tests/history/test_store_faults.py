@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from histkit import HOUR, T0, config, gpu, read, server, server_hours
 
-from gpumon.statedb import DB_NAME, history_db
 from gpumon.history.recorder import record_samples
+from gpumon.statedb import DB_NAME, history_db
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

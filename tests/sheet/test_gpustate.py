@@ -4,8 +4,6 @@ unused times it counts with."""
 from __future__ import annotations
 
 import datetime as dt
-import os
-import stat
 from zoneinfo import ZoneInfo
 
 import pytest
