@@ -150,13 +150,13 @@ def test_an_off_server_says_since_when_in_the_sheets_time_zone():
 
 
 def test_the_state_column_and_health_reach_the_plan():
-    from gpumon.config import Config
+    from gpumon.config import Config, Person
     from gpumon.fleet import judge_gpus
     from gpumon.sheet.plan import plan
 
     grid = with_status_columns(seed_grid())
     layout = read_layout(grid)
-    config = Config(path="t.toml", people=PEOPLE)
+    config = Config(path="t.toml", people={n: Person(n, u) for n, u in PEOPLE.items()})
     results = [on("mlbsp", [gpu(0), gpu(1, util=90, processes=[process("lww", "python3 x.py")]),
                             gpu(2)])]  # fmt: skip
     judged = judge_gpus(config, grid, layout, results, {}, NOW)
