@@ -221,3 +221,45 @@ def test_a_damaged_row_costs_that_gpus_times_only(tmp_path, caplog, row):
         assert load_times(cfg) == TIMES
     assert "damaged GPU times ignored" in caplog.text
     assert update_times(cfg, lambda saved: saved, NOW)[0] == TIMES
+
+
+MIGRATE_AS_USER = """
+import json, os, sys
+from gpumon.config import Config
+from gpumon.usetimes import FILE_NAME, GpuTimes, load_times, update_times
+home = sys.argv[1]
+state = os.path.join(home, "state")
+os.makedirs(state)
+with open(os.path.join(state, FILE_NAME), "w") as f:
+    json.dump({"version": 1, "gpus": {"a|GPU-1": {"idle_since": 5.0, "unused_since": 5.0,
+                                                  "seen": float(sys.argv[2])}}}, f)
+cfg = Config(path=os.path.join(home, "gpumon.toml"), state_dir=state)
+times, problem = update_times(cfg, lambda saved: saved, float(sys.argv[2]))
+assert problem is None, problem
+assert load_times(cfg) == {"a|GPU-1": GpuTimes(5.0, 5.0, float(sys.argv[2]))}
+"""
+
+
+def test_an_unprivileged_user_under_umask_0077_migrates_and_keeps_the_times(lab_users):
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    alice = lab_users["alice"]
+    home = Path(tempfile.mkdtemp(prefix="gpumon-t-usetimes-"))
+    try:
+        os.chown(home, alice.uid, alice.gid)
+        done = subprocess.run(
+            [sys.executable, "-c", MIGRATE_AS_USER, str(home), str(NOW)],
+            preexec_fn=alice.preexec(umask=0o077),
+            capture_output=True,
+            text=True,
+            cwd="/",
+        )
+        assert done.returncode == 0, done.stderr
+        db = home / "state" / DB_NAME
+        assert db.stat().st_uid == alice.uid and stat.S_IMODE(db.stat().st_mode) == 0o600
+        assert not (home / "state" / FILE_NAME).exists()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
