@@ -38,11 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gpumon.config import Config, HistoryConfig  # noqa: E402
-from gpumon.history.db import db_path, history_db  # noqa: E402
 from gpumon.history.recorder import record_samples, retention  # noqa: E402
 from gpumon.history.report import history  # noqa: E402
 from gpumon.history.samples import GpuSample, ServerSample  # noqa: E402
 from gpumon.history.store import ensure, record  # noqa: E402
+from gpumon.statedb import db_path, history_db  # noqa: E402
 
 SERVERS = [f"srv{i:02d}bsp" for i in range(15)]
 GPUS = 4

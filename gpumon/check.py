@@ -6,6 +6,7 @@ It reads the sheet and polls the fleet like a push, but writes nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -81,6 +82,7 @@ def _check(config: Config, fleet: FleetSession, checks: Checklist) -> int:
         how = f" ({config.found_by})"
     checks.ok(f"config: {config.origin}{how}")
     _check_state_dir(config, checks)
+    _check_history_db(config, checks)
     _check_alerts(config, checks)
     layout: Layout | None = None
     grid: Grid | None = None
@@ -126,11 +128,56 @@ def _check_state_dir(config: Config, checks: Checklist) -> None:
 
     origin = f"state_dir in {config.origin}" if config.state_dir_set else state_dir_origin()
     if os.access(probe, os.W_OK | os.X_OK):
-        checks.ok(
-            f"state directory: {folder} (push lock, last-seen times, alert state; from {origin})"
-        )
+        held = "push lock, last-seen times, the history database"
+        checks.ok(f"state directory: {folder} ({held}; from {origin})")
     else:
         checks.fail(f"state directory: {folder} is not writable — set state_dir in {config.origin}")
+
+
+def _check_history_db(config: Config, checks: Checklist) -> None:
+    """The state directory's database: its size, the pushes it holds, the GPUs' times — read
+    as it is (a corrupt one is left for the next push to move aside)."""
+    import sqlite3
+
+    from gpumon.history.store import recorded
+    from gpumon.statedb import connect, db_path, is_corruption, unavailable
+    from gpumon.usetimes import saved_count
+
+    path = db_path(config)
+    label = f"history database: {path}"
+    if not path.exists():
+        checks.ok(f"{label}: none yet (the first push makes it)")
+        return
+    try:
+        conn = connect(path)
+        try:
+            held, gpus = recorded(conn), saved_count(conn)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        if is_corruption(e):
+            checks.fail(
+                f"{label}: corrupt ({e}) — the next push moves it aside and starts a new one; "
+                "stop gpumon first to try `sqlite3 FILE .recover` on it"
+            )
+        else:
+            checks.fail(f"{label}: {unavailable(path, e)}")
+        return
+    except OSError as e:
+        checks.fail(f"{label}: {unavailable(path, e)}")
+        return
+    size = sum(os.stat(side).st_size for side in (str(path), f"{path}-wal") if os.path.exists(side))
+    if held.oldest is None or held.newest is None:
+        pushes = "no push recorded yet"
+    else:
+        pushes = f"pushes from {_utc(held.oldest)} to {_utc(held.newest)}, {held.servers} servers"
+    if not config.history.enabled:
+        pushes = f"[history] enabled = false: pushes not recorded ({pushes})"
+    checks.ok(f"{label} ({size / 1e6:.1f} MB; {pushes}; idle/unused times of {gpus} GPUs)")
+
+
+def _utc(at: float) -> str:
+    return dt.datetime.fromtimestamp(at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _check_alerts(config: Config, checks: Checklist) -> None:

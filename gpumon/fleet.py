@@ -8,7 +8,7 @@
 - ``push_once``: one push with them (one read, one sweep, one plan, one write), under
   ``push_lock`` when it writes; it judges every GPU's State (``judge_gpus``: the sheet's
   reservations against claims and processes, gpumon.gpustate) and keeps the idle/unused times
-  in the state directory (gpumon.usetimes);
+  in the state directory's database (gpumon.usetimes);
 - ``survey``: the same read, sweep and judgement without a write (`gpumon free`);
 - ``outcome_messages``: what a push's outcome says (warnings, set-up, planned changes, the
   summary line), which `gpumon push` prints and `gpumon serve` logs;
@@ -46,8 +46,7 @@ from gpumon.sheet.grid import Backend, Grid, SheetError, WriteStats
 from gpumon.sheet.layout import Layout, LayoutError, read_layout, server_key
 from gpumon.sheet.plan import Change, Plan, plan, sheet_timezone
 from gpumon.sheet.reservations import People, Reservation, read_reservations
-from gpumon.usetimes import FILE_NAME as TIMES_FILE
-from gpumon.usetimes import GpuTimes, load_times, save_times
+from gpumon.usetimes import GpuTimes, load_times, update_times
 from gpumon_agent.filelock import FileLock, LockBusy, LockFileError
 
 log = logging.getLogger(__name__)
@@ -358,7 +357,7 @@ def push_once(
     (none if nothing did). A set-up (new header cells, row anchors, rows for ``add_rows``)
     happens only when the plan needs one; the sheet is then read once more and planned afresh,
     so every write rests on what the sheet says after the set-up. The GPUs' idle/unused times
-    are saved in the state directory (not by a dry run). Raises SheetError, LayoutError,
+    are saved in the state directory's database (not by a dry run). Raises SheetError, LayoutError,
     ConfigError (``exit_code`` maps them).
     """
     started = time.monotonic()
@@ -369,16 +368,14 @@ def push_once(
     names = poll_names(config, layout.servers(), not_polled)
     results = poller.sweep(names) if names else []
     now = time.time()
-    times_path = config.state_path(TIMES_FILE)
-    times = advance_times(load_times(times_path), results, now)
-    if not dry_run:
-        try:
-            save_times(times_path, times, now)
-        except OSError as e:
+    if dry_run:
+        times = advance_times(load_times(config), results, now)
+    else:
+        times, problem = update_times(config, lambda saved: advance_times(saved, results, now), now)
+        if problem is not None:
             not_polled.append(
-                f"{times_path}: cannot save the GPUs' idle/unused times ({e.strerror or e}); "
-                f"the State column counts them from now — set state_dir in {config.origin} "
-                "to a writable folder"
+                f"{problem}; the State column counts them from now — set state_dir in "
+                f"{config.origin} to a writable folder"
             )
     # A dry run only reads the alert state (if there is one), for the Health cells it shows.
     alerts = PushAlerts(config, read_only=dry_run)
@@ -520,7 +517,7 @@ def survey(config: Config, backend: Backend, poller: Sweeper) -> Judged:
     names = poll_names(config, layout.servers())
     results = poller.sweep(names) if names else []
     now = time.time()
-    times = advance_times(load_times(config.state_path(TIMES_FILE)), results, now)
+    times = advance_times(load_times(config), results, now)
     return judge_gpus(config, grid, layout, results, times, now)
 
 

@@ -44,7 +44,8 @@ STATE_HELP = (
     "processes and the GPU's health: free; free — reserved by Niv; Niv ✓ python3 train.py; "
     "lww — reserved by Niv (also in Health); lww — claimed 'kws', idle 2 h; reserved by Niv — "
     "unused 3 d; unknown use; lost; server OFF since 14:02. Idle and unused times are kept in "
-    "the state directory (gpu-times.json; not by --dry-run). docs/reservations.md."
+    "the state directory's database (history.sqlite3, even with [history] enabled = false; not "
+    "by --dry-run). docs/reservations.md."
 )
 
 MAIN = CommandHelp(

@@ -15,11 +15,11 @@ import sys
 from typing import TextIO
 
 from gpumon.config import Config
-from gpumon.history.db import HistoryUnavailable, db_path, history_db
 from gpumon.history.periods import PeriodError, since_period, week_period, zone_of
 from gpumon.history.recorder import retention
 from gpumon.history.report import History, history
 from gpumon.history.store import ensure
+from gpumon.statedb import HistoryUnavailable, db_path, history_db
 from gpumon.table import Cell, format_table, printable, terminal_width
 
 EXIT_NO_HISTORY = 6

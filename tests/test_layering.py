@@ -38,9 +38,10 @@ ALLOWED = {
     ("gpumon_agent/atomic.py", "os.replace"),
     # A damaged last-seen file is moved aside (kept for the admin), not written.
     ("gpumon/poll/lastseen.py", "os.replace"),
-    ("gpumon/usetimes.py", "os.replace"),  # the same for the GPUs' idle/unused times
+    # The same for an old gpu-times.json (read once, then its times live in the database).
+    ("gpumon/usetimes.py", "os.replace"),
     # A corrupt history database is moved aside (kept for the admin), not written.
-    ("gpumon/history/db.py", "os.replace"),
+    ("gpumon/statedb.py", "os.replace"),
     # A damaged alert database is moved aside (with its -wal and -shm), not written.
     ("gpumon/alerts/state.py", "os.replace"),
 }
@@ -55,6 +56,7 @@ def library_modules() -> list[Path]:
         REPO / "gpumon" / "fleet.py",
         REPO / "gpumon" / "gpustate.py",
         REPO / "gpumon" / "usetimes.py",
+        REPO / "gpumon" / "statedb.py",
         REPO / "gpumon" / "config.py",
         REPO / "gpumon" / "keyfile.py",
     ]

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpumon.config import Config
-from gpumon.history.db import HistoryCorrupt, HistoryUnavailable, history_db
 from gpumon.history.samples import ServerSample, samples_from_outcome
 from gpumon.history.store import Retention, ensure, record
+from gpumon.statedb import HistoryCorrupt, HistoryUnavailable, history_db
 
 
 def retention(config: Config) -> Retention:

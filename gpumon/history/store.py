@@ -129,7 +129,7 @@ class Names:
     connection's one cache: a serve run looks each name up once)."""
 
     def __new__(cls, conn: sqlite3.Connection) -> Names:
-        cached = getattr(conn, "names", None)  # gpumon.history.db.HistoryConnection's
+        cached = getattr(conn, "names", None)  # gpumon.statedb.HistoryConnection's
         if not isinstance(cached, Names):
             cached = super().__new__(cls)
             cached.conn = conn
@@ -222,7 +222,7 @@ TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
 
 def ensure(conn: sqlite3.Connection) -> None:
     """This module's tables, made if missing (one read of the catalogue when they are there)."""
-    from gpumon.history.db import ensure_schema
+    from gpumon.statedb import ensure_schema
 
     present = {
         name
@@ -513,6 +513,30 @@ def state_times(conn: sqlite3.Connection) -> dict[tuple[str, int], GpuTimes]:
             unused = float(used_end if used_end is not None else since)
         out[(names.value(sid)[2:], gpu)] = GpuTimes(unused, idle)
     return out
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the store holds, in brief (for `gpumon check`)."""
+
+    servers: int  # servers ever recorded
+    oldest: int | None  # the first push recorded (POSIX seconds), None before any
+    newest: int | None  # the latest push recorded
+
+
+def recorded(conn: sqlite3.Connection) -> Recorded:
+    """The servers recorded and the first and latest push (one query on history_state, read
+    only: nothing is created when the tables are missing)."""
+    present = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'history_state'"
+    ).fetchone()
+    if present is None:
+        return Recorded(0, None, None)
+    count, oldest, newest = conn.execute(
+        "SELECT count(*), min(first_at), max(last_at) FROM history_state WHERE gpu = ?",
+        (SERVER_ROW,),
+    ).fetchone()
+    return Recorded(count, oldest, newest)
 
 
 # --- reading the raw rows back as samples -----------------------------------------------------

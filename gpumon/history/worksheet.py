@@ -18,11 +18,11 @@ import sqlite3
 from typing import Any
 
 from gpumon.config import Config
-from gpumon.history.db import HistoryUnavailable, history_db
 from gpumon.history.periods import week_name, week_of, zone_of
 from gpumon.history.report import History, history
 from gpumon.history.store import Retention, ensure
 from gpumon.sheet.grid import OWNED_MARKER, BarChart, SheetError
+from gpumon.statedb import HistoryUnavailable, history_db
 
 MAX_ROWS = 200  # people (and servers) listed per table; the rest summed in one line
 TABLE_ROW = 3  # 0-based: the tables' header row

@@ -13,6 +13,7 @@ from central_kit import ScriptedPoller, gpu, on, process, seed_workbook
 from gpumon.config import Config, SheetConfig
 from gpumon.fleet import push_once
 from gpumon.sheet.xlsx import XlsxBackend
+from gpumon.statedb import DB_NAME
 from gpumon.usetimes import FILE_NAME
 from gpumon_agent.report import ClaimInfo
 
@@ -82,7 +83,7 @@ def test_a_state_directory_that_cannot_hold_the_times_costs_a_warning_not_the_pu
     assert any("cannot save the GPUs' idle/unused times" in w for w in outcome.warnings)
 
 
-def test_a_planted_times_file_is_replaced_with_mode_0600(tmp_path):
+def test_a_planted_times_file_is_moved_aside_and_the_times_kept_0600_in_the_database(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     planted = state / FILE_NAME
@@ -90,8 +91,9 @@ def test_a_planted_times_file_is_replaced_with_mode_0600(tmp_path):
     os.chmod(planted, 0o666)
     _, sheet = push(tmp_path, {}, [on("mlbsp", [gpu(0), gpu(1), gpu(2)])])
     assert sheet[f"{STATE}17"].value == "free — reserved by Niv"  # the count started afresh
-    assert stat.S_IMODE(os.stat(planted).st_mode) == 0o600
-    assert [p.name.startswith(FILE_NAME) for p in state.iterdir()].count(True) == 2  # + .bad-*
+    assert not planted.exists()
+    assert [p.name.startswith(f"{FILE_NAME}.bad-") for p in state.iterdir()].count(True) == 1
+    assert stat.S_IMODE(os.stat(state / DB_NAME).st_mode) == 0o600
 
 
 def test_many_reserved_gpus_with_conflicts_keep_health_within_its_limit(tmp_path):
@@ -112,6 +114,7 @@ def test_a_dry_run_saves_no_times(tmp_path):
     results = [on("mlbsp", [gpu(0), gpu(1), gpu(2)])]
     outcome = push_once(config, backend, ScriptedPoller(results), dry_run=True)
     assert not (tmp_path / "state" / FILE_NAME).exists()
+    assert not (tmp_path / "state" / DB_NAME).exists()
     mlbsp = [s.text for s in outcome.gpu_states if s.server == "mlbsp"]
     assert mlbsp == ["free — reserved by Niv"] * 3
 

@@ -6,11 +6,11 @@ import datetime as dt
 from pathlib import Path
 
 from gpumon.config import Config, HistoryConfig, SheetConfig
-from gpumon.history.db import history_db
 from gpumon.history.recorder import record_samples, retention
 from gpumon.history.report import History, history
 from gpumon.history.samples import GpuSample, ServerSample
 from gpumon.history.store import record
+from gpumon.statedb import history_db
 
 # Monday 2026-11-23 00:00 UTC (ISO week 2026-W48).
 T0 = int(dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc).timestamp())

@@ -9,9 +9,9 @@ from histkit import HOUR, T0, config, gpu, person, read, run, server, server_hou
 from sheetkit import gpu as report_gpu
 from sheetkit import off, on, process
 
-from gpumon.history.db import history_db
 from gpumon.history.samples import samples_from_outcome
 from gpumon.history.store import idle_since, unused_since
+from gpumon.statedb import history_db
 from gpumon_agent.report import ClaimInfo, HealthWarning
 
 

@@ -8,11 +8,11 @@ import random
 import pytest
 from histkit import HOUR, T0, config, gpu, read, server
 
-from gpumon.history.db import history_db
 from gpumon.history.facts import GPU_FIELDS, PERSON_FIELDS
 from gpumon.history.query import level_totals
 from gpumon.history.recorder import retention
 from gpumon.history.store import compact, ensure, record
+from gpumon.statedb import history_db
 
 EXACT = [f for f in GPU_FIELDS if f not in ("util_s", "mem_s")]  # whole seconds
 DAYS = 4

@@ -12,7 +12,7 @@ from histkit import HOUR, T0, gpu, run, server
 
 from gpumon.cli import main
 from gpumon.config import load
-from gpumon.history.db import DB_NAME
+from gpumon.statedb import DB_NAME
 
 SEOUL_MONDAY = T0 - 9 * HOUR  # Monday 2026-11-23 00:00 in Seoul
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from histkit import HOUR, T0, config, gpu, read, server, server_hours
 
-from gpumon.history.db import DB_NAME, history_db
 from gpumon.history.recorder import record_samples
+from gpumon.statedb import DB_NAME, history_db
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -242,7 +242,7 @@ def test_sqlite_errors_other_than_corruption_never_move_the_file(tmp_path):
     holder = sqlite3.connect(str(path), timeout=0)
     holder.execute("BEGIN EXCLUSIVE")  # someone holds the database for longer than the wait
     try:
-        import gpumon.history.db as db
+        import gpumon.statedb as db
 
         saved, db.BUSY_TIMEOUT_MS = db.BUSY_TIMEOUT_MS, 200
         try:

@@ -225,9 +225,9 @@ def test_google_a_deleted_worksheet_is_made_again_and_a_persons_namesake_left_al
 
 def test_serve_records_each_push_and_writes_the_worksheet(tmp_path):
     from gpumon.config import ServerEntry
-    from gpumon.history.db import history_db
     from gpumon.serve import Service
     from gpumon.sheet.xlsx import open_backend
+    from gpumon.statedb import history_db
 
     cfg = xlsx_config(tmp_path)
     cfg.poll.servers_from_sheet = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import socket
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import openpyxl
 import pytest
 from sheetkit import SEED_SERVERS, seed_workbook
 
-from gpumon.check import check
+from gpumon.check import Checklist, _check_history_db, check
 from gpumon.config import parse
 from gpumon.push import push
 
@@ -65,6 +66,11 @@ def test_all_good_prints_what_it_found_and_exits_0(home):
     )
     assert "ok   blocks: 1 servers" in out and "box: row 8, no GPU index (GPU-less?)" in out
     assert "ok   box: ON via local" in out
+    db = home / "state" / "history.sqlite3"
+    history = next(line for line in lines if "history database:" in line)
+    assert history.startswith(f"ok   history database: {db} (")
+    assert re.search(r"\d+\.\d MB; pushes from \d{4}-\d\d-\d\d \d\d:\d\d UTC to ", history)
+    assert "1 servers; idle/unused times of " in history
     assert lines[-1] == "all good."
 
 
@@ -109,3 +115,40 @@ def test_workbook_open_elsewhere_is_reported(home):
     (home / ".~lock.sheet.xlsx#").write_text("Niv,niv,pc,date;")
     code, out = run_check(config)
     assert code == 1 and "open in a spreadsheet program by Niv" in out
+
+
+def history_line(config) -> tuple[list[str], str]:
+    checks = Checklist(io.StringIO())
+    _check_history_db(config, checks)
+    return checks.failures, checks.out.getvalue().rstrip("\n")
+
+
+def test_check_says_there_is_no_history_database_before_the_first_push_and_makes_none(tmp_path):
+    config = config_for(tmp_path, "[servers.box]\nlocal = true")
+    failures, line = history_line(config)
+    db = tmp_path / "state" / "history.sqlite3"
+    assert failures == []
+    assert line == f"ok   history database: {db}: none yet (the first push makes it)"
+    assert not db.exists()
+
+
+def test_check_names_a_corrupt_history_database_and_leaves_it_for_the_push(tmp_path):
+    config = config_for(tmp_path, "[servers.box]\nlocal = true")
+    db = tmp_path / "state" / "history.sqlite3"
+    db.parent.mkdir()
+    db.write_bytes(b"not a database at all" * 200)
+    failures, line = history_line(config)
+    assert line.startswith(f"FAIL history database: {db}: corrupt (")
+    assert "the next push moves it aside" in line and len(failures) == 1
+    assert db.read_bytes() == b"not a database at all" * 200  # check writes nothing
+    assert [p.name for p in db.parent.iterdir()] == ["history.sqlite3"]
+
+
+def test_check_says_when_history_is_off_that_the_database_still_keeps_the_gpu_times(home):
+    config = config_for(home, "[history]\nenabled = false\n[servers.box]\nlocal = true")
+    assert not config.history.enabled
+    assert push(config) == 0
+    failures, line = history_line(config)
+    assert failures == []
+    assert "[history] enabled = false: pushes not recorded (no push recorded yet)" in line
+    assert "idle/unused times of " in line

@@ -4,8 +4,6 @@ unused times it counts with."""
 from __future__ import annotations
 
 import datetime as dt
-import os
-import stat
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -30,7 +28,7 @@ from gpumon.gpustate import (
 )
 from gpumon.sheet.layout import read_layout
 from gpumon.sheet.reservations import People, read_reservations
-from gpumon.usetimes import GpuTimes, load_times, save_times, times_key
+from gpumon.usetimes import GpuTimes, times_key
 from gpumon_agent.report import GPU_LOST, ClaimInfo, utc_iso
 
 SEOUL = ZoneInfo("Asia/Seoul")
@@ -158,7 +156,7 @@ def test_the_state_column_and_health_reach_the_plan():
 
     grid = with_status_columns(seed_grid())
     layout = read_layout(grid)
-    config = Config(path="t.toml", people={n: Person(name=n, users=u) for n, u in PEOPLE.items()})
+    config = Config(path="t.toml", people={n: Person(n, u) for n, u in PEOPLE.items()})
     results = [on("mlbsp", [gpu(0), gpu(1, util=90, processes=[process("lww", "python3 x.py")]),
                             gpu(2)])]  # fmt: skip
     judged = judge_gpus(config, grid, layout, results, {}, NOW)
@@ -216,46 +214,3 @@ def test_a_claim_without_a_process_is_idle_but_not_unused():
 def test_one_servers_agent_cannot_touch_anothers_times():
     assert times_key("a", "GPU-1", 0) != times_key("b", "GPU-1", 0)
     assert times_key("A", "GPU-1", 0) == times_key("a", "GPU-1", 3)  # renumbered: the same GPU
-
-
-def test_times_survive_a_save_and_load_with_mode_0600(tmp_path):
-    path = tmp_path / "state" / "gpu-times.json"
-    times = {"a|GPU-1": GpuTimes(NOW - 5, None, NOW), "b|#2": GpuTimes(None, None, NOW)}
-    save_times(path, times, NOW)
-    assert load_times(path) == times
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert [p.name for p in path.parent.iterdir()] == ["gpu-times.json"]  # no temp file left
-
-
-def test_gpus_not_seen_for_a_month_are_forgotten(tmp_path):
-    path = tmp_path / "gpu-times.json"
-    save_times(path, {"old|x": GpuTimes(1.0, 1.0, NOW - 31 * 86400), "new|y": GpuTimes()}, NOW)
-    assert list(load_times(path)) == []  # "new" was never seen (seen=0): forgotten too
-    save_times(path, {"new|y": GpuTimes(None, None, NOW)}, NOW)
-    assert list(load_times(path)) == ["new|y"]
-
-
-@pytest.mark.parametrize(
-    "content",
-    [
-        b"not json",
-        b"\xff\xfe",
-        b"[]",
-        b'{"version": 9, "gpus": {}}',
-        b'{"version": 1, "gpus": {"a|x": {"idle_since": "yesterday"}}}',
-        b'{"version": 1, "gpus": {"a|x": {"idle_since": 1e400}}}',
-        b'{"version": 1, "gpus": {"a|x": {"idle_since": true}}}',
-        b'{"version": 1, "gpus": {"a|x": 5}}',
-        b"[" * 100000,
-    ],
-)
-def test_a_damaged_times_file_is_moved_aside_and_the_count_starts_afresh(tmp_path, content):
-    path = tmp_path / "gpu-times.json"
-    path.write_bytes(content)
-    assert load_times(path) == {}
-    assert not path.exists()
-    assert [p.name.startswith("gpu-times.json.bad-") for p in tmp_path.iterdir()] == [True]
-
-
-def test_an_absent_times_file_is_no_times(tmp_path):
-    assert load_times(tmp_path / "none.json") == {}

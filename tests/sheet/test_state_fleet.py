@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +22,8 @@ import openpyxl
 import pytest
 from sheetkit import SEED_SERVERS, seed_workbook, snapshot
 
-from gpumon.usetimes import FILE_NAME, times_key
+from gpumon.statedb import DB_NAME
+from gpumon.usetimes import FILE_NAME, TABLE, times_key
 from gpumon_agent.report import Gpu, GpuProcess, Report
 from harness.agents import AgentFleet, snapshot_behaviour
 from harness.fakenvml import PROCESS_QUERIES, FakeProcess, FakeState, make_gpu
@@ -60,7 +62,7 @@ class Run:
     outputs: dict = field(default_factory=dict)  # command → CompletedProcess
     snapshots: list = field(default_factory=list)
     states: list = field(default_factory=list)  # the State column after each push
-    times: list = field(default_factory=list)  # gpu-times.json after each push
+    times: list = field(default_factory=list)  # the database's GPU times after each push
 
 
 def _report(name: str, address: str, gpus: list[Gpu]) -> Report:
@@ -204,7 +206,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 for s in ssh.servers
             )
         )
-        # relbsp's GPU was left unused three days ago (as earlier pushes recorded it).
+        # relbsp's GPU was left unused three days ago, as an older gpumon recorded it in
+        # gpu-times.json: the first push moves it into the database.
         (work / "state").mkdir()
         key = times_key("relbsp", "GPU-canned-0", 0)
         (work / "state" / FILE_NAME).write_text(
@@ -231,7 +234,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             assert done.returncode == 0, done.stderr
             result.states.append(_state_column(workbook))
             result.snapshots.append(snapshot(workbook, OWNED))
-            result.times.append(json.loads((work / "state" / FILE_NAME).read_text()))
+            result.times.append(_saved_times(work / "state"))
 
         push("push 1")
         for label, args in {
@@ -292,6 +295,16 @@ def test_per_gpu_conflicts_are_in_the_servers_health(run):
     assert "reservation" not in sheet[f"{HEALTH}9"].value  # Niv on Niv's: no conflict
 
 
+def _saved_times(state: Path) -> dict:
+    """The GPUs' times as the database holds them, in the old file's shape."""
+    conn = sqlite3.connect(f"file:{state / DB_NAME}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(f"SELECT key, idle_since, unused_since, seen FROM {TABLE}").fetchall()
+    finally:
+        conn.close()
+    return {"gpus": {k: {"idle_since": i, "unused_since": u, "seen": s} for k, i, u, s in rows}}
+
+
 def test_unused_and_idle_times_survive_cron_pushes(run):
     key = next(k for k in run.times[0]["gpus"] if k.startswith("relbsp|"))
     kept = [t["gpus"][key]["unused_since"] for t in run.times]
@@ -299,7 +312,8 @@ def test_unused_and_idle_times_survive_cron_pushes(run):
     assert all(states[14] == "reserved by Niv — unused 3 d" for states in run.states)
     # Every GPU a server reported is counted, by server and UUID.
     assert len(run.times[-1]["gpus"]) >= 20
-    mode = os.stat(run.work / "state" / FILE_NAME).st_mode & 0o777
+    assert not (run.work / "state" / FILE_NAME).exists()  # migrated by the first push
+    mode = os.stat(run.work / "state" / DB_NAME).st_mode & 0o777
     assert mode == 0o600
     leftovers = [p.name for p in (run.work / "state").iterdir() if ".tmp" in p.name]
     assert leftovers == []

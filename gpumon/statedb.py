@@ -1,8 +1,10 @@
-"""The history database: ``state_dir/history.sqlite3`` (stdlib sqlite3, WAL).
+"""The state directory's SQLite database, ``state_dir/history.sqlite3`` (stdlib sqlite3, WAL).
 
-``open_db(config)`` is the one way in, for this package and for any other that keeps its own
-tables there (the alerts): each caller creates its tables with ``ensure_schema(conn, DDL)``,
-``CREATE … IF NOT EXISTS`` statements that cost nothing when the tables are there.
+``open_db(config)`` is the one way in, for every module that keeps its tables there (the
+history store, the alerts, the GPUs' idle/unused times of gpumon.usetimes): each creates its
+tables with ``ensure_schema(conn, DDL)``, ``CREATE … IF NOT EXISTS`` statements that cost
+nothing when the tables are there. It sits low in the layers (below gpumon.sheet) so that
+every one of them may use it.
 
 - WAL, so ``gpumon history`` reads while a push writes; ``synchronous=NORMAL`` (a committed push
   may be lost to a power cut, never half-written); a busy timeout, so a cron push and serve (or
