@@ -197,7 +197,9 @@ def test_an_agent_daemon_restarted_under_an_open_stream_is_read_through_it(
     assert after.on and after.via == VIA_STREAM, after
     assert before.report.gpus[0].utilization_pct == 10
     assert after.report.gpus[0].utilization_pct == 77  # the new daemon's snapshot
-    assert after.report.generated_at > before.report.generated_at
+    # Reports are stamped to the second: a quick restart may fall in the same one (the 77 above
+    # is what tells the new daemon's snapshot from the old).
+    assert after.report.generated_at >= before.report.generated_at
 
 
 def test_ten_megabytes_on_an_open_stream_are_cut_and_the_stream_reopened(
@@ -215,7 +217,7 @@ def test_ten_megabytes_on_an_open_stream_are_cut_and_the_stream_reopened(
     assert not huge.on and huge.reason_code == codes.BAD_OUTPUT, huge
     assert "more than 1048576 bytes" in huge.reason and "stopped reading" in huge.reason
     assert huge.via == VIA_STREAM
-    assert huge.elapsed_s < 5.0
+    assert huge.elapsed_s < config.poll.command_timeout_s + SLACK_S  # cut, not waited out
     assert after.on and (after.reused, after.via) == (True, VIA_NEW_STREAM), after
 
 
